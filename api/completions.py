@@ -1,0 +1,88 @@
+"""Shaping chat completions as OpenAI does: the whole response, stream chunks and SSE frames."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+from jobs.stream import Event, EventType
+
+from .errors import APIError
+
+# Worker error codes that mean the request itself was bad, not the server.
+STATUS_BY_CODE = {"context_length_exceeded": 400, "invalid_value": 400, "worker_died": 503,
+                  "job_expired": 503, "job_cancelled": 503}
+
+
+@dataclass
+class Completion:
+    """Accumulates one job's events into a chat completion."""
+
+    completion_id: str
+    model: str
+    created: int = field(default_factory=lambda: int(time.time()))
+    text: list[str] = field(default_factory=list)
+    logprobs: list[dict] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: dict | None = None
+
+    def add(self, event: Event) -> None:
+        if event.type == EventType.DELTA:
+            self.text.append(event.data.get("text", ""))
+            self.logprobs.extend(event.data.get("logprobs", []))
+        elif event.type == EventType.DONE:
+            self.finish_reason = event.data["finish_reason"]
+            self.usage = event.data["usage"]
+
+    def response(self, want_logprobs: bool) -> dict:
+        return {
+            "id": self.completion_id, "object": "chat.completion", "created": self.created,
+            "model": self.model, "system_fingerprint": None,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": "".join(self.text), "refusal": None},
+                "logprobs": {"content": self.logprobs, "refusal": None} if want_logprobs else None,
+                "finish_reason": self.finish_reason,
+            }],
+            "usage": self.usage,
+        }
+
+    def chunk(self, delta: dict, *, finish_reason: str | None = None, logprobs: list | None = None,
+              with_usage: bool = False) -> dict:
+        body = {
+            "id": self.completion_id, "object": "chat.completion.chunk", "created": self.created,
+            "model": self.model, "system_fingerprint": None,
+            "choices": [{"index": 0, "delta": delta,
+                         "logprobs": {"content": logprobs, "refusal": None} if logprobs is not None else None,
+                         "finish_reason": finish_reason}],
+        }
+        if with_usage:
+            body["usage"] = None
+        return body
+
+    def usage_chunk(self) -> dict:
+        body = self.chunk({}, with_usage=True)
+        body["choices"], body["usage"] = [], self.usage
+        return body
+
+
+def error_from_event(event: Event) -> APIError:
+    """A worker's error or cancel event as the error a client receives."""
+    if event.type == EventType.CANCELLED:
+        return APIError(503, "the request was cancelled before it finished", code="job_cancelled")
+    code = event.data.get("code", "generation_failed")
+    status = STATUS_BY_CODE.get(code, 500)
+    return APIError(status, event.data.get("message", "generation failed"), code=code,
+                    error_type="invalid_request_error" if status == 400 else "server_error")
+
+
+def sse(data: dict | str, event_id: str | None = None) -> str:
+    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    prefix = f"id: {event_id}\n" if event_id else ""
+    return f"{prefix}data: {payload}\n\n"
+
+
+# A comment line alone, with no blank line after it: the openai client dispatches an empty
+# event (and fails to parse it) at a blank line once any `id:` has been seen.
+SSE_KEEPALIVE = ": keepalive\n"
+SSE_DONE = "data: [DONE]\n\n"

@@ -1,0 +1,95 @@
+"""Every error a client sees, shaped as OpenAI's: {"error": {message, type, param, code}}.
+
+Exceptions are translated once, here, at the boundary:
+
+    APIError                      raised by our views with status, type, code, param
+    pydantic.ValidationError      → 400 invalid_request_error, param = the field
+    werkzeug HTTPException        → its status (404 route, 405, 413 body too large, ...)
+    redis ConnectionError/Timeout → 503 service_unavailable (Redis down or unreachable)
+    anything else                 → 500 with a generic message; the traceback goes to the log
+
+No response ever carries a traceback, a file path, a Redis URL or a secret.
+"""
+from __future__ import annotations
+
+import logging
+
+import redis
+from flask import Flask, jsonify
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger("mis.api")
+
+_TYPE_BY_STATUS = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+    404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
+    415: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error",
+    503: "service_unavailable",
+}
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, *, code: str | None = None,
+                 param: str | None = None, error_type: str | None = None,
+                 headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.code, self.param = status, message, code, param
+        self.type = error_type or _TYPE_BY_STATUS.get(status, "api_error")
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.code}}
+
+
+def redis_unavailable() -> APIError:
+    return APIError(503, "the job queue (Redis) is unreachable; try again shortly",
+                    code="redis_unavailable", headers={"Retry-After": "5"})
+
+
+_TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
+def _param(loc: tuple) -> str | None:
+    """A field path as clients know it: pydantic also names union members in `loc`
+    (`content.str`, `list[...]`), which mean nothing to a client."""
+    parts = [str(p) for p in loc
+             if isinstance(p, int) or (p.isidentifier() and p.lower() not in _TYPE_NAMES)]
+    return ".".join(parts) or None
+
+
+def from_validation_error(exc: ValidationError) -> APIError:
+    first = exc.errors(include_url=False, include_input=False)[0]
+    param = _param(first["loc"])
+    message = first["msg"]
+    return APIError(400, f"{param}: {message}" if param else message, param=param,
+                    code="invalid_value" if first["type"] != "missing" else "missing_required_parameter")
+
+
+def _render(error: APIError):
+    response = jsonify(error.body())
+    response.status_code = error.status
+    response.headers.update(error.headers)
+    return response
+
+
+def init_app(app: Flask) -> None:
+    app.register_error_handler(APIError, _render)
+    app.register_error_handler(ValidationError, lambda e: _render(from_validation_error(e)))
+    app.register_error_handler(redis.exceptions.ConnectionError, lambda e: _render(redis_unavailable()))
+    app.register_error_handler(redis.exceptions.TimeoutError, lambda e: _render(redis_unavailable()))
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        messages = {404: "no such endpoint", 405: "method not allowed for this endpoint",
+                    413: "request body too large"}
+        code = {404: "unknown_url", 413: "request_too_large"}.get(exc.code)
+        return _render(APIError(exc.code or 500, messages.get(exc.code, exc.description or exc.name),
+                                code=code))
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        log.exception("unhandled error")
+        return _render(APIError(500, "internal server error", error_type="api_error",
+                                code="internal_error"))

@@ -1,0 +1,154 @@
+"""The OpenAI-compatible endpoints: `POST /v1/chat/completions`, `GET /v1/models[/<id>]`."""
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+
+from jobs import registry
+from jobs.keys import Kind, Priority
+from jobs.payloads import ChatJob
+from jobs.queues import QueueFull, cancel_job, enqueue_chat, new_job_id
+from jobs.stream import EventType
+
+from .completions import SSE_DONE, SSE_KEEPALIVE, Completion, error_from_event, sse
+from .errors import APIError
+from .relay import JobRelay
+from .schemas import ChatCompletionRequest
+
+log = logging.getLogger("mis.api")
+bp = Blueprint("openai", __name__, url_prefix="/v1")
+
+
+@bp.get("/models")
+def list_models():
+    models = _serving_models()
+    return jsonify(object="list", data=[_model_card(m, ws) for m, ws in sorted(models.items())])
+
+
+@bp.get("/models/<path:model_id>")
+def get_model(model_id: str):
+    models = _serving_models()
+    if model_id not in models:
+        raise _model_not_found(model_id, models)
+    return jsonify(_model_card(model_id, models[model_id]))
+
+
+@bp.post("/chat/completions")
+def chat_completions():
+    ext = current_app.extensions["mis"]
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise APIError(400, "the request body must be a JSON object", code="invalid_json")
+    req = ChatCompletionRequest.model_validate(body)
+    workers = _live_workers_for(req.model)
+    if req.has_images and not any(w.kind == Kind.VISION for w in workers):
+        raise APIError(400, f"model {req.model!r} does not accept images", param="messages",
+                       code="images_not_supported")
+    payload = ChatJob(
+        model=req.model, messages=[m.to_payload() for m in req.messages],
+        max_tokens=req.requested_max_tokens() or ext.settings.default_max_tokens,
+        sampling=req.sampling(), stop=req.stop or [], logprobs=bool(req.logprobs),
+        top_logprobs=req.top_logprobs or 0,
+    )
+    try:
+        job = enqueue_chat(ext.conn, ext.settings, payload, kind=workers[0].kind,
+                           priority=Priority.INTERACTIVE, job_id=new_job_id())
+    except QueueFull as full:
+        raise APIError(429, f"model {req.model!r} has {full.depth} requests waiting; retry later",
+                       code="queue_full", headers={"Retry-After": "2"}) from None
+    completion = Completion(completion_id=f"chatcmpl-{job.id}", model=req.model)
+    relay = JobRelay(ext.conn, ext.settings, job.id)
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return Response(stream_with_context(_stream(relay, completion, include_usage)),
+                        mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+                                 "X-Request-Id": completion.completion_id})
+    response = _collect(relay, completion, want_logprobs=bool(req.logprobs))
+    response.headers["X-Request-Id"] = completion.completion_id
+    return response
+
+
+def _collect(relay: JobRelay, completion: Completion, want_logprobs: bool):
+    try:
+        for event in relay.events():
+            if event is None:
+                continue
+            if event.type in (EventType.ERROR, EventType.CANCELLED):
+                raise error_from_event(event)
+            completion.add(event)
+    finally:
+        if not relay.finished:
+            _cancel(relay)
+    return jsonify(completion.response(want_logprobs))
+
+
+def _stream(relay: JobRelay, completion: Completion, include_usage: bool):
+    """SSE frames for one job. A client that disconnects raises GeneratorExit at the next
+    write; `finally` then cancels the job."""
+    try:
+        for event in relay.events():
+            if event is None:
+                yield SSE_KEEPALIVE
+            elif event.type == EventType.START:
+                yield sse(completion.chunk({"role": "assistant", "content": ""},
+                                           with_usage=include_usage), event.id)
+            elif event.type == EventType.DELTA:
+                yield sse(completion.chunk({"content": event.data.get("text", "")},
+                                           logprobs=event.data.get("logprobs"),
+                                           with_usage=include_usage), event.id)
+            elif event.type == EventType.DONE:
+                completion.add(event)
+                yield sse(completion.chunk({}, finish_reason=completion.finish_reason,
+                                           with_usage=include_usage), event.id)
+                if include_usage:
+                    yield sse(completion.usage_chunk())
+                yield SSE_DONE
+            else:
+                yield sse(error_from_event(event).body(), event.id)
+    finally:
+        if not relay.finished:
+            _cancel(relay)
+
+
+def _cancel(relay: JobRelay) -> None:
+    log.info("client left; cancelling job %s", relay.job_id)
+    try:
+        cancel_job(relay.conn, relay.settings, relay.job_id)
+    except Exception:  # the client is gone; nothing to tell it
+        log.warning("could not cancel job %s", relay.job_id, exc_info=True)
+
+
+def _serving_models() -> dict[str, list[registry.WorkerInfo]]:
+    ext = current_app.extensions["mis"]
+    return registry.serving_models(registry.live_workers(ext.conn, ext.keys))
+
+
+def _live_workers_for(model: str) -> list[registry.WorkerInfo]:
+    ext = current_app.extensions["mis"]
+    workers = registry.live_workers(ext.conn, ext.keys)
+    serving = registry.serving_models(workers)
+    if model in serving:
+        return serving[model]
+    others = [w for w in workers if w.model == model]
+    if any(w.state == registry.WorkerState.ERROR for w in others):
+        reason = next(w.error for w in others if w.error)
+        raise APIError(503, f"model {model!r} failed to load: {reason}", code="model_unavailable",
+                       headers={"Retry-After": "30"})
+    if others:
+        raise APIError(503, f"model {model!r} is loading; retry shortly", code="model_loading",
+                       headers={"Retry-After": "5"})
+    raise _model_not_found(model, serving)
+
+
+def _model_not_found(model: str, serving: dict) -> APIError:
+    live = ", ".join(sorted(serving)) or "none"
+    return APIError(404, f"model {model!r} is not served here; live models: {live}",
+                    param="model", code="model_not_found")
+
+
+def _model_card(model_id: str, workers: list[registry.WorkerInfo]) -> dict:
+    return {"id": model_id, "object": "model", "owned_by": "mlx-inference-server",
+            "created": int(min(w.started_at for w in workers)), "kind": workers[0].kind,
+            "workers": len(workers)}

@@ -1,0 +1,71 @@
+"""Relaying a job's token stream to its HTTP client.
+
+`JobRelay.events()` yields the job's events in order and, when the stream stays silent for
+`keepalive_interval`, yields None (time for an SSE keepalive) after checking that the job
+can still finish: a job that rq failed or cancelled without a stream event, a job whose
+worker stopped heart-beating, or one that expired gets a synthesized terminal event, so no
+client waits forever.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import redis
+from rq.job import JobStatus
+
+from jobs import registry
+from jobs.keys import Keys
+from jobs.queues import fetch_job
+from jobs.settings import Settings
+from jobs.stream import Event, EventType, StreamReader
+
+
+class JobRelay:
+    def __init__(self, conn: redis.Redis, settings: Settings, job_id: str):
+        self.conn, self.settings, self.job_id = conn, settings, job_id
+        self.keys = Keys(settings.key_prefix)
+        self.reader = StreamReader(conn, self.keys, job_id)
+        self.finished = False
+        """True once a terminal event has been yielded."""
+
+    def events(self) -> Iterator[Event | None]:
+        block_ms = int(self.settings.keepalive_interval * 1000)
+        while not self.finished:
+            batch = self.reader.read(block_ms)
+            if not batch:
+                batch = self._check_job()
+                if not batch:
+                    yield None
+                    continue
+            for event in batch:
+                self.finished = event.is_terminal
+                yield event
+                if self.finished:
+                    return
+
+    def _check_job(self) -> list[Event]:
+        """Called after a silent interval: a terminal event if the job can no longer finish."""
+        job = fetch_job(self.conn, self.job_id)
+        if job is None:
+            problem = Event(EventType.ERROR, data={"code": "job_expired",
+                                                   "message": "the job expired before it finished"})
+        else:
+            problem = self._problem(job)
+        if problem is None:
+            return []
+        # The worker may have written its own ending between our read and the check.
+        return self.reader.read() or [problem]
+
+    def _problem(self, job) -> Event | None:
+        status = job.get_status(refresh=False)
+        if status == JobStatus.FAILED:
+            return Event(EventType.ERROR, data={"code": "generation_failed",
+                                                "message": "the job failed in its worker"})
+        if status in (JobStatus.CANCELED, JobStatus.STOPPED):
+            return Event(EventType.CANCELLED, data={})
+        if status == JobStatus.STARTED and job.worker_name and not registry.is_alive(
+                self.conn, self.keys, job.worker_name):
+            return Event(EventType.ERROR, data={
+                "code": "worker_died",
+                "message": "the worker running this job stopped responding; please retry"})
+        return None

@@ -1,0 +1,78 @@
+"""Model references: what may name a model, checked before any worker sees it.
+
+A reference is either a Hugging Face repo id (`org/name`) or a directory under one of the
+model roots (a bare name, or a path inside a root). Everything else is refused: URLs, `..`,
+absolute paths outside the roots, symlinks that escape a root, odd characters. Messages
+never echo server paths.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+MAX_REF_LENGTH = 256
+UNFINISHED_SUFFIXES = (".partial", ".old")
+"""Directories the GGUF importer is still writing or about to delete."""
+_SAFE_CHARS = re.compile(r"^[A-Za-z0-9._\-/]+$")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,95}/[A-Za-z0-9][A-Za-z0-9._\-]{0,95}$")
+
+
+class InvalidModelRef(ValueError):
+    """A reference that names no allowed model; the message is safe to show a client."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    """The reference as given: the model id clients use."""
+    local_path: Path | None = None
+    """Set for a directory under a model root."""
+    repo_id: str | None = None
+    """Set for a Hugging Face repo id."""
+
+
+def parse_model_ref(ref: str, roots: list[Path]) -> ModelRef:
+    _check_shape(ref)
+    local = _find_under_roots(ref, roots)
+    if local is not None:
+        return ModelRef(name=ref, local_path=local)
+    if _HUB_ID.match(ref) and not ref.startswith("/"):
+        return ModelRef(name=ref, repo_id=ref)
+    raise InvalidModelRef(
+        f"model {ref!r} is neither a model directory under the model roots nor a "
+        "Hugging Face repo id (org/name)"
+    )
+
+
+def _check_shape(ref: str) -> None:
+    if not ref or len(ref) > MAX_REF_LENGTH:
+        raise InvalidModelRef(f"a model reference must be 1 to {MAX_REF_LENGTH} characters")
+    if "://" in ref or ref.lower().startswith(("http:", "https:", "file:")):
+        raise InvalidModelRef("a model reference may not be a URL")
+    if not _SAFE_CHARS.match(ref):
+        raise InvalidModelRef(
+            f"model reference {ref!r} has characters outside letters, digits, '.', '_', '-', '/'"
+        )
+    if ".." in ref.split("/"):
+        raise InvalidModelRef("a model reference may not contain '..'")
+    if ref.endswith(UNFINISHED_SUFFIXES):
+        raise InvalidModelRef(f"model {ref!r} is an unfinished or replaced import")
+
+
+def _find_under_roots(ref: str, roots: list[Path]) -> Path | None:
+    """The resolved directory the reference names inside a root, or None. Symlinks are
+    followed and must still land inside the same root."""
+    for root in roots:
+        root = root.resolve()
+        candidate = Path(ref) if ref.startswith("/") else root / ref
+        if not candidate.is_dir():
+            continue
+        resolved = candidate.resolve()
+        if resolved != root and resolved.is_relative_to(root):
+            return resolved
+        if not ref.startswith("/"):
+            raise InvalidModelRef(f"model {ref!r} points outside the model roots")
+    if ref.startswith("/"):
+        raise InvalidModelRef("an absolute model path must lie inside the model roots")
+    return None

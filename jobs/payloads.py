@@ -1,0 +1,61 @@
+"""Job payloads: what the API hands a worker, as small JSON-clean pydantic models.
+
+rq stores them as the job's single keyword argument (`payload=<dict>`), so rq-dashboard can
+show them and the worker re-validates them on its side of the boundary.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class SamplingParams(BaseModel):
+    """Sampling as OpenAI defines it, plus the extras mlx-lm offers (top_k, min_p,
+    repetition_penalty). Defaults follow OpenAI (temperature 1)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = Field(default_factory=dict)
+    seed: int | None = None
+
+
+class ChatJob(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    messages: list[ChatMessage]
+    max_tokens: int
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+    stop: list[str] = Field(default_factory=list)
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class TokenLogprob(BaseModel):
+    """One generated token's log-probability, shaped like OpenAI's `logprobs.content[i]`."""
+
+    token: str
+    logprob: float
+    bytes: list[int]
+    top_logprobs: list[dict] = Field(default_factory=list)

@@ -1,0 +1,75 @@
+"""All configuration, read from the environment in one place.
+
+Every process (API, workers, tools) builds one `Settings` and passes it down; nothing else
+reads `os.environ`. Field names map to upper-case variables (`redis_url` ← `REDIS_URL`).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_REDIS_PORT = 11441
+"""The embedded Redis that `make run` starts listens next to the API's port, not on 6379,
+so it never collides with a Redis the user already runs."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+
+    redis_url: str = f"redis://127.0.0.1:{DEFAULT_REDIS_PORT}/0"
+    key_prefix: str = "mis:"
+    """Prefix of every key this project writes (rq keeps its own `rq:` keys)."""
+
+    models_dir: str = "var/models"
+    """Model roots, separated by os.pathsep. Local model references must lie inside one."""
+
+    text_model: str = "SmolLM2-135M-Instruct"
+    """The model `make run` starts a text worker for (named in the startup banner)."""
+
+    host: str = "127.0.0.1"
+    api_port: int = 11440
+    web_concurrency: int = Field(2, ge=1)
+    """gunicorn worker processes (each a gevent loop holding many streams)."""
+    redis_data_dir: str = "var/redis"
+    """Where the embedded Redis that `make run` starts keeps its append-only file."""
+
+    job_timeout: int = Field(600, ge=1)
+    """Seconds a chat job may run before the worker stops it (rq's job timeout)."""
+    queued_ttl: int = Field(600, ge=1)
+    """Seconds a job may wait in its queue before rq drops it."""
+    result_ttl: int = Field(3600, ge=1)
+    """Seconds an ended job's rq record and token stream are kept."""
+    stream_maxlen: int = Field(100_000, ge=100)
+    """Approximate cap on entries per token stream (one entry per engine step per job)."""
+    cancel_ttl: int = Field(3600, ge=1)
+
+    heartbeat_interval: float = Field(2.0, gt=0)
+    """Seconds between a worker's registry heartbeats."""
+    worker_ttl: int = Field(6, ge=2)
+    """Seconds after its last heartbeat that a worker counts as dead."""
+
+    keepalive_interval: float = Field(5.0, gt=0)
+    """Seconds of silence after which the API sends an SSE `: keepalive` and re-checks the job."""
+    default_max_tokens: int = Field(512, ge=1)
+    """Completion length when the client names none (mlx_lm.server's default too)."""
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_queue_depth: int = Field(256, ge=1)
+    """Jobs waiting per queue before new requests get 429."""
+
+    redis_socket_timeout: float = 30.0
+    """Above any blocking read we issue (XREAD BLOCK uses keepalive_interval)."""
+    redis_connect_timeout: float = 2.0
+    """Short, so a stopped Redis turns into a quick 503 rather than a hang."""
+    redis_max_connections: int = 2000
+    """Each open SSE stream holds one connection while it blocks on XREAD."""
+
+    @property
+    def model_roots(self) -> list[Path]:
+        return [Path(p).resolve() for p in self.models_dir.split(os.pathsep) if p]
+
+    @property
+    def bound_to_loopback(self) -> bool:
+        return self.host in ("127.0.0.1", "localhost", "::1")

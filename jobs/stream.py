@@ -1,0 +1,109 @@
+"""The token-stream protocol: one Redis Stream per job, written by the worker that runs it,
+read by the API from the start (`XREAD` from `0`), so a late reader loses nothing.
+
+Entry types (`EventType`): `start` when generation begins, `delta` with new text, `done`
+with the finish reason and usage, `error` with an OpenAI-style code and a safe message,
+`cancelled` when a cancel request stopped the job, `progress` for long jobs. Every stream
+ends with exactly one of done / error / cancelled.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import redis
+
+from .keys import Keys
+
+
+class EventType(StrEnum):
+    START = "start"
+    DELTA = "delta"
+    DONE = "done"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+    PROGRESS = "progress"
+
+
+TERMINAL = frozenset({EventType.DONE, EventType.ERROR, EventType.CANCELLED})
+
+
+@dataclass(frozen=True)
+class Event:
+    type: EventType
+    id: str = ""
+    data: dict = field(default_factory=dict)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.type in TERMINAL
+
+
+def _encode(event_type: EventType, data: dict) -> dict[str, str]:
+    return {"type": event_type.value, "data": json.dumps(data, separators=(",", ":"))}
+
+
+def _decode(entry_id: bytes | str, fields: dict) -> Event:
+    raw = {(k.decode() if isinstance(k, bytes) else k): v for k, v in fields.items()}
+    data = raw.get("data", b"{}")
+    entry = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return Event(EventType(_text(raw["type"])), entry, json.loads(_text(data)))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class StreamWriter:
+    """Appends events to one job's stream. Pass a pipeline to batch a whole engine step
+    (every job's delta plus the cancel-flag reads) into one round trip."""
+
+    def __init__(self, conn: redis.Redis, keys: Keys, job_id: str, *, maxlen: int, ttl: int):
+        self.conn = conn
+        self.key = keys.stream(job_id)
+        self.maxlen = maxlen
+        self.ttl = ttl
+
+    def write(self, event_type: EventType, data: dict | None = None, pipeline=None) -> None:
+        pipe = pipeline if pipeline is not None else self.conn.pipeline(transaction=False)
+        pipe.xadd(self.key, _encode(event_type, data or {}), maxlen=self.maxlen, approximate=True)
+        # The TTL is refreshed on every write: a stream outlives its job by `ttl` seconds
+        # and a stream whose worker vanished still expires.
+        pipe.expire(self.key, self.ttl)
+        if pipeline is None:
+            pipe.execute()
+
+    def start(self, pipeline=None, **data) -> None:
+        self.write(EventType.START, data, pipeline)
+
+    def delta(self, text: str, pipeline=None, **data) -> None:
+        self.write(EventType.DELTA, {"text": text, **data}, pipeline)
+
+    def done(self, finish_reason: str, usage: dict, pipeline=None) -> None:
+        self.write(EventType.DONE, {"finish_reason": finish_reason, "usage": usage}, pipeline)
+
+    def error(self, code: str, message: str, pipeline=None) -> None:
+        self.write(EventType.ERROR, {"code": code, "message": message}, pipeline)
+
+    def cancelled(self, pipeline=None, **data) -> None:
+        self.write(EventType.CANCELLED, data, pipeline)
+
+
+class StreamReader:
+    """Reads one job's events in order from the start (`XREAD` from `0`), so a reader that
+    arrives late loses nothing; remembers where it got to."""
+
+    def __init__(self, conn: redis.Redis, keys: Keys, job_id: str, last_id: str = "0"):
+        self.conn = conn
+        self.key = keys.stream(job_id)
+        self.last_id = last_id
+
+    def read(self, block_ms: int | None = None) -> list[Event]:
+        """Events after the last one read; waits up to `block_ms` for one (None: no wait)."""
+        reply = self.conn.xread({self.key: self.last_id}, count=512, block=block_ms)
+        if not reply:
+            return []
+        events = [_decode(entry_id, fields) for entry_id, fields in reply[0][1]]
+        self.last_id = events[-1].id
+        return events

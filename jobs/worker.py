@@ -1,0 +1,209 @@
+"""The model worker: an rq SimpleWorker that holds one loaded model for its whole life.
+
+Why SimpleWorker: a forking worker would reload (or copy) the model for every job; jobs
+here run in-process against the model loaded once at start. What rq lacks we add around it:
+- a heartbeat thread that keeps our registry entry (model, kind, state, counters) fresh, so
+  the API can tell live models and notice a worker that died mid-job;
+- cooperative cancellation: a job function raises `JobCancelled` and the job ends `canceled`
+  in rq (not failed, not finished);
+- a load loop: a model that fails to load leaves the worker up in state `error`, with the
+  reason in the registry and the log, retrying with back-off.
+Job functions reach the loaded model through `current_context()`: rq calls them with their
+payload only, and the context is set once, by `serve`, before any job runs.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from rq import SimpleWorker
+from rq.exceptions import InvalidJobOperation
+
+from . import registry
+from .connection import connect
+from .keys import Keys, Kind, queue_names
+from .registry import WorkerInfo, WorkerState
+from .settings import Settings
+
+log = logging.getLogger("mis.worker")
+
+LOAD_RETRY_MIN = 5.0
+"""Seconds before the first retry of a failed model load; doubles up to LOAD_RETRY_MAX."""
+LOAD_RETRY_MAX = 300.0
+RQ_WORKER_TTL = 35
+"""rq's own worker TTL; rq blocks on the queues for TTL - 15 s between its heartbeats."""
+
+
+class JobCancelled(Exception):
+    """Raised by a job function that stopped because its cancel flag was set."""
+
+
+@dataclass
+class WorkerContext:
+    """What job functions get from the worker that runs them."""
+
+    conn: redis.Redis
+    settings: Settings
+    keys: Keys
+    info: WorkerInfo
+    engine: Any
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def count_job(self, tokens: int) -> None:
+        with self.lock:
+            self.info.jobs_done += 1
+            self.info.tokens_generated += tokens
+
+
+_context: WorkerContext | None = None
+
+
+def current_context() -> WorkerContext:
+    if _context is None:
+        raise RuntimeError("job functions run only inside a model worker (python -m worker_text)")
+    return _context
+
+
+class Heartbeat(threading.Thread):
+    """Publishes the registry entry every `interval` seconds until stopped."""
+
+    def __init__(self, conn: redis.Redis, keys: Keys, info: WorkerInfo, settings: Settings):
+        super().__init__(name="heartbeat", daemon=True)
+        self.conn, self.keys, self.info, self.settings = conn, keys, info, settings
+        self.stopped = threading.Event()
+
+    def beat(self) -> None:
+        try:
+            registry.publish(self.conn, self.keys, self.info, self.settings.worker_ttl)
+        except redis.exceptions.RedisError as exc:
+            log.warning("heartbeat failed: %s", exc)
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.settings.heartbeat_interval):
+            self.beat()
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+class ModelWorker(SimpleWorker):
+    """SimpleWorker that keeps the registry state true and ends cancelled jobs `canceled`."""
+
+    heartbeat_thread: Heartbeat
+
+    def execute_job(self, job, queue):
+        self._set_model_state(WorkerState.BUSY, active_jobs=1)
+        try:
+            super().execute_job(job, queue)
+        finally:
+            self._set_model_state(WorkerState.IDLE, active_jobs=0)
+
+    def _set_model_state(self, state: WorkerState, active_jobs: int) -> None:
+        info = self.heartbeat_thread.info
+        info.state, info.active_jobs = state, active_jobs
+        self.heartbeat_thread.beat()
+
+    # rq 3.0 private hook (pinned): the one place a raised job ends up.
+    def _finalize_failure(self, job, queue, execution, exc_info):
+        if not isinstance(exc_info[1], JobCancelled):
+            return super()._finalize_failure(job, queue, execution, exc_info)
+        log.info("job %s cancelled", job.id)
+        with self.connection.pipeline() as pipe:
+            self.cleanup_execution(job, pipeline=pipe, execution=execution)
+            pipe.execute()
+        try:
+            job.cancel()
+        except InvalidJobOperation:
+            pass  # the API marked it canceled already
+
+
+def worker_name(kind: Kind) -> str:
+    return f"{kind}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
+
+
+def serve(
+    settings: Settings,
+    model_id: str,
+    kind: Kind,
+    load: Callable[[], Any],
+    capacity: int = 1,
+) -> int:
+    """Register, load the model (retrying on failure), then work jobs until SIGTERM/SIGINT.
+    Returns the process exit code."""
+    global _context
+    conn = connect(settings)
+    keys = Keys(settings.key_prefix)
+    info = WorkerInfo(
+        name=worker_name(kind), model=model_id, kind=kind, host=socket.gethostname(),
+        pid=os.getpid(), capacity=capacity, started_at=time.time(),
+    )
+    heartbeat = Heartbeat(conn, keys, info, settings)
+    heartbeat.beat()
+    heartbeat.start()
+    stop = threading.Event()
+    try:
+        engine = _load_with_retry(load, info, heartbeat, stop)
+        if engine is None:
+            return 0
+        _context = WorkerContext(conn=conn, settings=settings, keys=keys, info=info, engine=engine)
+        info.state, info.error = WorkerState.IDLE, ""
+        heartbeat.beat()
+        worker = ModelWorker(queue_names(kind, model_id), name=info.name, connection=conn,
+                             worker_ttl=RQ_WORKER_TTL, default_result_ttl=settings.result_ttl)
+        worker.heartbeat_thread = heartbeat
+        worker.work(logging_level="INFO")
+        return 0
+    finally:
+        heartbeat.stop()
+        try:
+            registry.remove(conn, keys, info.name)
+        except redis.exceptions.RedisError:
+            pass
+
+
+def _load_with_retry(load, info: WorkerInfo, heartbeat: Heartbeat, stop: threading.Event):
+    """Call `load` until it succeeds or a stop signal arrives (then return None)."""
+    def on_signal(signum, frame):
+        stop.set()
+        raise KeyboardInterrupt  # interrupts a load in progress as well as the wait
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    delay = LOAD_RETRY_MIN
+    try:
+        while not stop.is_set():
+            info.state = WorkerState.LOADING
+            heartbeat.beat()
+            try:
+                log.info("loading model %s", info.model)
+                engine = load()
+                log.info("model %s loaded", info.model)
+                return engine
+            except KeyboardInterrupt:
+                return None
+            except Exception as exc:  # any load failure is reported, then retried
+                info.state, info.error = WorkerState.ERROR, _safe_reason(exc)
+                heartbeat.beat()
+                log.error("cannot load model %s: %s; retrying in %.0f s", info.model, info.error, delay)
+                try:
+                    stop.wait(delay)
+                except KeyboardInterrupt:
+                    return None
+                delay = min(delay * 2, LOAD_RETRY_MAX)
+        return None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _safe_reason(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:500]

@@ -1,0 +1,73 @@
+"""Session fixtures that build real things: a Redis server on a free port, a model root with
+the tiny random-weight model, the API under gunicorn and a tiny-text worker process."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import openai
+import pytest
+import redis
+
+from jobs.keys import Keys
+
+from .support import ROOT, RedisServer, Stack, free_port
+
+REAL_MODELS = ROOT / "var" / "models"
+SMOLLM2 = "SmolLM2-135M-Instruct"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = RedisServer(free_port(), tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    from worker_text.tiny import build
+
+    root = tmp_path_factory.mktemp("models")
+    build(root / "tiny-text")
+    return root
+
+
+@pytest.fixture(scope="session")
+def stack(redis_server, models_dir, tmp_path_factory):
+    env = dict(os.environ)
+    env.update(
+        REDIS_URL=redis_server.url, KEY_PREFIX="test:", PYTHONPATH=str(ROOT),
+        MODELS_DIR=os.pathsep.join([str(models_dir), str(REAL_MODELS)]),
+        HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path_factory.mktemp("hf-cache")),
+        KEEPALIVE_INTERVAL="1", HEARTBEAT_INTERVAL="0.5", WORKER_TTL="3",
+    )
+    stack = Stack(env=env, logs=tmp_path_factory.mktemp("logs"))
+    yield stack
+    stack.stop_all()
+
+
+@pytest.fixture(scope="session")
+def api_url(stack) -> str:
+    return stack.start_api()[1]
+
+
+@pytest.fixture(scope="session")
+def text_worker(stack):
+    return stack.start_worker("tiny-text")
+
+
+@pytest.fixture(scope="session")
+def client(api_url, text_worker) -> openai.OpenAI:
+    return openai.OpenAI(base_url=api_url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def conn(redis_server) -> redis.Redis:
+    return redis.Redis.from_url(redis_server.url)
+
+
+@pytest.fixture(scope="session")
+def keys() -> Keys:
+    return Keys("test:")

@@ -1,0 +1,167 @@
+"""Real processes for tests: a Redis server, gunicorn running the API, model workers."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+import requests
+
+from jobs.keys import Keys
+from jobs.redis_server import server_argv
+from jobs.registry import WorkerState, live_workers
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@dataclass
+class Proc:
+    """A child process with its output in a log file (shown when a wait fails)."""
+
+    argv: list[str]
+    env: dict
+    log_path: Path
+    popen: subprocess.Popen | None = None
+
+    def start(self) -> "Proc":
+        self.log_file = open(self.log_path, "ab")
+        self.popen = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdout=self.log_file,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def send(self, sig: int) -> None:
+        if self.alive():
+            os.kill(self.popen.pid, sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int | None:
+        if self.popen is None:
+            return None
+        if self.alive():
+            os.kill(self.popen.pid, sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(5)
+        self.log_file.close()
+        return self.popen.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+
+@dataclass
+class RedisServer:
+    port: int
+    data_dir: Path
+    proc: Proc | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.proc = Proc(server_argv(self.port, self.data_dir, appendonly=False), dict(os.environ),
+                         self.data_dir / "redis.log").start()
+        client = redis.Redis(port=self.port)
+        wait_until(lambda: _pings(client), 10, "redis")
+        return self
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop()
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return client.ping()
+    except redis.exceptions.ConnectionError:
+        return False
+
+
+@dataclass
+class Stack:
+    """Environment shared by the API and workers of one test session."""
+
+    env: dict
+    logs: Path
+    procs: list[Proc] = field(default_factory=list)
+
+    def spawn(self, name: str, argv: list[str], **env) -> Proc:
+        proc = Proc(argv, {**self.env, **{k: str(v) for k, v in env.items()}},
+                    self.logs / f"{name}-{len(self.procs)}.log").start()
+        self.procs.append(proc)
+        return proc
+
+    def start_api(self, **env) -> tuple[Proc, str]:
+        port = free_port()
+        proc = self.spawn("api", [sys.executable, "-m", "gunicorn", "-c", "api/gunicorn_conf.py",
+                                  "api:create_app()"], API_PORT=port, WEB_CONCURRENCY=1, **env)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_until(lambda: _answers(url), 30, "the API")
+        except TimeoutError:
+            raise TimeoutError(proc.log()) from None
+        return proc, url
+
+    def start_worker(self, model: str, wait: bool = True, **env) -> Proc:
+        proc = self.spawn(f"worker-{model.replace('/', '_')}",
+                          [sys.executable, "-m", "worker_text", "--model", model], **env)
+        if wait:
+            self.wait_for_worker(proc, model)
+        return proc
+
+    def wait_for_worker(self, proc: Proc, model: str, state=WorkerState.IDLE, timeout: float = 120):
+        conn = redis.Redis.from_url(self.env["REDIS_URL"])
+        keys = Keys(self.env["KEY_PREFIX"])
+
+        def ready():
+            if not proc.alive():
+                raise RuntimeError(f"worker exited:\n{proc.log()}")
+            return [w for w in live_workers(conn, keys) if w.pid == proc.pid and w.state == state]
+
+        try:
+            return wait_until(ready, timeout, f"worker for {model} in state {state}")[0]
+        except TimeoutError:
+            raise TimeoutError(proc.log()) from None
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url + "/health", timeout=1).status_code in (200, 503)
+    except requests.RequestException:
+        return False

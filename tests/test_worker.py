@@ -1,0 +1,116 @@
+"""The worker process: model references, load failures, the Hugging Face cache offline,
+warm shutdown on SIGTERM and what a client sees when a worker dies."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import openai
+import pytest
+import requests
+
+from jobs.registry import WorkerState
+
+from .support import ROOT, wait_until
+
+
+def alias(models_dir, name):
+    """Another model id for the tiny model, so a test's worker gets a queue of its own."""
+    target = models_dir / name
+    if not target.exists():
+        target.symlink_to(models_dir / "tiny-text")
+    return name
+
+
+def client_for(api_url):
+    return openai.OpenAI(base_url=api_url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+@pytest.mark.parametrize("ref", ["../tiny-text", "/etc", "https://example.com/m", "a;rm -rf", "no-such-model"])
+def test_bad_model_references_are_refused_at_start(stack, ref):
+    result = subprocess.run([sys.executable, "-m", "worker_text", "--model", ref], env=stack.env,
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_symlink_escaping_the_model_root_is_refused(stack, models_dir, tmp_path):
+    outside = tmp_path / "outside"
+    shutil.copytree(models_dir / "tiny-text", outside)
+    (models_dir / "escape").symlink_to(outside)
+    result = subprocess.run([sys.executable, "-m", "worker_text", "--model", "escape"], env=stack.env,
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "outside the model roots" in result.stderr
+
+
+def test_model_that_cannot_load_leaves_worker_up_in_error_state(stack, api_url):
+    proc = stack.start_worker("test-org/not-cached", wait=False)
+    try:
+        info = stack.wait_for_worker(proc, "test-org/not-cached", state=WorkerState.ERROR, timeout=60)
+        assert "not in the local Hugging Face cache" in info.error
+        health = requests.get(api_url + "/health", timeout=5).json()
+        assert any(w["state"] == "error" and w["model"] == "test-org/not-cached" for w in health["workers"])
+        with pytest.raises(openai.APIStatusError) as caught:
+            client_for(api_url).chat.completions.create(
+                model="test-org/not-cached", messages=[{"role": "user", "content": "hi"}])
+        assert caught.value.status_code == 503
+        assert "failed to load" in caught.value.message
+        started = time.monotonic()
+        assert proc.stop(signal.SIGTERM) == 0
+        assert time.monotonic() - started < 10
+    finally:
+        proc.stop(signal.SIGKILL)
+
+
+def test_hub_repo_id_loads_offline_from_the_local_cache(stack, api_url, models_dir):
+    cache = stack.env["HF_HUB_CACHE"]
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = os.path.join(cache, "models--test-org--tiny-hub")
+    shutil.copytree(models_dir / "tiny-text", os.path.join(repo, "snapshots", revision))
+    os.makedirs(os.path.join(repo, "refs"), exist_ok=True)
+    with open(os.path.join(repo, "refs", "main"), "w") as ref:
+        ref.write(revision)
+    proc = stack.start_worker("test-org/tiny-hub")
+    try:
+        reply = client_for(api_url).chat.completions.create(
+            model="test-org/tiny-hub", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+        assert reply.usage.completion_tokens == 4
+    finally:
+        proc.stop()
+
+
+def test_sigterm_finishes_the_running_job_before_exiting(stack, api_url, models_dir):
+    model = alias(models_dir, "tiny-sigterm")
+    proc = stack.start_worker(model)
+    stream = client_for(api_url).chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=400, stream=True,
+        temperature=0, stream_options={"include_usage": True})
+    chunks = iter(stream)
+    next(chunks), next(chunks)
+    proc.send(signal.SIGTERM)
+    rest = list(chunks)
+    assert rest[-1].usage.completion_tokens == 400
+    assert [c.choices[0].finish_reason for c in rest if c.choices and c.choices[0].finish_reason] == ["length"]
+    wait_until(lambda: not proc.alive(), 15, "worker exit")
+    assert proc.popen.returncode == 0
+
+
+def test_worker_killed_mid_stream_gives_the_client_an_error_event(stack, api_url, models_dir):
+    model = alias(models_dir, "tiny-kill")
+    proc = stack.start_worker(model)
+    stream = client_for(api_url).chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=1900, stream=True)
+    chunks = iter(stream)
+    next(chunks), next(chunks)
+    proc.send(signal.SIGKILL)
+    killed = time.monotonic()
+    with pytest.raises(openai.APIError) as caught:
+        for _ in chunks:
+            pass
+    assert time.monotonic() - killed < 10
+    assert "worker" in str(caught.value.message)

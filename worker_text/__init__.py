@@ -1,0 +1,1 @@
+"""Text worker: mlx-lm models served through rq jobs."""

@@ -1,0 +1,37 @@
+"""`python -m worker_text --model REF`: one long-lived worker serving one mlx-lm model."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from jobs.keys import Kind
+from jobs.modelref import InvalidModelRef, parse_model_ref
+from jobs.settings import Settings
+from jobs.worker import serve
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m worker_text", description=__doc__)
+    parser.add_argument("--model", required=True,
+                        help="Hugging Face repo id (org/name) or a directory name under MODELS_DIR")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    try:
+        parse_model_ref(args.model, settings.model_roots)
+    except InvalidModelRef as exc:
+        # A reference that can never be valid is a usage error, not a load failure to retry.
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    def load():
+        from .loading import load_text_model  # imports mlx; kept out of --help
+
+        return load_text_model(args.model, settings)
+
+    return serve(settings, args.model, Kind.TEXT, load)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Model resolution and loading for the text worker.
+
+A reference has been checked by `jobs.modelref` (the same check the API applies); here it
+becomes a directory: local ones as they are, Hugging Face ids through
+`huggingface_hub.snapshot_download`, which honours `HF_HUB_OFFLINE` and the local cache.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from jobs.modelref import ModelRef, parse_model_ref
+from jobs.settings import Settings
+
+from .engine import TextModel
+
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.py", "tokenizer.model", "*.tiktoken", "*.txt", "*.jinja"]
+"""What mlx-lm needs from a repo; skips other formats (.bin, .gguf, .pth) a repo may carry."""
+
+
+class ModelLoadError(Exception):
+    """The model could not be made ready; the message says why, without server paths."""
+
+
+def resolve(ref: ModelRef) -> Path:
+    if ref.local_path is not None:
+        return ref.local_path
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(ref.repo_id, allow_patterns=HUB_PATTERNS))
+    except LocalEntryNotFoundError as exc:
+        raise ModelLoadError(
+            f"{ref.repo_id} is not in the local Hugging Face cache and the hub cannot be "
+            "reached (HF_HUB_OFFLINE is set or there is no network)"
+        ) from exc
+
+
+def load_text_model(model_ref: str, settings: Settings) -> TextModel:
+    from mlx_lm import load
+
+    ref = parse_model_ref(model_ref, settings.model_roots)
+    path = resolve(ref)
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{model_ref} has no config.json: not an mlx-lm model directory")
+    model, tokenizer = load(str(path))
+    config = json.loads((path / "config.json").read_text())
+    return TextModel(model_id=model_ref, model=model, tokenizer=tokenizer,
+                     context_length=_context_length(config, tokenizer),
+                     vocab_size=_vocab_size(config, tokenizer))
+
+
+def _context_length(config: dict, tokenizer) -> int:
+    for key in ("max_position_embeddings", "max_sequence_length", "n_ctx", "seq_length"):
+        if isinstance(config.get(key), int):
+            return config[key]
+    limit = getattr(tokenizer, "model_max_length", None)
+    return limit if isinstance(limit, int) and limit < 10**7 else 4096
+
+
+def _vocab_size(config: dict, tokenizer) -> int:
+    # Multimodal configs keep text hyper-parameters under text_config.
+    size = config.get("vocab_size") or config.get("text_config", {}).get("vocab_size")
+    return int(size) if size else len(tokenizer.get_vocab())

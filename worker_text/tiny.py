@@ -1,0 +1,94 @@
+"""`python -m worker_text.tiny OUTDIR`: a tiny random-weight llama model for tests and demos.
+
+It loads in well under a second and decodes hundreds of tokens per second on a CPU, so tests
+exercise the real mlx-lm path without a real model. Its tokenizer is a byte-level BPE trained
+here on a few sentences (deterministic), with ChatML special tokens and chat template. The
+end-of-turn token's output row is zeroed so greedy decoding never ends early by chance:
+lengths in tests are then set by max_tokens and stop sequences, not by luck.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHATML = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+CORPUS = [
+    "The capital of France is Paris. The quick brown fox jumps over the lazy dog.",
+    "Hello, world! Wörter mit Umlauten, 日本語のテキスト, emojis 🙂 and numbers 0123456789.",
+    "user assistant system: what is the answer? It is forty-two.",
+] * 20
+CONFIG = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+    "max_position_embeddings": 2048,
+    "tie_word_embeddings": False,
+}
+VOCAB_SIZE = 512
+
+
+def build_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tokenizer.train_from_iterator(CORPUS, trainer=trainer)
+    return tokenizer
+
+
+def build(out_dir: Path, seed: int = 0) -> Path:
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm.models import llama
+
+    tokenizer = build_tokenizer()
+    config = {**CONFIG, "vocab_size": tokenizer.get_vocab_size()}
+    mx.random.seed(seed)
+    model = llama.Model(llama.ModelArgs.from_dict(config))
+    eos_id = tokenizer.token_to_id("<|im_end|>")
+    model.lm_head.weight[eos_id] = 0.0
+    weights = dict(tree_flatten(model.parameters()))
+
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    mx.save_safetensors(str(partial / "model.safetensors"), weights, metadata={"format": "mlx"})
+    (partial / "config.json").write_text(json.dumps(config, indent=1))
+    tokenizer.save(str(partial / "tokenizer.json"))
+    (partial / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>", "chat_template": CHATML,
+        "model_max_length": config["max_position_embeddings"],
+    }, indent=1))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    partial.rename(out_dir)
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m worker_text.tiny", description=__doc__.split("\n")[0])
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    print(f"wrote {build(args.out_dir, args.seed)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
