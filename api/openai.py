@@ -58,7 +58,7 @@ def chat_completions():
         raise APIError(429, f"model {req.model!r} has {full.depth} requests waiting; retry later",
                        code="queue_full", headers={"Retry-After": "2"}) from None
     completion = Completion(completion_id=f"chatcmpl-{job.id}", model=req.model)
-    relay = JobRelay(ext.conn, ext.settings, job.id)
+    relay = JobRelay(ext.conn, ext.settings, job.id, req.model)
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return Response(stream_with_context(_stream(relay, completion, include_usage)),
@@ -79,7 +79,7 @@ def _collect(relay: JobRelay, completion: Completion, want_logprobs: bool):
                 raise error_from_event(event)
             completion.add(event)
     finally:
-        if not relay.finished:
+        if not relay.finished or relay.synthesized:
             _cancel(relay)
     return jsonify(completion.response(want_logprobs))
 
@@ -108,7 +108,7 @@ def _stream(relay: JobRelay, completion: Completion, include_usage: bool):
             else:
                 yield sse(error_from_event(event).body(), event.id)
     finally:
-        if not relay.finished:
+        if not relay.finished or relay.synthesized:
             _cancel(relay)
 
 

@@ -21,12 +21,15 @@ from jobs.stream import Event, EventType, StreamReader
 
 
 class JobRelay:
-    def __init__(self, conn: redis.Redis, settings: Settings, job_id: str):
-        self.conn, self.settings, self.job_id = conn, settings, job_id
+    def __init__(self, conn: redis.Redis, settings: Settings, job_id: str, model: str):
+        self.conn, self.settings, self.job_id, self.model = conn, settings, job_id, model
         self.keys = Keys(settings.key_prefix)
         self.reader = StreamReader(conn, self.keys, job_id)
         self.finished = False
         """True once a terminal event has been yielded."""
+        self.synthesized = False
+        """True when that event came from the API's own check, not the worker: the job may
+        still sit in a queue and must be cancelled."""
 
     def events(self) -> Iterator[Event | None]:
         block_ms = int(self.settings.keepalive_interval * 1000)
@@ -54,7 +57,11 @@ class JobRelay:
         if problem is None:
             return []
         # The worker may have written its own ending between our read and the check.
-        return self.reader.read() or [problem]
+        written = self.reader.read()
+        if written:
+            return written
+        self.synthesized = True
+        return [problem]
 
     def _problem(self, job) -> Event | None:
         status = job.get_status(refresh=False)
@@ -68,4 +75,13 @@ class JobRelay:
             return Event(EventType.ERROR, data={
                 "code": "worker_died",
                 "message": "the worker running this job stopped responding; please retry"})
+        if status == JobStatus.QUEUED and not self._model_has_workers():
+            return Event(EventType.ERROR, data={
+                "code": "model_unavailable",
+                "message": f"no worker serves model {self.model!r} any more; please retry"})
         return None
+
+    def _model_has_workers(self) -> bool:
+        """Any live worker for the model, serving or still loading (a restart counts)."""
+        return any(w.model == self.model and w.state != registry.WorkerState.ERROR
+                   for w in registry.live_workers(self.conn, self.keys))

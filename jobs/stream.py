@@ -55,22 +55,28 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def append(pipeline, key: str, event_type: EventType, data: dict, *, maxlen: int, ttl: int) -> None:
+    """Queue one event on a pipeline (the only place that writes a stream entry)."""
+    pipeline.xadd(key, _encode(event_type, data), maxlen=maxlen, approximate=True)
+    # The TTL is refreshed on every write: a stream outlives its job by `ttl` seconds
+    # and a stream whose worker vanished still expires.
+    pipeline.expire(key, ttl)
+
+
 class StreamWriter:
-    """Appends events to one job's stream. Pass a pipeline to batch a whole engine step
-    (every job's delta plus the cancel-flag reads) into one round trip."""
+    """Appends events to one job's stream, one round trip each (or on a given pipeline).
+    Workers write through `jobs.outbox.OutboxStream`, which has the same methods."""
 
     def __init__(self, conn: redis.Redis, keys: Keys, job_id: str, *, maxlen: int, ttl: int):
         self.conn = conn
+        self.job_id = job_id
         self.key = keys.stream(job_id)
         self.maxlen = maxlen
         self.ttl = ttl
 
     def write(self, event_type: EventType, data: dict | None = None, pipeline=None) -> None:
         pipe = pipeline if pipeline is not None else self.conn.pipeline(transaction=False)
-        pipe.xadd(self.key, _encode(event_type, data or {}), maxlen=self.maxlen, approximate=True)
-        # The TTL is refreshed on every write: a stream outlives its job by `ttl` seconds
-        # and a stream whose worker vanished still expires.
-        pipe.expire(self.key, self.ttl)
+        append(pipe, self.key, event_type, data or {}, maxlen=self.maxlen, ttl=self.ttl)
         if pipeline is None:
             pipe.execute()
 

@@ -80,6 +80,7 @@ class Heartbeat(threading.Thread):
         super().__init__(name="heartbeat", daemon=True)
         self.conn, self.keys, self.info, self.settings = conn, keys, info, settings
         self.stopped = threading.Event()
+        self.woken = threading.Event()
 
     def beat(self) -> None:
         try:
@@ -87,12 +88,20 @@ class Heartbeat(threading.Thread):
         except redis.exceptions.RedisError as exc:
             log.warning("heartbeat failed: %s", exc)
 
+    def poke(self) -> None:
+        """Publish soon, from this thread: a state change must not cost a job a round trip."""
+        self.woken.set()
+
     def run(self) -> None:
-        while not self.stopped.wait(self.settings.heartbeat_interval):
-            self.beat()
+        while not self.stopped.is_set():
+            self.woken.wait(self.settings.heartbeat_interval)
+            self.woken.clear()
+            if not self.stopped.is_set():
+                self.beat()
 
     def stop(self) -> None:
         self.stopped.set()
+        self.woken.set()
 
 
 class ModelWorker(SimpleWorker):
@@ -110,7 +119,7 @@ class ModelWorker(SimpleWorker):
     def _set_model_state(self, state: WorkerState, active_jobs: int) -> None:
         info = self.heartbeat_thread.info
         info.state, info.active_jobs = state, active_jobs
-        self.heartbeat_thread.beat()
+        self.heartbeat_thread.poke()
 
     # rq 3.0 private hook (pinned): the one place a raised job ends up.
     def _finalize_failure(self, job, queue, execution, exc_info):
@@ -158,7 +167,10 @@ def serve(
         info.state, info.error = WorkerState.IDLE, ""
         heartbeat.beat()
         worker = ModelWorker(queue_names(kind, model_id), name=info.name, connection=conn,
-                             worker_ttl=RQ_WORKER_TTL, default_result_ttl=settings.result_ttl)
+                             worker_ttl=RQ_WORKER_TTL, default_result_ttl=settings.result_ttl,
+                             # rq's job description embeds the whole payload (every message):
+                             # formatting and logging it per job costs more than the dequeue.
+                             log_job_description=False)
         worker.heartbeat_thread = heartbeat
         worker.work(logging_level="INFO")
         return 0

@@ -7,11 +7,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import openai
 import pytest
 import requests
+
+from rq import Queue
 
 from jobs.registry import WorkerState
 
@@ -100,13 +103,25 @@ def test_sigterm_finishes_the_running_job_before_exiting(stack, api_url, models_
     assert proc.popen.returncode == 0
 
 
-def test_worker_killed_mid_stream_gives_the_client_an_error_event(stack, api_url, models_dir):
+def test_worker_killed_mid_stream_gives_its_clients_errors(stack, api_url, models_dir, conn):
     model = alias(models_dir, "tiny-kill")
     proc = stack.start_worker(model)
-    stream = client_for(api_url).chat.completions.create(
+    client = client_for(api_url)
+    stream = client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=1900, stream=True)
     chunks = iter(stream)
     next(chunks), next(chunks)
+    queued = {}
+
+    def wait_in_queue():
+        try:
+            client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+        except openai.APIStatusError as exc:
+            queued["error"] = exc
+
+    waiter = threading.Thread(target=wait_in_queue)
+    waiter.start()
+    wait_until(lambda: Queue(f"text:{model}:interactive", connection=conn).count == 1, 10, "a queued job")
     proc.send(signal.SIGKILL)
     killed = time.monotonic()
     with pytest.raises(openai.APIError) as caught:
@@ -114,3 +129,7 @@ def test_worker_killed_mid_stream_gives_the_client_an_error_event(stack, api_url
             pass
     assert time.monotonic() - killed < 10
     assert "worker" in str(caught.value.message)
+    waiter.join(15)
+    assert queued["error"].status_code == 503 and "no worker serves" in queued["error"].message
+    # the waiting job was taken off the queue, not left for a future worker
+    wait_until(lambda: Queue(f"text:{model}:interactive", connection=conn).count == 0, 5, "queue emptied")

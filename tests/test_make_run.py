@@ -1,0 +1,57 @@
+"""`make run` as a user runs it: everything starts, answers, and SIGTERM stops every process
+it started, leaving the port free."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import openai
+
+from .support import ROOT, free_port, wait_until
+
+
+def session_pids(sid: int) -> list[int]:
+    out = subprocess.run(["ps", "-e", "-o", "pid=,sid="], capture_output=True, text=True).stdout
+    return [int(pid) for pid, s in (line.split() for line in out.splitlines()) if int(s) == sid]
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_make_run_serves_and_sigterm_stops_everything(models_dir, tmp_path):
+    port, redis_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS", "REDIS_URL"))}
+    env.update(MODELS_DIR=str(models_dir), REDIS_DATA_DIR=str(tmp_path / "redis"), KEY_PREFIX="mr:")
+    log = open(tmp_path / "make-run.log", "wb")
+    make = subprocess.Popen(["make", "--no-print-directory", "run", "TEXT_MODEL=tiny-text",
+                             f"PORT={port}", f"REDIS_PORT={redis_port}"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=30)
+
+        def served():
+            try:
+                return "tiny-text" in [m.id for m in client.models.list().data]
+            except openai.APIError:
+                return False
+
+        wait_until(served, 120, "make run to serve tiny-text", interval=0.5)
+        reply = client.chat.completions.create(model="tiny-text", max_tokens=3,
+                                               messages=[{"role": "user", "content": "hi"}])
+        assert reply.usage.completion_tokens == 3
+        text = (tmp_path / "make-run.log").read_text()
+        assert f"http://127.0.0.1:{port}/v1" in text and "curl" in text
+        assert len(session_pids(make.pid)) >= 4  # make, honcho, redis, api, worker...
+        make.send_signal(signal.SIGTERM)
+        make.wait(30)
+        wait_until(lambda: not session_pids(make.pid), 30, "every process started by make run to exit")
+        assert port_free(port) and port_free(redis_port)
+    finally:
+        for pid in session_pids(make.pid):
+            os.kill(pid, signal.SIGKILL)
+        log.close()
