@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import socket
 import threading
@@ -26,10 +27,10 @@ from typing import Any
 
 import redis
 from rq import SimpleWorker
-from rq.exceptions import InvalidJobOperation
+from rq.exceptions import InvalidJobOperation, StopRequested
 
 from . import registry
-from .connection import connect
+from .connection import connect, wait_for_redis
 from .keys import Keys, Kind, queue_names
 from .registry import WorkerInfo, WorkerState
 from .settings import Settings
@@ -166,13 +167,7 @@ def serve(
         _context = WorkerContext(conn=conn, settings=settings, keys=keys, info=info, engine=engine)
         info.state, info.error = WorkerState.IDLE, ""
         heartbeat.beat()
-        worker = ModelWorker(queue_names(kind, model_id), name=info.name, connection=conn,
-                             worker_ttl=RQ_WORKER_TTL, default_result_ttl=settings.result_ttl,
-                             # rq's job description embeds the whole payload (every message):
-                             # formatting and logging it per job costs more than the dequeue.
-                             log_job_description=False)
-        worker.heartbeat_thread = heartbeat
-        worker.work(logging_level="INFO")
+        _work_until_stopped(conn, keys, info, heartbeat, settings)
         return 0
     finally:
         heartbeat.stop()
@@ -180,6 +175,37 @@ def serve(
             registry.remove(conn, keys, info.name)
         except redis.exceptions.RedisError:
             pass
+
+
+def _work_until_stopped(conn, keys: Keys, info: WorkerInfo, heartbeat: Heartbeat,
+                        settings: Settings) -> None:
+    """Run rq's work loop until a stop signal. rq leaves its loop on errors it does not
+    handle (Redis gone in the middle of a job, for one); we wait for Redis and start a fresh
+    loop under a new name, so a Redis restart never takes a loaded model down with it."""
+    while True:
+        worker = ModelWorker(queue_names(info.kind, info.model), name=info.name, connection=conn,
+                             worker_ttl=RQ_WORKER_TTL, default_result_ttl=settings.result_ttl,
+                             # rq's job description embeds the whole payload (every message):
+                             # formatting and logging it per job costs more than the dequeue.
+                             log_job_description=False)
+        worker.heartbeat_thread = heartbeat
+        worker.work(logging_level="INFO")
+        if worker._shutdown_requested_date is not None:  # rq 3.0 (pinned): set by SIGTERM/SIGINT
+            return
+        log.warning("rq's work loop ended unexpectedly; restarting it once Redis answers")
+        try:
+            time.sleep(1)  # never a hot loop, whatever made rq give up
+            while not wait_for_redis(conn, timeout=5):
+                pass
+        except StopRequested:  # rq's SIGTERM handler is still installed
+            return
+        old_name, info.name = info.name, worker_name(info.kind)
+        info.state, info.active_jobs = WorkerState.IDLE, 0
+        try:
+            registry.remove(conn, keys, old_name)
+        except redis.exceptions.RedisError:
+            pass
+        heartbeat.beat()
 
 
 def _load_with_retry(load, info: WorkerInfo, heartbeat: Heartbeat, stop: threading.Event):
@@ -216,6 +242,11 @@ def _load_with_retry(load, info: WorkerInfo, heartbeat: Heartbeat, stop: threadi
             signal.signal(sig, handler)
 
 
+_ABSOLUTE_PATH = re.compile(r"(?:/[\w.@+-]+){2,}/?")
+
+
 def _safe_reason(exc: Exception) -> str:
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"[:500]
+    """The exception as one line for the registry, /health and 503s: server paths are cut
+    down to their last part (they mean nothing to a client and say too much)."""
+    text = _ABSOLUTE_PATH.sub(lambda m: os.path.basename(m.group().rstrip("/")), str(exc))
+    return f"{type(exc).__name__}: {text or 'no details'}"[:500]

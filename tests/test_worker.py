@@ -108,7 +108,8 @@ def test_worker_killed_mid_stream_gives_its_clients_errors(stack, api_url, model
     proc = stack.start_worker(model)
     client = client_for(api_url)
     stream = client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=1900, stream=True)
+        model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=1900, stream=True,
+        temperature=0)
     chunks = iter(stream)
     next(chunks), next(chunks)
     queued = {}
@@ -133,3 +134,46 @@ def test_worker_killed_mid_stream_gives_its_clients_errors(stack, api_url, model
     assert queued["error"].status_code == 503 and "no worker serves" in queued["error"].message
     # the waiting job was taken off the queue, not left for a future worker
     wait_until(lambda: Queue(f"text:{model}:interactive", connection=conn).count == 0, 5, "queue emptied")
+
+
+def test_worker_survives_a_redis_restart(stack, models_dir, tmp_path):
+    from .support import RedisServer, free_port
+
+    own_redis = RedisServer(free_port(), tmp_path / "redis").start()
+    model = alias(models_dir, "tiny-redis-restart")
+    api, url = stack.start_api(REDIS_URL=own_redis.url)
+    proc = stack.spawn("worker-restart", [sys.executable, "-m", "worker_text", "--model", model],
+                       REDIS_URL=own_redis.url)
+    client = client_for(url)
+    ask = lambda: client.chat.completions.create(  # noqa: E731
+        model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+    try:
+        wait_until(lambda: requests.get(url + "/health", timeout=5).json()["status"] == "ok", 60, "worker up")
+        assert ask().usage.completion_tokens == 3
+        own_redis.stop()
+        time.sleep(2)
+        own_redis.start()
+        wait_until(lambda: requests.get(url + "/health", timeout=5).json()["status"] == "ok", 30,
+                   "worker back in the registry")
+        assert ask().usage.completion_tokens == 3
+        assert proc.alive()
+    finally:
+        proc.stop()
+        api.stop()
+        own_redis.stop()
+
+
+def test_job_timeout_stops_generation_and_says_so(stack, text_worker):
+    api, url = stack.start_api(JOB_TIMEOUT=1)
+    try:
+        with pytest.raises(openai.APIStatusError) as caught:
+            client_for(url).chat.completions.create(
+                model="tiny-text", messages=[{"role": "user", "content": "hi"}], max_tokens=1900,
+                temperature=0)
+        assert caught.value.status_code == 504
+        assert "(1 s, JOB_TIMEOUT)" in caught.value.message
+        reply = client_for(url).chat.completions.create(
+            model="tiny-text", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+        assert reply.usage.completion_tokens == 2
+    finally:
+        api.stop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 from rq import get_current_job
+from rq.timeouts import JobTimeoutException
 
 from jobs.cancel import queue_cancel_check
 from jobs.payloads import ChatJob, Usage
@@ -22,7 +23,8 @@ log = logging.getLogger("mis.worker_text")
 def chat(payload: dict) -> dict:
     """Generate one chat completion into the job's token stream; returns the usage."""
     ctx = current_context()
-    job_id = get_current_job().id
+    rq_job = get_current_job()
+    job_id = rq_job.id
     job = ChatJob.model_validate(payload)
     writer = StreamWriter(ctx.conn, ctx.keys, job_id, maxlen=ctx.settings.stream_maxlen,
                           ttl=ctx.settings.result_ttl)
@@ -44,6 +46,10 @@ def chat(payload: dict) -> dict:
         raise
     except RequestRejected as exc:
         writer.error(exc.code, str(exc))
+        raise
+    except JobTimeoutException:
+        writer.error("job_timeout", f"generation took longer than the job timeout "
+                                    f"({rq_job.timeout} s, JOB_TIMEOUT)")
         raise
     except Exception:
         # rq records the traceback; the client gets a message without internals.
