@@ -177,3 +177,30 @@ def test_job_timeout_stops_generation_and_says_so(stack, text_worker):
         assert reply.usage.completion_tokens == 2
     finally:
         api.stop()
+
+
+def test_a_full_queue_answers_429_with_retry_after(stack, models_dir, conn):
+    model = alias(models_dir, "tiny-429")
+    worker = stack.start_worker(model)
+    api, url = stack.start_api(MAX_QUEUE_DEPTH=1)
+    client = client_for(url)
+    hi = [{"role": "user", "content": "hi"}]
+    try:
+        stream = client.chat.completions.create(model=model, messages=hi, max_tokens=1900,
+                                                temperature=0, stream=True)
+        next(iter(stream))
+        waiting = threading.Thread(target=lambda: client.chat.completions.create(
+            model=model, messages=hi, max_tokens=2))
+        waiting.start()
+        wait_until(lambda: Queue(f"text:{model}:interactive", connection=conn).count == 1, 10, "a queued job")
+        response = requests.post(url + "/v1/chat/completions", timeout=10,
+                                 json={"model": model, "messages": hi, "max_tokens": 2})
+        assert response.status_code == 429
+        assert int(response.headers["Retry-After"]) > 0
+        assert response.json()["error"]["code"] == "queue_full"
+        stream.close()
+        waiting.join(30)
+        assert not waiting.is_alive()
+    finally:
+        api.stop()
+        worker.stop()
