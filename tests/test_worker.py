@@ -33,6 +33,13 @@ def client_for(api_url):
     return openai.OpenAI(base_url=api_url + "/v1", api_key="unused", max_retries=0, timeout=60)
 
 
+HI = [{"role": "user", "content": "hi"}]
+
+
+def say_hi(api_url, model, **kw):
+    return client_for(api_url).chat.completions.create(model=model, messages=HI, **kw)
+
+
 @pytest.mark.parametrize("ref", ["../tiny-text", "/etc", "https://example.com/m", "a;rm -rf", "no-such-model"])
 def test_bad_model_references_are_refused_at_start(stack, ref):
     result = subprocess.run([sys.executable, "-m", "worker_text", "--model", ref], env=stack.env,
@@ -59,8 +66,7 @@ def test_model_that_cannot_load_leaves_worker_up_in_error_state(stack, api_url):
         health = requests.get(api_url + "/health", timeout=5).json()
         assert any(w["state"] == "error" and w["model"] == "test-org/not-cached" for w in health["workers"])
         with pytest.raises(openai.APIStatusError) as caught:
-            client_for(api_url).chat.completions.create(
-                model="test-org/not-cached", messages=[{"role": "user", "content": "hi"}])
+            say_hi(api_url, "test-org/not-cached")
         assert caught.value.status_code == 503
         assert "failed to load" in caught.value.message
         started = time.monotonic()
@@ -80,9 +86,7 @@ def test_hub_repo_id_loads_offline_from_the_local_cache(stack, api_url, models_d
         ref.write(revision)
     proc = stack.start_worker("test-org/tiny-hub")
     try:
-        reply = client_for(api_url).chat.completions.create(
-            model="test-org/tiny-hub", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
-        assert reply.usage.completion_tokens == 4
+        assert say_hi(api_url, "test-org/tiny-hub", max_tokens=4).usage.completion_tokens == 4
     finally:
         proc.stop()
 
@@ -90,9 +94,8 @@ def test_hub_repo_id_loads_offline_from_the_local_cache(stack, api_url, models_d
 def test_sigterm_finishes_the_running_job_before_exiting(stack, api_url, models_dir):
     model = alias(models_dir, "tiny-sigterm")
     proc = stack.start_worker(model)
-    stream = client_for(api_url).chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=400, stream=True,
-        temperature=0, stream_options={"include_usage": True})
+    stream = say_hi(api_url, model, max_tokens=400, stream=True, temperature=0,
+                    stream_options={"include_usage": True})
     chunks = iter(stream)
     next(chunks), next(chunks)
     proc.send(signal.SIGTERM)
@@ -106,17 +109,13 @@ def test_sigterm_finishes_the_running_job_before_exiting(stack, api_url, models_
 def test_worker_killed_mid_stream_gives_its_clients_errors(stack, api_url, models_dir, conn):
     model = alias(models_dir, "tiny-kill")
     proc = stack.start_worker(model)
-    client = client_for(api_url)
-    stream = client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=1900, stream=True,
-        temperature=0)
-    chunks = iter(stream)
+    chunks = iter(say_hi(api_url, model, max_tokens=1900, stream=True, temperature=0))
     next(chunks), next(chunks)
     queued = {}
 
     def wait_in_queue():
         try:
-            client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+            say_hi(api_url, model)
         except openai.APIStatusError as exc:
             queued["error"] = exc
 
@@ -144,9 +143,7 @@ def test_worker_survives_a_redis_restart(stack, models_dir, tmp_path):
     api, url = stack.start_api(REDIS_URL=own_redis.url)
     proc = stack.spawn("worker-restart", [sys.executable, "-m", "worker_text", "--model", model],
                        REDIS_URL=own_redis.url)
-    client = client_for(url)
-    ask = lambda: client.chat.completions.create(  # noqa: E731
-        model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+    ask = lambda: say_hi(url, model, max_tokens=3)  # noqa: E731
     try:
         wait_until(lambda: requests.get(url + "/health", timeout=5).json()["status"] == "ok", 60, "worker up")
         assert ask().usage.completion_tokens == 3
@@ -167,14 +164,10 @@ def test_job_timeout_stops_generation_and_says_so(stack, text_worker):
     api, url = stack.start_api(JOB_TIMEOUT=1)
     try:
         with pytest.raises(openai.APIStatusError) as caught:
-            client_for(url).chat.completions.create(
-                model="tiny-text", messages=[{"role": "user", "content": "hi"}], max_tokens=1900,
-                temperature=0)
+            say_hi(url, "tiny-text", max_tokens=1900, temperature=0)
         assert caught.value.status_code == 504
         assert "(1 s, JOB_TIMEOUT)" in caught.value.message
-        reply = client_for(url).chat.completions.create(
-            model="tiny-text", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
-        assert reply.usage.completion_tokens == 2
+        assert say_hi(url, "tiny-text", max_tokens=2).usage.completion_tokens == 2
     finally:
         api.stop()
 
@@ -183,18 +176,14 @@ def test_a_full_queue_answers_429_with_retry_after(stack, models_dir, conn):
     model = alias(models_dir, "tiny-429")
     worker = stack.start_worker(model)
     api, url = stack.start_api(MAX_QUEUE_DEPTH=1)
-    client = client_for(url)
-    hi = [{"role": "user", "content": "hi"}]
     try:
-        stream = client.chat.completions.create(model=model, messages=hi, max_tokens=1900,
-                                                temperature=0, stream=True)
+        stream = say_hi(url, model, max_tokens=1900, temperature=0, stream=True)
         next(iter(stream))
-        waiting = threading.Thread(target=lambda: client.chat.completions.create(
-            model=model, messages=hi, max_tokens=2))
+        waiting = threading.Thread(target=lambda: say_hi(url, model, max_tokens=2))
         waiting.start()
         wait_until(lambda: Queue(f"text:{model}:interactive", connection=conn).count == 1, 10, "a queued job")
         response = requests.post(url + "/v1/chat/completions", timeout=10,
-                                 json={"model": model, "messages": hi, "max_tokens": 2})
+                                 json={"model": model, "messages": HI, "max_tokens": 2})
         assert response.status_code == 429
         assert int(response.headers["Retry-After"]) > 0
         assert response.json()["error"]["code"] == "queue_full"
