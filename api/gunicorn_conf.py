@@ -26,7 +26,7 @@ def when_ready(server):
     server.log.info(
         "\n\n  MLX Inference Server is listening on %s/v1 (OpenAI-compatible)\n"
         "  Try:\n    curl %s/v1/chat/completions -H 'Content-Type: application/json' \\\n"
-        "      -d '{\"model\": \"%s\", "
+        "      -d '{\"model\": \"%s\", \"temperature\": 0, "
         "\"messages\": [{\"role\": \"user\", \"content\": \"What is the capital of France?\"}]}'\n",
         url, url, _settings.text_model,
     )

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import logging
+import select
+import socket
+import time
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
@@ -65,14 +68,22 @@ def chat_completions():
                         mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
                                  "X-Request-Id": completion.completion_id})
-    response = _collect(relay, completion, want_logprobs=bool(req.logprobs))
+    response = _collect(relay, completion, want_logprobs=bool(req.logprobs),
+                        client_socket=request.environ.get("gunicorn.socket"))
     response.headers["X-Request-Id"] = completion.completion_id
     return response
 
 
-def _collect(relay: JobRelay, completion: Completion, want_logprobs: bool):
+def _collect(relay: JobRelay, completion: Completion, want_logprobs: bool, client_socket=None):
+    """Read the job to its end for one JSON answer. Nothing is written to the client until
+    then, so a client that gives up is noticed by peeking at its socket now and then."""
+    next_check = time.monotonic() + relay.settings.keepalive_interval
     try:
         for event in relay.events():
+            if time.monotonic() >= next_check:
+                if client_left(client_socket):
+                    return Response(status=499)  # nobody reads it; the job is cancelled below
+                next_check = time.monotonic() + relay.settings.keepalive_interval
             if event is None:
                 continue
             if event.type in (EventType.ERROR, EventType.CANCELLED):
@@ -110,6 +121,18 @@ def _stream(relay: JobRelay, completion: Completion, include_usage: bool):
     finally:
         if not relay.finished or relay.synthesized:
             _cancel(relay)
+
+
+def client_left(sock) -> bool:
+    """True when the client closed its connection (a readable socket with nothing to read).
+    A client may also have sent more bytes (a pipelined request): then it is still there."""
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
 
 
 def _cancel(relay: JobRelay) -> None:

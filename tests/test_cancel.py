@@ -6,7 +6,9 @@ import json
 import time
 
 import requests
+from rq import Queue
 from rq.job import Job, JobStatus
+from rq.registry import CanceledJobRegistry
 
 from jobs.stream import EventType, StreamReader
 
@@ -74,3 +76,18 @@ def test_after_cancellations_the_worker_still_serves(api_url, text_worker):
                              headers={"Content-Type": "application/json"}, timeout=30)
     assert response.status_code == 200
     assert response.json()["usage"]["completion_tokens"] == 3
+
+
+def test_non_streaming_client_that_gives_up_cancels_its_job(api_url, text_worker, conn):
+    canceled = CanceledJobRegistry(queue=Queue("text:tiny-text:interactive", connection=conn))
+    before = set(canceled.get_job_ids())
+    body = {"model": "tiny-text", "messages": [{"role": "user", "content": "go on"}],
+            "max_tokens": 2000, "temperature": 0}
+    try:
+        requests.post(api_url + "/v1/chat/completions", json=body, timeout=0.5)
+        raise AssertionError("the request should outlast the client's timeout")
+    except requests.Timeout:
+        pass
+    new = wait_until(lambda: set(canceled.get_job_ids()) - before, 10, "the abandoned job cancelled")
+    (job_id,) = new
+    assert Job.fetch(job_id, connection=conn).get_status() == JobStatus.CANCELED
