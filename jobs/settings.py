@@ -46,9 +46,9 @@ class Settings(BaseSettings):
     """Approximate cap on entries per token stream (one entry per engine step per job)."""
     cancel_ttl: int = Field(3600, ge=1)
 
-    heartbeat_interval: float = Field(2.0, gt=0)
+    heartbeat_interval: float = Field(1.0, gt=0)
     """Seconds between a worker's registry heartbeats."""
-    worker_ttl: int = Field(6, ge=2)
+    worker_ttl: int = Field(4, ge=2)
     """Seconds after its last heartbeat that a worker counts as dead."""
 
     keepalive_interval: float = Field(5.0, gt=0)

@@ -3,7 +3,6 @@ the tiny random-weight model, the API under gunicorn and a tiny-text worker proc
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import openai

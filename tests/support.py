@@ -45,7 +45,7 @@ class Proc:
     log_path: Path
     popen: subprocess.Popen | None = None
 
-    def start(self) -> "Proc":
+    def start(self) -> Proc:
         self.log_file = open(self.log_path, "ab")
         self.popen = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdout=self.log_file,
                                       stderr=subprocess.STDOUT, start_new_session=True)
@@ -89,7 +89,7 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.proc = Proc(server_argv(self.port, self.data_dir, appendonly=False), dict(os.environ),
                          self.data_dir / "redis.log").start()

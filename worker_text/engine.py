@@ -134,7 +134,7 @@ def _logprob(tokenizer, response, top_n: int) -> TokenLogprob:
     if top_n:
         ids = mx.argpartition(-logprobs, kth=top_n - 1)[:top_n]
         values = logprobs[ids].tolist()
-        ranked = sorted(zip(ids.tolist(), values), key=lambda p: -p[1])
+        ranked = sorted(zip(ids.tolist(), values, strict=True), key=lambda p: -p[1])
         top = [_token_entry(tokenizer, i, v) for i, v in ranked]
     entry = _token_entry(tokenizer, response.token, logprobs[response.token].item())
     return TokenLogprob(**entry, top_logprobs=top)

@@ -1,5 +1,9 @@
 """`python -m worker_text.tiny OUTDIR`: a tiny random-weight llama model for tests and demos.
 
+`python -m worker_text.tiny OUTDIR --like MODEL_DIR`: a random-weight twin of a real model
+(same config and tokenizer, fresh 4-bit weights), for benchmarks on machines that cannot fetch
+the real weights: every step costs what the real model's does, and only the text is nonsense.
+
 It loads in well under a second and decodes hundreds of tokens per second on a CPU, so tests
 exercise the real mlx-lm path without a real model. Its tokenizer is a byte-level BPE trained
 here on a few sentences (deterministic), with ChatML special tokens and chat template. The
@@ -61,21 +65,56 @@ def build(out_dir: Path, seed: int = 0) -> Path:
     config = {**CONFIG, "vocab_size": tokenizer.get_vocab_size()}
     mx.random.seed(seed)
     model = llama.Model(llama.ModelArgs.from_dict(config))
-    eos_id = tokenizer.token_to_id("<|im_end|>")
-    model.lm_head.weight[eos_id] = 0.0
-    weights = dict(tree_flatten(model.parameters()))
+    model.lm_head.weight[tokenizer.token_to_id("<|im_end|>")] = 0.0
+
+    def write_tokenizer(partial: Path) -> None:
+        tokenizer.save(str(partial / "tokenizer.json"))
+        (partial / "tokenizer_config.json").write_text(json.dumps({
+            "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|im_end|>",
+            "pad_token": "<|endoftext|>", "chat_template": CHATML,
+            "model_max_length": config["max_position_embeddings"],
+        }, indent=1))
+
+    return _write_model_dir(out_dir, dict(tree_flatten(model.parameters())), config, write_tokenizer)
+
+
+def build_twin(source: Path, out_dir: Path, seed: int = 0, bits: int = 4, group_size: int = 64) -> Path:
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+    from mlx_lm.utils import _get_classes  # mlx-lm 0.32.2 (pinned)
+
+    config = json.loads((source / "config.json").read_text())
+    config.pop("quantization", None)
+    config.pop("quantization_config", None)
+    model_class, args_class = _get_classes(config)
+    mx.random.seed(seed)
+    model = model_class(args_class.from_dict(config))
+    eos = config.get("eos_token_id")
+    head = getattr(model, "lm_head", None) or model.model.embed_tokens
+    for token in (eos if isinstance(eos, list) else [eos] if eos is not None else []):
+        head.weight[token] = 0.0  # never end early by chance: lengths come from max_tokens
+    nn.quantize(model, group_size=group_size, bits=bits)
+    config["quantization"] = {"group_size": group_size, "bits": bits}
+
+    def copy_tokenizer(partial: Path) -> None:
+        for path in source.iterdir():  # tokenizer files, chat template, generation config
+            if path.is_file() and path.suffix != ".safetensors" and path.name != "config.json":
+                shutil.copy(path, partial / path.name)
+
+    return _write_model_dir(out_dir, dict(tree_flatten(model.parameters())), config, copy_tokenizer)
+
+
+def _write_model_dir(out_dir: Path, weights: dict, config: dict, write_tokenizer) -> Path:
+    """Write next to the target, then rename: a half-written model never looks complete."""
+    import mlx.core as mx
 
     partial = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     mx.save_safetensors(str(partial / "model.safetensors"), weights, metadata={"format": "mlx"})
     (partial / "config.json").write_text(json.dumps(config, indent=1))
-    tokenizer.save(str(partial / "tokenizer.json"))
-    (partial / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|im_end|>",
-        "pad_token": "<|endoftext|>", "chat_template": CHATML,
-        "model_max_length": config["max_position_embeddings"],
-    }, indent=1))
+    write_tokenizer(partial)
     shutil.rmtree(out_dir, ignore_errors=True)
     partial.rename(out_dir)
     return out_dir
@@ -85,8 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m worker_text.tiny", description=__doc__.split("\n")[0])
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--like", type=Path, metavar="MODEL_DIR",
+                        help="build a random 4-bit twin of this model (its config and tokenizer)")
     args = parser.parse_args(argv)
-    print(f"wrote {build(args.out_dir, args.seed)}")
+    if args.like:
+        print(f"wrote {build_twin(args.like, args.out_dir, args.seed)}")
+    else:
+        print(f"wrote {build(args.out_dir, args.seed)}")
     return 0
 
 
