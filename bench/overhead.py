@@ -132,7 +132,7 @@ def report(args, rows: dict, prompt_tokens: int) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"overhead-{args.model.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(result, indent=1))
-    print(f"wrote {path.relative_to(ROOT)}")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

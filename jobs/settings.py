@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_REDIS_PORT = 11441
@@ -65,6 +65,13 @@ class Settings(BaseSettings):
     """Short, so a stopped Redis turns into a quick 503 rather than a hang."""
     redis_max_connections: int = 2000
     """Each open SSE stream holds one connection while it blocks on XREAD."""
+
+    @model_validator(mode="after")
+    def _streams_outlive_jobs(self):
+        # Token streams get their expiry when a job starts; it must not lapse mid-job.
+        if self.result_ttl < self.job_timeout:
+            raise ValueError("RESULT_TTL must be at least JOB_TIMEOUT")
+        return self
 
     @property
     def model_roots(self) -> list[Path]:

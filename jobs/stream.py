@@ -58,9 +58,11 @@ def _text(value: bytes | str) -> str:
 def append(pipeline, key: str, event_type: EventType, data: dict, *, maxlen: int, ttl: int) -> None:
     """Queue one event on a pipeline (the only place that writes a stream entry)."""
     pipeline.xadd(key, _encode(event_type, data), maxlen=maxlen, approximate=True)
-    # The TTL is refreshed on every write: a stream outlives its job by `ttl` seconds
-    # and a stream whose worker vanished still expires.
-    pipeline.expire(key, ttl)
+    # `start` sets the expiry and the terminal event restarts it, so a stream outlives its
+    # job by `ttl` and one whose worker vanished still expires. Deltas leave it alone: one
+    # command less on every engine step (Settings keeps ttl >= the job timeout).
+    if event_type != EventType.DELTA:
+        pipeline.expire(key, ttl)
 
 
 class StreamWriter:
