@@ -55,14 +55,22 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def append(pipeline, key: str, event_type: EventType, data: dict, *, maxlen: int, ttl: int) -> None:
-    """Queue one event on a pipeline (the only place that writes a stream entry)."""
-    pipeline.xadd(key, _encode(event_type, data), maxlen=maxlen, approximate=True)
+def entry_commands(key: str, event_type: EventType, data: dict, *, maxlen: int, ttl: int) -> list[tuple]:
+    """The Redis commands that append one event (the only place that shapes a stream entry)."""
+    fields = _encode(event_type, data)
+    commands = [("XADD", key, "MAXLEN", "~", maxlen, "*", "type", fields["type"], "data", fields["data"])]
     # `start` sets the expiry and the terminal event restarts it, so a stream outlives its
     # job by `ttl` and one whose worker vanished still expires. Deltas leave it alone: one
     # command less on every engine step (Settings keeps ttl >= the job timeout).
     if event_type != EventType.DELTA:
-        pipeline.expire(key, ttl)
+        commands.append(("EXPIRE", key, ttl))
+    return commands
+
+
+def append(pipeline, key: str, event_type: EventType, data: dict, *, maxlen: int, ttl: int) -> None:
+    """Queue one event on a pipeline."""
+    for command in entry_commands(key, event_type, data, maxlen=maxlen, ttl=ttl):
+        pipeline.execute_command(*command)
 
 
 class StreamWriter:

@@ -34,6 +34,7 @@ from .connection import connect, wait_for_redis
 from .keys import Keys, Kind, queue_names
 from .registry import WorkerInfo, WorkerState
 from .settings import Settings
+from .steps import StepSender
 
 log = logging.getLogger("mis.worker")
 
@@ -57,6 +58,7 @@ class WorkerContext:
     keys: Keys
     info: WorkerInfo
     engine: Any
+    steps: StepSender
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def count_job(self, tokens: int) -> None:
@@ -164,7 +166,8 @@ def serve(
         engine = _load_with_retry(load, info, heartbeat, stop)
         if engine is None:
             return 0
-        _context = WorkerContext(conn=conn, settings=settings, keys=keys, info=info, engine=engine)
+        _context = WorkerContext(conn=conn, settings=settings, keys=keys, info=info, engine=engine,
+                                 steps=StepSender(conn, keys, settings))
         info.state, info.error = WorkerState.IDLE, ""
         heartbeat.beat()
         _work_until_stopped(conn, keys, info, heartbeat, settings)
