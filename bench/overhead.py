@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -106,6 +107,20 @@ def main() -> int:
     return 0
 
 
+def device_name() -> str:
+    """What MLX ran on: the GPU's name where nvidia-smi can tell it, else MLX's device."""
+    import subprocess
+
+    import mlx.core as mx
+
+    device = str(mx.default_device())
+    if "gpu" in device and shutil.which("nvidia-smi"):
+        names = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                               capture_output=True, text=True).stdout.split("\n")
+        return f"{device} {names[0].strip()}"
+    return f"{device} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
 def report(args, rows: dict, prompt_tokens: int) -> None:
     summary = {}
     for side, runs in rows.items():
@@ -119,7 +134,7 @@ def report(args, rows: dict, prompt_tokens: int) -> None:
     added_ms = stk["ttft_ms_p50"] - inp["ttft_ms_p50"]
     decode_ratio = stk["decode_tok_s_p50"] / inp["decode_tok_s_p50"]
     print(f"\nmodel {args.model}, prompt {prompt_tokens} tokens, {inp['tokens']} generated, "
-          f"{args.runs} runs each, interleaved, on {platform.machine()} {platform.system()}")
+          f"{args.runs} runs each, interleaved, on {device_name()}")
     print(f"{'path':<12} {'TTFT p50 ms':>12} {'decode tok/s p50':>17}")
     for side in ("in-process", "stack"):
         print(f"{side:<12} {summary[side]['ttft_ms_p50']:>12.1f} {summary[side]['decode_tok_s_p50']:>17.2f}")
@@ -127,6 +142,7 @@ def report(args, rows: dict, prompt_tokens: int) -> None:
           f"decode ratio stack/in-process: {decode_ratio:.3f} (target >= 0.97)")
     result = {"bench": "overhead", "model": args.model, "prompt_tokens": prompt_tokens,
               "max_tokens": args.max_tokens, "machine": f"{platform.machine()} {platform.system()}",
+              "device": device_name(),
               "added_ttft_ms_p50": added_ms, "decode_ratio": decode_ratio, **summary,
               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     args.out.mkdir(parents=True, exist_ok=True)
