@@ -9,8 +9,3 @@ from .keys import Keys
 
 def request_cancel(conn: redis.Redis, keys: Keys, job_id: str, ttl: int, pipeline=None) -> None:
     (pipeline if pipeline is not None else conn).set(keys.cancel(job_id), 1, ex=ttl)
-
-
-def queue_cancel_check(pipeline, keys: Keys, job_id: str) -> None:
-    """Add the flag read to a step's pipeline; its reply is truthy when cancel was asked."""
-    pipeline.exists(keys.cancel(job_id))

@@ -76,7 +76,3 @@ class Settings(BaseSettings):
     @property
     def model_roots(self) -> list[Path]:
         return [Path(p).resolve() for p in self.models_dir.split(os.pathsep) if p]
-
-    @property
-    def bound_to_loopback(self) -> bool:
-        return self.host in ("127.0.0.1", "localhost", "::1")

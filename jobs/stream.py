@@ -67,15 +67,10 @@ def entry_commands(key: str, event_type: EventType, data: dict, *, maxlen: int, 
     return commands
 
 
-def append(pipeline, key: str, event_type: EventType, data: dict, *, maxlen: int, ttl: int) -> None:
-    """Queue one event on a pipeline."""
-    for command in entry_commands(key, event_type, data, maxlen=maxlen, ttl=ttl):
-        pipeline.execute_command(*command)
-
-
 class StreamWriter:
     """Appends events to one job's stream, one round trip each (or on a given pipeline).
-    Workers write through `jobs.outbox.OutboxStream`, which has the same methods."""
+    For events outside the engine's step loop (a cancel while queued, a job's failure);
+    the step loop writes through `jobs.steps.StepSender`."""
 
     def __init__(self, conn: redis.Redis, keys: Keys, job_id: str, *, maxlen: int, ttl: int):
         self.conn = conn
@@ -86,18 +81,10 @@ class StreamWriter:
 
     def write(self, event_type: EventType, data: dict | None = None, pipeline=None) -> None:
         pipe = pipeline if pipeline is not None else self.conn.pipeline(transaction=False)
-        append(pipe, self.key, event_type, data or {}, maxlen=self.maxlen, ttl=self.ttl)
+        for command in entry_commands(self.key, event_type, data or {}, maxlen=self.maxlen, ttl=self.ttl):
+            pipe.execute_command(*command)
         if pipeline is None:
             pipe.execute()
-
-    def start(self, pipeline=None, **data) -> None:
-        self.write(EventType.START, data, pipeline)
-
-    def delta(self, text: str, pipeline=None, **data) -> None:
-        self.write(EventType.DELTA, {"text": text, **data}, pipeline)
-
-    def done(self, finish_reason: str, usage: dict, pipeline=None) -> None:
-        self.write(EventType.DONE, {"finish_reason": finish_reason, "usage": usage}, pipeline)
 
     def error(self, code: str, message: str, pipeline=None) -> None:
         self.write(EventType.ERROR, {"code": code, "message": message}, pipeline)
