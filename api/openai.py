@@ -11,7 +11,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, stream_wit
 from jobs import registry
 from jobs.keys import Kind, Priority
 from jobs.payloads import ChatJob
-from jobs.queues import QueueFull, cancel_job, enqueue_chat, new_job_id
+from jobs.queues import QueueFull, enqueue_chat, new_job_id
 from jobs.stream import EventType
 
 from .completions import SSE_DONE, SSE_KEEPALIVE, Completion, error_from_event, sse
@@ -90,8 +90,7 @@ def _collect(relay: JobRelay, completion: Completion, want_logprobs: bool, clien
                 raise error_from_event(event)
             completion.add(event)
     finally:
-        if not relay.finished or relay.synthesized:
-            _cancel(relay)
+        relay.close()
     return jsonify(completion.response(want_logprobs))
 
 
@@ -119,8 +118,7 @@ def _stream(relay: JobRelay, completion: Completion, include_usage: bool):
             else:
                 yield sse(error_from_event(event).body(), event.id)
     finally:
-        if not relay.finished or relay.synthesized:
-            _cancel(relay)
+        relay.close()
 
 
 def client_left(sock) -> bool:
@@ -133,14 +131,6 @@ def client_left(sock) -> bool:
         return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
     except OSError:
         return True
-
-
-def _cancel(relay: JobRelay) -> None:
-    log.info("client left; cancelling job %s", relay.job_id)
-    try:
-        cancel_job(relay.conn, relay.settings, relay.job_id)
-    except Exception:  # the client is gone; nothing to tell it
-        log.warning("could not cancel job %s", relay.job_id, exc_info=True)
 
 
 def _serving_models() -> dict[str, list[registry.WorkerInfo]]:

@@ -4,10 +4,12 @@
 `keepalive_interval`, yields None (time for an SSE keepalive) after checking that the job
 can still finish: a job that rq failed or cancelled without a stream event, a job whose
 worker stopped heart-beating, or one that expired gets a synthesized terminal event, so no
-client waits forever.
+client waits forever. `close()` cancels the job unless the worker ended it; both the JSON
+and the SSE path call it when they stop reading, whatever the reason.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import redis
@@ -15,9 +17,11 @@ from rq.job import JobStatus
 
 from jobs import registry
 from jobs.keys import Keys
-from jobs.queues import fetch_job
+from jobs.queues import cancel_job, fetch_job
 from jobs.settings import Settings
 from jobs.stream import Event, EventType, StreamReader
+
+log = logging.getLogger("mis.api")
 
 
 class JobRelay:
@@ -30,6 +34,16 @@ class JobRelay:
         self.synthesized = False
         """True when that event came from the API's own check, not the worker: the job may
         still sit in a queue and must be cancelled."""
+
+    def close(self) -> None:
+        """Stop the job unless its worker ended it: the client left, or the API gave up on it."""
+        if self.finished and not self.synthesized:
+            return
+        log.info("cancelling job %s (its client is gone or it can no longer finish)", self.job_id)
+        try:
+            cancel_job(self.conn, self.settings, self.job_id)
+        except redis.exceptions.RedisError:  # Redis is gone too; the job's TTLs clean up
+            log.warning("could not cancel job %s", self.job_id, exc_info=True)
 
     def events(self) -> Iterator[Event | None]:
         block_ms = int(self.settings.keepalive_interval * 1000)

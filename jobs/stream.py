@@ -69,8 +69,8 @@ def entry_commands(key: str, event_type: EventType, data: dict, *, maxlen: int, 
 
 class StreamWriter:
     """Appends events to one job's stream, one round trip each (or on a given pipeline).
-    For events outside the engine's step loop (a cancel while queued, a job's failure);
-    the step loop writes through `jobs.steps.StepSender`."""
+    For writers outside a worker (the API ending a job cancelled while queued); workers
+    write through `jobs.steps.StepSender`."""
 
     def __init__(self, conn: redis.Redis, keys: Keys, job_id: str, *, maxlen: int, ttl: int):
         self.conn = conn
@@ -85,9 +85,6 @@ class StreamWriter:
             pipe.execute_command(*command)
         if pipeline is None:
             pipe.execute()
-
-    def error(self, code: str, message: str, pipeline=None) -> None:
-        self.write(EventType.ERROR, {"code": code, "message": message}, pipeline)
 
     def cancelled(self, pipeline=None, **data) -> None:
         self.write(EventType.CANCELLED, data, pipeline)

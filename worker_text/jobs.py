@@ -11,7 +11,7 @@ from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
 from jobs.payloads import ChatJob, Usage
-from jobs.stream import EventType, StreamWriter
+from jobs.stream import EventType
 from jobs.worker import JobCancelled, WorkerContext, current_context
 
 from .engine import RequestRejected, generate
@@ -53,19 +53,20 @@ def chat(payload: dict) -> dict:
 
 
 def _end_stream(ctx: WorkerContext, job_id: str, exc: BaseException, completion_tokens: int) -> None:
-    """Write the stream's last event for a job that did not finish, synchronously (after
-    dropping any step writes in flight: an interrupted step leaves its connection unusable)."""
-    ctx.steps.reset()
-    writer = StreamWriter(ctx.conn, ctx.keys, job_id, maxlen=ctx.settings.stream_maxlen,
-                          ttl=ctx.settings.result_ttl)
+    """Write the last event of a job that did not finish, and wait until it is in Redis.
+    The step sender is consistent here even if `exc` interrupted one of its writes (it
+    resets itself then), so the ending goes through it like any other step."""
     if isinstance(exc, JobCancelled):
-        writer.cancelled(completion_tokens=completion_tokens)
+        ending = (EventType.CANCELLED, {"completion_tokens": completion_tokens})
     elif isinstance(exc, RequestRejected):
-        writer.error(exc.code, str(exc))
+        ending = (EventType.ERROR, {"code": exc.code, "message": str(exc)})
     elif isinstance(exc, JobTimeoutException):
-        writer.error("job_timeout", f"generation took longer than the job timeout "
-                                    f"({get_current_job().timeout} s, JOB_TIMEOUT)")
+        ending = (EventType.ERROR, {"code": "job_timeout", "message": (
+            f"generation took longer than the job timeout ({get_current_job().timeout} s, JOB_TIMEOUT)")})
     else:
         # rq records the traceback; the client gets a message without internals.
         log.error("job %s failed: %r", job_id, exc)
-        writer.error("generation_failed", "the worker failed while generating this response")
+        ending = (EventType.ERROR, {"code": "generation_failed",
+                                    "message": "the worker failed while generating this response"})
+    ctx.steps.send([(job_id, *ending)])
+    ctx.steps.flush()
