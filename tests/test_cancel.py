@@ -71,7 +71,8 @@ def test_disconnect_while_queued_takes_the_job_off_the_queue(api_url, text_worke
 
 
 def test_after_cancellations_the_worker_still_serves(api_url, text_worker):
-    body = {"model": "tiny-text", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    body = {"model": "tiny-text", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3,
+            "temperature": 0}
     response = requests.post(api_url + "/v1/chat/completions", data=json.dumps(body),
                              headers={"Content-Type": "application/json"}, timeout=30)
     assert response.status_code == 200

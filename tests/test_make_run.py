@@ -40,7 +40,7 @@ def test_make_run_serves_and_sigterm_stops_everything(models_dir, tmp_path):
                 return False
 
         wait_until(served, 120, "make run to serve tiny-text", interval=0.5)
-        reply = client.chat.completions.create(model="tiny-text", max_tokens=3,
+        reply = client.chat.completions.create(model="tiny-text", max_tokens=3, temperature=0,
                                                messages=[{"role": "user", "content": "hi"}])
         assert reply.usage.completion_tokens == 3
         text = (tmp_path / "make-run.log").read_text()

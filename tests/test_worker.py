@@ -37,7 +37,8 @@ HI = [{"role": "user", "content": "hi"}]
 
 
 def say_hi(api_url, model, **kw):
-    return client_for(api_url).chat.completions.create(model=model, messages=HI, **kw)
+    """Greedy by default: exact token counts must not depend on sampling the end token."""
+    return client_for(api_url).chat.completions.create(model=model, messages=HI, **{"temperature": 0, **kw})
 
 
 @pytest.mark.parametrize("ref", ["../tiny-text", "/etc", "https://example.com/m", "a;rm -rf", "no-such-model"])
