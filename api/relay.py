@@ -17,7 +17,7 @@ from rq.job import JobStatus
 
 from jobs import registry
 from jobs.keys import Keys
-from jobs.queues import cancel_job, fetch_job
+from jobs.queues import cancel_job, fetch_job, reap_orphaned_job
 from jobs.settings import Settings
 from jobs.stream import Event, EventType, StreamReader
 
@@ -86,6 +86,7 @@ class JobRelay:
             return Event(EventType.CANCELLED, data={})
         if status == JobStatus.STARTED and job.worker_name and not registry.is_alive(
                 self.conn, self.keys, job.worker_name):
+            reap_orphaned_job(self.conn, job)
             return Event(EventType.ERROR, data={
                 "code": "worker_died",
                 "message": "the worker running this job stopped responding; please retry"})

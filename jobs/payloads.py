@@ -46,10 +46,16 @@ class ChatJob(BaseModel):
     top_logprobs: int = 0
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0
+    """Prompt tokens whose KV cache was reused from an earlier request (not prefilled)."""
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
 
 
 class TokenLogprob(BaseModel):

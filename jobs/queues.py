@@ -11,6 +11,7 @@ import redis
 from rq import Queue
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
 
 from .cancel import request_cancel
 from .keys import Keys, Kind, Priority, queue_name
@@ -22,7 +23,7 @@ CHAT_FUNC = {Kind.TEXT: "worker_text.jobs.chat", Kind.VISION: "worker_vision.job
 
 
 class QueueFull(Exception):
-    """The model's queue holds `max_queue_depth` jobs already."""
+    """The model's queue holds as many jobs as its limit allows."""
 
     def __init__(self, depth: int):
         super().__init__(f"queue depth {depth}")
@@ -44,7 +45,7 @@ def enqueue_chat(
 ) -> Job:
     queue = Queue(queue_name(kind, payload.model, priority), connection=conn)
     depth = queue.count
-    if depth >= settings.max_queue_depth:
+    if depth >= settings.queue_depth_limit(payload.model):
         raise QueueFull(depth)
     return queue.enqueue_call(
         CHAT_FUNC[kind],
@@ -79,3 +80,17 @@ def cancel_job(conn: redis.Redis, settings: Settings, job_id: str) -> None:
         return
     writer = StreamWriter(conn, keys, job_id, maxlen=settings.stream_maxlen, ttl=settings.result_ttl)
     writer.cancelled(reason="cancelled while queued")
+
+
+def reap_orphaned_job(conn: redis.Redis, job: Job) -> None:
+    """Fail (or requeue, with retries left) a started job whose worker is known to be dead,
+    as rq's abandoned-job cleanup does once the job's execution expires. Its execution
+    expires with the worker's heartbeat (jobs/batching.py), so everything in the started
+    registry that expires no later than it is abandoned too; cutting at its own score
+    (the worker's clock, not ours) touches no live worker's job."""
+    registry = StartedJobRegistry(job.origin, connection=conn)
+    prefix = f"{job.id}:".encode()
+    scores = [score for member, score in conn.zrange(registry.key, 0, -1, withscores=True)
+              if member.startswith(prefix)]
+    if scores:
+        registry.cleanup(timestamp=max(scores) + 0.001)

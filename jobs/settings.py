@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     worker_ttl: int = Field(4, ge=2)
     """Seconds after its last heartbeat that a worker counts as dead."""
 
+    worker_capacity: int = Field(8, ge=1, le=256)
+    """Jobs one worker runs at once in its batch (`--capacity` overrides it)."""
+    prompt_cache_bytes: int = Field(512 * 1024 * 1024, ge=0)
+    """Bytes of KV cache a text worker keeps for reuse by later prompts with the same prefix."""
+
     keepalive_interval: float = Field(5.0, gt=0)
     """Seconds of silence after which the API sends an SSE `: keepalive` and re-checks the job."""
     default_max_tokens: int = Field(512, ge=1)
@@ -58,6 +63,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_queue_depth: int = Field(256, ge=1)
     """Jobs waiting per queue before new requests get 429."""
+    queue_depth_limits: dict[str, int] = Field(default_factory=dict)
+    """Per-model overrides of max_queue_depth, as JSON: `{"SmolLM2-135M-Instruct": 32}`."""
 
     redis_socket_timeout: float = 30.0
     """Above any blocking read we issue (XREAD BLOCK uses keepalive_interval)."""
@@ -72,6 +79,9 @@ class Settings(BaseSettings):
         if self.result_ttl < self.job_timeout:
             raise ValueError("RESULT_TTL must be at least JOB_TIMEOUT")
         return self
+
+    def queue_depth_limit(self, model_id: str) -> int:
+        return self.queue_depth_limits.get(model_id, self.max_queue_depth)
 
     @property
     def model_roots(self) -> list[Path]:

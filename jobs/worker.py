@@ -1,15 +1,12 @@
-"""The model worker: an rq SimpleWorker that holds one loaded model for its whole life.
+"""The model worker process: loads one model, registers it, then serves its queues.
 
-Why SimpleWorker: a forking worker would reload (or copy) the model for every job; jobs
-here run in-process against the model loaded once at start. What rq lacks we add around it:
-- a heartbeat thread that keeps our registry entry (model, kind, state, counters) fresh, so
-  the API can tell live models and notice a worker that died mid-job;
-- cooperative cancellation: a job function raises `JobCancelled` and the job ends `canceled`
-  in rq (not failed, not finished);
+Around the batching rq worker (jobs/batching.py) this adds what rq lacks:
+- a heartbeat thread that keeps our registry entry (model, kind, state, load, counters)
+  fresh, so the API can tell live models and notice a worker that died mid-job, and keeps
+  rq's records of the running executions alive;
 - a load loop: a model that fails to load leaves the worker up in state `error`, with the
-  reason in the registry and the log, retrying with back-off.
-Job functions reach the loaded model through `current_context()`: rq calls them with their
-payload only, and the context is set once, by `serve`, before any job runs.
+  reason in the registry and the log, retrying with back-off;
+- a restart of rq's loop when Redis went away under it.
 """
 from __future__ import annotations
 
@@ -22,14 +19,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import redis
-from rq import SimpleWorker
-from rq.exceptions import InvalidJobOperation, StopRequested
+from rq import Queue
+from rq.exceptions import StopRequested
 
 from . import registry
+from .batching import BatchingWorker, Engine, EngineLoop, Outcome, Slots
 from .connection import connect, wait_for_redis
 from .keys import Keys, Kind, queue_names
 from .registry import WorkerInfo, WorkerState
@@ -45,37 +41,6 @@ RQ_WORKER_TTL = 35
 """rq's own worker TTL; rq blocks on the queues for TTL - 15 s between its heartbeats."""
 
 
-class JobCancelled(Exception):
-    """Raised by a job function that stopped because its cancel flag was set."""
-
-
-@dataclass
-class WorkerContext:
-    """What job functions get from the worker that runs them."""
-
-    conn: redis.Redis
-    settings: Settings
-    keys: Keys
-    info: WorkerInfo
-    engine: Any
-    steps: StepSender
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def count_job(self, tokens: int) -> None:
-        with self.lock:
-            self.info.jobs_done += 1
-            self.info.tokens_generated += tokens
-
-
-_context: WorkerContext | None = None
-
-
-def current_context() -> WorkerContext:
-    if _context is None:
-        raise RuntimeError("job functions run only inside a model worker (python -m worker_text)")
-    return _context
-
-
 class Heartbeat(threading.Thread):
     """Publishes the registry entry every `interval` seconds until stopped."""
 
@@ -84,10 +49,16 @@ class Heartbeat(threading.Thread):
         self.conn, self.keys, self.info, self.settings = conn, keys, info, settings
         self.stopped = threading.Event()
         self.woken = threading.Event()
+        self.rq_worker: BatchingWorker | None = None
+        self.lock = threading.Lock()
+        """Guards `info`'s counters, which the engine and recorder threads update."""
 
     def beat(self) -> None:
         try:
-            registry.publish(self.conn, self.keys, self.info, self.settings.worker_ttl)
+            with self.lock:
+                registry.publish(self.conn, self.keys, self.info, self.settings.worker_ttl)
+            if self.rq_worker is not None:
+                self.rq_worker.refresh_executions()
         except redis.exceptions.RedisError as exc:
             log.warning("heartbeat failed: %s", exc)
 
@@ -107,37 +78,6 @@ class Heartbeat(threading.Thread):
         self.woken.set()
 
 
-class ModelWorker(SimpleWorker):
-    """SimpleWorker that keeps the registry state true and ends cancelled jobs `canceled`."""
-
-    heartbeat_thread: Heartbeat
-
-    def execute_job(self, job, queue):
-        self._set_model_state(WorkerState.BUSY, active_jobs=1)
-        try:
-            super().execute_job(job, queue)
-        finally:
-            self._set_model_state(WorkerState.IDLE, active_jobs=0)
-
-    def _set_model_state(self, state: WorkerState, active_jobs: int) -> None:
-        info = self.heartbeat_thread.info
-        info.state, info.active_jobs = state, active_jobs
-        self.heartbeat_thread.poke()
-
-    # rq 3.0 private hook (pinned): the one place a raised job ends up.
-    def _finalize_failure(self, job, queue, execution, exc_info):
-        if not isinstance(exc_info[1], JobCancelled):
-            return super()._finalize_failure(job, queue, execution, exc_info)
-        log.info("job %s cancelled", job.id)
-        with self.connection.pipeline() as pipe:
-            self.cleanup_execution(job, pipeline=pipe, execution=execution)
-            pipe.execute()
-        try:
-            job.cancel()
-        except InvalidJobOperation:
-            pass  # the API marked it canceled already
-
-
 def worker_name(kind: Kind) -> str:
     return f"{kind}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
 
@@ -146,12 +86,11 @@ def serve(
     settings: Settings,
     model_id: str,
     kind: Kind,
-    load: Callable[[], Any],
-    capacity: int = 1,
+    load: Callable[[], Engine],
+    capacity: int,
 ) -> int:
-    """Register, load the model (retrying on failure), then work jobs until SIGTERM/SIGINT.
-    Returns the process exit code."""
-    global _context
+    """Register, load the model (retrying on failure), then admit jobs into its engine until
+    SIGTERM/SIGINT. `load` returns the engine (jobs.batching.Engine). Returns the exit code."""
     conn = connect(settings)
     keys = Keys(settings.key_prefix)
     info = WorkerInfo(
@@ -166,11 +105,9 @@ def serve(
         engine = _load_with_retry(load, info, heartbeat, stop)
         if engine is None:
             return 0
-        _context = WorkerContext(conn=conn, settings=settings, keys=keys, info=info, engine=engine,
-                                 steps=StepSender(conn, keys, settings))
         info.state, info.error = WorkerState.IDLE, ""
         heartbeat.beat()
-        _work_until_stopped(conn, keys, info, heartbeat, settings)
+        _work_until_stopped(conn, keys, heartbeat, settings, engine)
         return 0
     finally:
         heartbeat.stop()
@@ -180,19 +117,16 @@ def serve(
             pass
 
 
-def _work_until_stopped(conn, keys: Keys, info: WorkerInfo, heartbeat: Heartbeat,
-                        settings: Settings) -> None:
-    """Run rq's work loop until a stop signal. rq leaves its loop on errors it does not
-    handle (Redis gone in the middle of a job, for one); we wait for Redis and start a fresh
-    loop under a new name, so a Redis restart never takes a loaded model down with it."""
+def _work_until_stopped(conn, keys: Keys, heartbeat: Heartbeat, settings: Settings, engine: Engine) -> None:
+    """Run the batching worker until a stop signal. rq leaves its loop on errors it does not
+    handle; we wait for Redis and start a fresh loop under a new name, so a Redis restart
+    never takes a loaded model down with it."""
+    info = heartbeat.info
     while True:
-        worker = ModelWorker(queue_names(info.kind, info.model), name=info.name, connection=conn,
-                             worker_ttl=RQ_WORKER_TTL, default_result_ttl=settings.result_ttl,
-                             # rq's job description embeds the whole payload (every message):
-                             # formatting and logging it per job costs more than the dequeue.
-                             log_job_description=False)
-        worker.heartbeat_thread = heartbeat
+        worker = _batching_worker(conn, keys, heartbeat, settings, engine)
+        heartbeat.rq_worker = worker
         worker.work(logging_level="INFO")
+        heartbeat.rq_worker = None
         if worker._shutdown_requested_date is not None:  # rq 3.0 (pinned): set by SIGTERM/SIGINT
             return
         log.warning("rq's work loop ended unexpectedly; restarting it once Redis answers")
@@ -209,6 +143,33 @@ def _work_until_stopped(conn, keys: Keys, info: WorkerInfo, heartbeat: Heartbeat
         except redis.exceptions.RedisError:
             pass
         heartbeat.beat()
+
+
+def _batching_worker(conn, keys: Keys, heartbeat: Heartbeat, settings: Settings, engine: Engine) -> BatchingWorker:
+    info = heartbeat.info
+    slots = Slots(info.capacity)
+
+    def on_change() -> None:
+        info.active_jobs = slots.total
+        info.state = WorkerState.BUSY if slots.total else WorkerState.IDLE
+        heartbeat.poke()
+
+    def on_end(outcome: Outcome) -> None:
+        with heartbeat.lock:
+            info.jobs_done += 1
+            info.tokens_generated += outcome.tokens
+        worker.outcomes.put(outcome)
+
+    loop = EngineLoop(engine, StepSender(conn, keys, settings), slots, on_end=on_end, on_change=on_change)
+    queues = [Queue(name, connection=conn) for name in queue_names(info.kind, info.model)]
+    worker = BatchingWorker(queues, engine=loop, slots=slots, keys=keys, execution_ttl=settings.worker_ttl,
+                            name=info.name, connection=conn, worker_ttl=RQ_WORKER_TTL,
+                            default_result_ttl=settings.result_ttl,
+                            # rq's job description embeds the whole payload (every message):
+                            # formatting and logging it per job costs more than the dequeue.
+                            log_job_description=False)
+    loop.start()
+    return worker
 
 
 def _load_with_retry(load, info: WorkerInfo, heartbeat: Heartbeat, stop: threading.Event):

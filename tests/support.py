@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import openai
 import redis
 import requests
 
@@ -165,3 +166,23 @@ def _answers(url: str) -> bool:
         return requests.get(url + "/health", timeout=1).status_code in (200, 503)
     except requests.RequestException:
         return False
+
+
+def alias(models_dir: Path, name: str, target: str = "tiny-text") -> str:
+    """Another model id for a tiny model, so a test's worker gets queues of its own."""
+    link = models_dir / name
+    if not link.exists():
+        link.symlink_to(models_dir / target)
+    return name
+
+
+def client_for(api_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=api_url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+def say_hi(api_url: str, model: str, **kw):
+    """Greedy by default: exact token counts must not depend on sampling the end token."""
+    return client_for(api_url).chat.completions.create(model=model, messages=HI, **{"temperature": 0, **kw})

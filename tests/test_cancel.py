@@ -12,11 +12,11 @@ from rq.registry import CanceledJobRegistry
 
 from jobs.stream import EventType, StreamReader
 
-from .support import wait_until
+from .support import alias, wait_until
 
 
-def open_stream(api_url, max_tokens=2000):
-    body = {"model": "tiny-text", "messages": [{"role": "user", "content": "go on"}],
+def open_stream(api_url, max_tokens=2000, model="tiny-text"):
+    body = {"model": model, "messages": [{"role": "user", "content": "go on"}],
             "max_tokens": max_tokens, "temperature": 0, "stream": True}
     response = requests.post(api_url + "/v1/chat/completions", json=body, stream=True, timeout=30)
     assert response.status_code == 200
@@ -54,10 +54,12 @@ def test_disconnect_cancels_a_running_job_within_a_step(api_url, text_worker, co
     assert events[-1].data["completion_tokens"] < 2000
 
 
-def test_disconnect_while_queued_takes_the_job_off_the_queue(api_url, text_worker, conn, keys):
-    busy, busy_id = open_stream(api_url)
+def test_disconnect_while_queued_takes_the_job_off_the_queue(stack, api_url, models_dir, conn, keys):
+    model = alias(models_dir, "tiny-one-slot")
+    worker = stack.start_worker(model, WORKER_CAPACITY=1)
+    busy, busy_id = open_stream(api_url, model=model)
     read_until(busy, lambda line: line.startswith("data:"))
-    waiting, waiting_id = open_stream(api_url)
+    waiting, waiting_id = open_stream(api_url, model=model)
     read_until(waiting, lambda line: line.startswith(": keepalive"))
     assert status(conn, waiting_id) == JobStatus.QUEUED
     waiting.close()
@@ -68,6 +70,7 @@ def test_disconnect_while_queued_takes_the_job_off_the_queue(api_url, text_worke
     time.sleep(0.5)
     assert Job.fetch(waiting_id, connection=conn).started_at is None
     assert [e.type for e in stream_events(conn, keys, waiting_id)] == [EventType.CANCELLED]
+    worker.stop()
 
 
 def test_after_cancellations_the_worker_still_serves(api_url, text_worker):

@@ -15,30 +15,11 @@ import pytest
 import requests
 
 from rq import Queue
+from rq.job import Job, JobStatus
 
 from jobs.registry import WorkerState
 
-from .support import ROOT, wait_until
-
-
-def alias(models_dir, name):
-    """Another model id for the tiny model, so a test's worker gets a queue of its own."""
-    target = models_dir / name
-    if not target.exists():
-        target.symlink_to(models_dir / "tiny-text")
-    return name
-
-
-def client_for(api_url):
-    return openai.OpenAI(base_url=api_url + "/v1", api_key="unused", max_retries=0, timeout=60)
-
-
-HI = [{"role": "user", "content": "hi"}]
-
-
-def say_hi(api_url, model, **kw):
-    """Greedy by default: exact token counts must not depend on sampling the end token."""
-    return client_for(api_url).chat.completions.create(model=model, messages=HI, **{"temperature": 0, **kw})
+from .support import HI, ROOT, alias, say_hi, wait_until
 
 
 @pytest.mark.parametrize("ref", ["../tiny-text", "/etc", "https://example.com/m", "a;rm -rf", "no-such-model"])
@@ -107,11 +88,17 @@ def test_sigterm_finishes_the_running_job_before_exiting(stack, api_url, models_
     assert proc.popen.returncode == 0
 
 
-def test_worker_killed_mid_stream_gives_its_clients_errors(stack, api_url, models_dir, conn):
+def test_worker_killed_mid_stream_fails_its_jobs_and_the_next_worker_serves(stack, api_url, models_dir, conn):
+    """SIGKILL with two jobs in the batch and one queued: both streams end in an error
+    within 10 s, rq marks both jobs failed, the queued client gets a 503 (no worker left),
+    and a new worker for the model serves the next request."""
     model = alias(models_dir, "tiny-kill")
-    proc = stack.start_worker(model)
-    chunks = iter(say_hi(api_url, model, max_tokens=1900, stream=True, temperature=0))
-    next(chunks), next(chunks)
+    proc = stack.start_worker(model, WORKER_CAPACITY=2)
+    streams = [iter(say_hi(api_url, model, max_tokens=1900, stream=True)) for _ in range(2)]
+    for chunks in streams:
+        next(chunks), next(chunks)
+    job_ids = Queue(f"text:{model}:interactive", connection=conn).started_job_registry.get_job_ids()
+    assert len(job_ids) == 2
     queued = {}
 
     def wait_in_queue():
@@ -125,15 +112,23 @@ def test_worker_killed_mid_stream_gives_its_clients_errors(stack, api_url, model
     wait_until(lambda: Queue(f"text:{model}:interactive", connection=conn).count == 1, 10, "a queued job")
     proc.send(signal.SIGKILL)
     killed = time.monotonic()
-    with pytest.raises(openai.APIError) as caught:
-        for _ in chunks:
-            pass
-    assert time.monotonic() - killed < 10
-    assert "worker" in str(caught.value.message)
+    for chunks in streams:
+        with pytest.raises(openai.APIError) as caught:
+            for _ in chunks:
+                pass
+        assert time.monotonic() - killed < 10
+        assert "worker" in str(caught.value.message)
     waiter.join(15)
     assert queued["error"].status_code == 503 and "no worker serves" in queued["error"].message
     # the waiting job was taken off the queue, not left for a future worker
     wait_until(lambda: Queue(f"text:{model}:interactive", connection=conn).count == 0, 5, "queue emptied")
+    wait_until(lambda: all(Job.fetch(j, connection=conn).get_status() == JobStatus.FAILED for j in job_ids),
+               20, "the killed worker's jobs marked failed")
+    replacement = stack.start_worker(model)
+    try:
+        assert say_hi(api_url, model, max_tokens=3).usage.completion_tokens == 3
+    finally:
+        replacement.stop()
 
 
 def test_worker_survives_a_redis_restart(stack, models_dir, tmp_path):
@@ -175,7 +170,7 @@ def test_job_timeout_stops_generation_and_says_so(stack, text_worker):
 
 def test_a_full_queue_answers_429_with_retry_after(stack, models_dir, conn):
     model = alias(models_dir, "tiny-429")
-    worker = stack.start_worker(model)
+    worker = stack.start_worker(model, WORKER_CAPACITY=1)
     api, url = stack.start_api(MAX_QUEUE_DEPTH=1)
     try:
         stream = say_hi(url, model, max_tokens=1900, temperature=0, stream=True)

@@ -15,9 +15,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m worker_text", description=__doc__)
     parser.add_argument("--model", required=True,
                         help="Hugging Face repo id (org/name) or a directory name under MODELS_DIR")
+    parser.add_argument("--capacity", type=int, default=None,
+                        help="jobs run at once in one batch (default: WORKER_CAPACITY, 8)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
+    capacity = args.capacity or settings.worker_capacity
+    if not 1 <= capacity <= 256:
+        print("error: --capacity must be between 1 and 256", file=sys.stderr)
+        return 2
     try:
         parse_model_ref(args.model, settings.model_roots)
     except InvalidModelRef as exc:
@@ -26,11 +32,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     def load():
-        from .loading import load_text_model  # imports mlx; kept out of --help
+        from .engine import TextEngine  # imports mlx; kept out of --help
+        from .loading import load_text_model
 
-        return load_text_model(args.model, settings)
+        return TextEngine(load_text_model(args.model, settings), capacity, settings.prompt_cache_bytes)
 
-    return serve(settings, args.model, Kind.TEXT, load)
+    return serve(settings, args.model, Kind.TEXT, load, capacity)
 
 
 if __name__ == "__main__":

@@ -1,25 +1,43 @@
 """Text generation over mlx-lm: chat templating, sampling, stop sequences, logprobs.
 
-Pure steps, no Redis: `generate` turns a `ChatJob` into a sequence of `Step`s that the job
-function relays. Text is only released once it can no longer turn out to be the start of a
-stop sequence, so a stop string never reaches the client, even split across tokens.
+No Redis here: `TextEngine` turns admitted `ChatJob`s into stream events, one engine step
+at a time, for the engine thread of jobs/batching.py to send. Text is only released once it
+can no longer turn out to be the start of a stop sequence, so a stop string never reaches
+the client, even split across tokens.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import mlx.core as mx
-from mlx_lm import stream_generate
-from mlx_lm.sample_utils import make_logits_processors, make_sampler
+from mlx_lm.generate import BatchGenerator, make_stop_sequences
+from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, trim_prompt_cache
+from mlx_lm.sample_utils import (
+    apply_min_p,
+    apply_top_k,
+    apply_top_p,
+    greedy_sampler,
+    make_logits_processors,
+    make_sampler,
+)
 
-from jobs.payloads import ChatJob, TokenLogprob
+from jobs.batching import JobRejected
+from jobs.payloads import (
+    ChatJob,
+    PromptTokensDetails,
+    SamplingParams,
+    TokenLogprob,
+    Usage,
+)
+from jobs.steps import StepEvent
+from jobs.stream import EventType
+
+PROMPT_CACHE_ENTRIES = 64
+"""Most sequences the prompt cache keeps (its byte bound usually binds first)."""
 
 
-class RequestRejected(ValueError):
+class RequestRejected(JobRejected):
     """The request cannot be served by this model; `code` and the message go to the client."""
-
-    code = "invalid_value"
 
 
 class PromptTooLong(RequestRejected):
@@ -48,17 +66,6 @@ class TextModel:
         # No template: plain "role: content" lines, as mlx_lm.server does.
         text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
         return self.tokenizer.encode(text)
-
-
-@dataclass
-class Step:
-    """One engine step of one job: text safe to send now, and the token that produced it."""
-
-    text: str
-    token: int
-    completion_tokens: int
-    logprob: TokenLogprob | None = None
-    finish_reason: str | None = None
 
 
 class StopMatcher:
@@ -97,35 +104,191 @@ class StopMatcher:
         return best
 
 
-def generate(engine: TextModel, job: ChatJob, prompt: list[int]) -> Iterator[Step]:
-    """Yield steps until EOS, a stop sequence or max_tokens; the last has finish_reason."""
-    if len(prompt) >= engine.context_length:
-        raise PromptTooLong(len(prompt), engine.context_length)
-    params = job.sampling
-    if params.logit_bias and max(params.logit_bias) >= engine.vocab_size:
-        raise RequestRejected(
-            f"logit_bias names token ids beyond this model's vocabulary ({engine.vocab_size})")
-    if params.seed is not None:
-        mx.random.seed(params.seed)
-    sampler = make_sampler(temp=params.temperature, top_p=params.top_p, min_p=params.min_p, top_k=params.top_k)
-    processors = make_logits_processors(
-        logit_bias=params.logit_bias or None,
-        repetition_penalty=params.repetition_penalty,
-        presence_penalty=params.presence_penalty or None,
-        frequency_penalty=params.frequency_penalty or None,
-    )
-    max_tokens = min(job.max_tokens, engine.context_length - len(prompt))
-    stops = StopMatcher(job.stop)
-    for response in stream_generate(engine.model, engine.tokenizer, mx.array(prompt),
-                                    max_tokens=max_tokens, sampler=sampler, logits_processors=processors):
-        text, stopped = stops.feed(response.text)
-        finish = "stop" if stopped else response.finish_reason
-        if finish is not None and not stopped:
-            text += stops.flush()
-        logprob = _logprob(engine.tokenizer, response, job.top_logprobs) if job.logprobs else None
-        yield Step(text, response.token, response.generation_tokens, logprob, finish)
-        if finish is not None:
-            return
+@dataclass
+class _Sequence:
+    """One job in the batch."""
+
+    job_id: str
+    uid: int
+    request: ChatJob
+    prompt_tokens: int
+    cached_tokens: int
+    stops: StopMatcher
+    detokenizer: object
+    tokens: int = 0
+
+
+class TextEngine:
+    """The text worker's engine (jobs.batching.Engine) over mlx-lm's `BatchGenerator`.
+
+    Each job brings its own sampler, logits processors, stop strings and token limit.
+    Prompts reuse the KV cache of their longest known prefix from an LRU bounded in bytes
+    (mlx-lm's `LRUPromptCache`): a conversation's next turn prefills only its new tokens.
+    Only the engine thread may call it: MLX work stays on the stream of that thread.
+    """
+
+    def __init__(self, text_model: TextModel, capacity: int, prompt_cache_bytes: int):
+        self.text_model = text_model
+        self.capacity = capacity
+        self.prompt_cache = LRUPromptCache(max_size=PROMPT_CACHE_ENTRIES, max_bytes=prompt_cache_bytes)
+        self.eos_stops = make_stop_sequences(text_model.tokenizer)
+        self.samplers = SamplerCache()
+        self.sequences: dict[int, _Sequence] = {}
+        self.uid_of: dict[str, int] = {}
+        self._generator: BatchGenerator | None = None
+
+    @property
+    def generator(self) -> BatchGenerator:
+        # Made on first use, in the engine thread, on that thread's default stream.
+        if self._generator is None:
+            self._generator = BatchGenerator(
+                self.text_model.model, stream=mx.default_stream(mx.default_device()),
+                # Interactive jobs may join while batch work fills every slot (jobs/batching.py).
+                completion_batch_size=2 * self.capacity, prefill_batch_size=self.capacity)
+        return self._generator
+
+    def add(self, job_id: str, request: ChatJob) -> dict:
+        model = self.text_model
+        prompt = model.encode_chat(request)
+        if len(prompt) >= model.context_length:
+            raise PromptTooLong(len(prompt), model.context_length)
+        params = request.sampling
+        if params.logit_bias and max(params.logit_bias) >= model.vocab_size:
+            raise RequestRejected(
+                f"logit_bias names token ids beyond this model's vocabulary ({model.vocab_size})")
+        cache, rest = self._cached_prefix(prompt)
+        cached = len(prompt) - len(rest)
+        (uid,) = self.generator.insert(
+            [rest], max_tokens=[min(request.max_tokens, model.context_length - len(prompt))],
+            caches=[cache], all_tokens=[prompt[:cached]], samplers=[self.samplers.get(params)],
+            logits_processors=[make_logits_processors(
+                logit_bias=params.logit_bias or None, repetition_penalty=params.repetition_penalty,
+                presence_penalty=params.presence_penalty or None,
+                frequency_penalty=params.frequency_penalty or None)],
+            stop_sequences=[self.eos_stops])
+        self.sequences[uid] = _Sequence(job_id, uid, request, len(prompt), cached, StopMatcher(request.stop),
+                                        model.tokenizer.detokenizer)
+        self.uid_of[job_id] = uid
+        return {"prompt_tokens": len(prompt), "cached_tokens": cached}
+
+    def step(self) -> tuple[list[StepEvent], dict[str, dict]]:
+        _, responses = self.generator.next()
+        events: list[StepEvent] = []
+        finished: dict[str, dict] = {}
+        for response in responses:
+            seq = self.sequences.get(response.uid)
+            if seq is None:
+                continue
+            seq.tokens += 1
+            text, finish = self._text(seq, response)
+            logprob = (_logprob(self.text_model.tokenizer, response, seq.request.top_logprobs)
+                       if seq.request.logprobs else None)
+            if text or logprob is not None:
+                extra = {"logprobs": [logprob.model_dump()]} if logprob is not None else {}
+                events.append((seq.job_id, EventType.DELTA, {"text": text, **extra}))
+            if finish is not None:
+                usage = self._finish(seq, response)
+                events.append((seq.job_id, EventType.DONE, {"finish_reason": finish, "usage": usage}))
+                finished[seq.job_id] = usage
+        return events, finished
+
+    def remove(self, job_ids: list[str]) -> dict[str, int]:
+        uids = [self.uid_of[j] for j in job_ids if j in self.uid_of]
+        if uids:
+            self.generator.remove(uids)
+        tokens = {}
+        for uid in uids:
+            seq = self._forget(uid)
+            tokens[seq.job_id] = seq.tokens
+        return tokens
+
+    def _cached_prefix(self, prompt: list[int]) -> tuple[list | None, list[int]]:
+        """The cache of the longest known prefix, and the tokens still to prefill (never
+        none: the last prompt token must go through the model to give the first logits)."""
+        cache, rest = self.prompt_cache.fetch_nearest_cache(self.text_model.model_id, prompt)
+        if cache is None:
+            return None, prompt
+        if not rest:
+            if not can_trim_prompt_cache(cache):
+                return None, prompt
+            trim_prompt_cache(cache, 1)
+            rest = prompt[-1:]
+        return cache, rest
+
+    def _text(self, seq: _Sequence, response) -> tuple[str, str | None]:
+        """The text this token releases and the job's finish reason, if it ends here."""
+        detokenizer = seq.detokenizer
+        if response.finish_reason != "stop":  # an end-of-sequence token is never text
+            detokenizer.add_token(response.token)
+        if response.finish_reason is not None:
+            detokenizer.finalize()
+        text, stopped = seq.stops.feed(detokenizer.last_segment)
+        if stopped:
+            return text, "stop"
+        if response.finish_reason is not None:
+            return text + seq.stops.flush(), response.finish_reason
+        return text, None
+
+    def _finish(self, seq: _Sequence, response) -> dict:
+        if response.finish_reason is None:  # a stop string: the generator still runs it
+            caches = self.generator.remove([seq.uid], return_prompt_caches=True)
+            cache, tokens = caches.get(seq.uid, (None, None))
+        else:
+            cache, tokens = response.prompt_cache, response.all_tokens
+        if cache is not None and tokens:
+            self.prompt_cache.insert_cache(self.text_model.model_id, list(tokens), cache)
+        self._forget(seq.uid)
+        return Usage(prompt_tokens=seq.prompt_tokens, completion_tokens=seq.tokens,
+                     total_tokens=seq.prompt_tokens + seq.tokens,
+                     prompt_tokens_details=PromptTokensDetails(cached_tokens=seq.cached_tokens)
+                     ).model_dump()
+
+    def _forget(self, uid: int) -> _Sequence:
+        seq = self.sequences.pop(uid)
+        del self.uid_of[seq.job_id]
+        return seq
+
+
+class SamplerCache:
+    """One sampler object per distinct setting: jobs that share one are sampled in one call
+    for the whole batch (mlx-lm batches rows whose sampler is the same object). A seeded job
+    gets a sampler of its own with a private random key, so its output depends on its seed
+    alone, never on what else shares the batch."""
+
+    def __init__(self):
+        self.shared: dict[tuple, object] = {}
+
+    def get(self, params: SamplingParams):
+        if params.temperature == 0:
+            return greedy_sampler
+        if params.seed is not None:
+            return SeededSampler(params)
+        key = (params.temperature, params.top_p, params.min_p, params.top_k)
+        if key not in self.shared:
+            if len(self.shared) > 256:
+                self.shared.clear()
+            self.shared[key] = make_sampler(temp=params.temperature, top_p=params.top_p,
+                                            min_p=params.min_p, top_k=params.top_k)
+        return self.shared[key]
+
+
+class SeededSampler:
+    """mlx-lm's sampling chain, drawing from its own key instead of MLX's global state."""
+
+    def __init__(self, params: SamplingParams):
+        self.params = params
+        self.key = mx.random.key(params.seed)
+
+    def __call__(self, logprobs: mx.array) -> mx.array:
+        p = self.params
+        if 0 < p.top_p < 1.0:
+            logprobs = apply_top_p(logprobs, p.top_p)
+        if p.min_p != 0.0:
+            logprobs = apply_min_p(logprobs, p.min_p)
+        if p.top_k > 0:
+            logprobs = apply_top_k(logprobs, p.top_k)
+        self.key, subkey = mx.random.split(self.key)
+        return mx.random.categorical(logprobs * (1.0 / p.temperature), key=subkey)
 
 
 def _logprob(tokenizer, response, top_n: int) -> TokenLogprob:

@@ -56,13 +56,15 @@ def build_tokenizer():
     return tokenizer
 
 
-def build(out_dir: Path, seed: int = 0) -> Path:
+def build(out_dir: Path, seed: int = 0, **config_overrides) -> Path:
+    """A random-weight llama with a small trained BPE tokenizer and a ChatML template;
+    `config_overrides` change its shape (a wider one makes prefill cost measurable)."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from mlx_lm.models import llama
 
     tokenizer = build_tokenizer()
-    config = {**CONFIG, "vocab_size": tokenizer.get_vocab_size()}
+    config = {**CONFIG, **config_overrides, "vocab_size": tokenizer.get_vocab_size()}
     mx.random.seed(seed)
     model = llama.Model(llama.ModelArgs.from_dict(config))
     model.lm_head.weight[tokenizer.token_to_id("<|im_end|>")] = 0.0
