@@ -12,22 +12,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import RESULTS, bench_stack, device_name, write_result  # noqa: E402
 
 from jobs.settings import Settings  # noqa: E402
-from tests.support import RedisServer, Stack, free_port  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "Tell me a long story about a lighthouse keeper and a storm."}]
 
@@ -76,20 +72,13 @@ def main() -> int:
     parser.add_argument("--model", default="SmolLM2-135M-Instruct")
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--max-tokens", type=int, default=48)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     from jobs.payloads import ChatJob
     from worker_text.loading import load_text_model
 
-    tmp = Path(tempfile.mkdtemp(prefix="mis-bench-"))
-    redis_server = RedisServer(free_port(), tmp / "redis").start()
-    env = {**os.environ, "REDIS_URL": redis_server.url, "KEY_PREFIX": "bench:",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-           "MODELS_DIR": os.environ.get("MODELS_DIR", str(ROOT / "var" / "models"))}
-    stack = Stack(env=env, logs=tmp)
-    try:
-        _, url = stack.start_api()
+    with bench_stack() as (stack, url, env):
         stack.start_worker(args.model)
         engine = load_text_model(args.model, Settings(models_dir=env["MODELS_DIR"]))
         prompt_ids = engine.encode_chat(ChatJob(model=args.model, messages=PROMPT, max_tokens=1))
@@ -100,25 +89,8 @@ def main() -> int:
             if run:
                 rows["in-process"].append(a)
                 rows["stack"].append(b)
-    finally:
-        stack.stop_all()
-        redis_server.stop()
     report(args, rows, len(prompt_ids))
     return 0
-
-
-def device_name() -> str:
-    """What MLX ran on: the GPU's name where nvidia-smi can tell it, else MLX's device."""
-    import subprocess
-
-    import mlx.core as mx
-
-    device = str(mx.default_device())
-    if "gpu" in device and shutil.which("nvidia-smi"):
-        names = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                               capture_output=True, text=True).stdout.split("\n")
-        return f"{device} {names[0].strip()}"
-    return f"{device} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
 def report(args, rows: dict, prompt_tokens: int) -> None:
@@ -141,14 +113,9 @@ def report(args, rows: dict, prompt_tokens: int) -> None:
     print(f"added TTFT p50: {added_ms:+.1f} ms (target <= 5 ms); "
           f"decode ratio stack/in-process: {decode_ratio:.3f} (target >= 0.97)")
     result = {"bench": "overhead", "model": args.model, "prompt_tokens": prompt_tokens,
-              "max_tokens": args.max_tokens, "machine": f"{platform.machine()} {platform.system()}",
-              "device": device_name(),
-              "added_ttft_ms_p50": added_ms, "decode_ratio": decode_ratio, **summary,
-              "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"overhead-{args.model.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=1))
-    print(f"wrote {path}")
+              "max_tokens": args.max_tokens, "added_ttft_ms_p50": added_ms, "decode_ratio": decode_ratio,
+              **summary}
+    write_result(args.out, f"overhead-{args.model.replace('/', '_')}", result)
 
 
 if __name__ == "__main__":

@@ -28,9 +28,9 @@ class StepSender:
         self.pool = conn.connection_pool
         self.keys, self.settings = keys, settings
         self.connection = None
-        self.in_flight: list[str | None] = []
-        """One slot per command sent and not yet answered: the job id for cancel-flag
-        reads, None for writes."""
+        self.in_flight: list[list[str] | None] = []
+        """One slot per command sent and not yet answered: the job ids whose cancel flags
+        the command reads (one MGET for all of them), None for writes."""
 
     def send(self, events: list[StepEvent], watch: list[str] = ()) -> set[str]:
         """Write `events` and read the cancel flags of `watch`, without waiting. Returns the
@@ -42,9 +42,9 @@ class StepSender:
                                           maxlen=self.settings.stream_maxlen, ttl=self.settings.result_ttl):
                 commands.append(command)
                 slots.append(None)
-        for job_id in watch:
-            commands.append(("EXISTS", self.keys.cancel(job_id)))
-            slots.append(job_id)
+        if watch:
+            commands.append(("MGET", *(self.keys.cancel(job_id) for job_id in watch)))
+            slots.append(list(watch))
         if commands:
             connection = self._connection()
             try:
@@ -83,10 +83,10 @@ class StepSender:
             return set()
         cancelled = set()
         try:
-            for job_id in self.in_flight:
+            for job_ids in self.in_flight:
                 reply = self.connection.read_response()
-                if job_id is not None and reply:
-                    cancelled.add(job_id)
+                if job_ids is not None:
+                    cancelled.update(j for j, flag in zip(job_ids, reply, strict=True) if flag is not None)
         except BaseException:
             self.reset()
             raise

@@ -25,8 +25,9 @@ from rq import Queue
 from rq.exceptions import StopRequested
 
 from . import registry
-from .batching import BatchingWorker, Engine, EngineLoop, Outcome, Slots
+from .batching import BatchingWorker
 from .connection import connect, wait_for_redis
+from .engine_loop import Engine, EngineLoop, Outcome, Slots
 from .keys import Keys, Kind, queue_names
 from .registry import WorkerInfo, WorkerState
 from .settings import Settings

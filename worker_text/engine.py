@@ -21,7 +21,7 @@ from mlx_lm.sample_utils import (
     make_sampler,
 )
 
-from jobs.batching import JobRejected
+from jobs.engine_loop import JobRejected
 from jobs.payloads import (
     ChatJob,
     PromptTokensDetails,

@@ -1,0 +1,62 @@
+"""What the benchmarks share: the device name, a throwaway stack (Redis, API, workers) and
+writing results."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support import RedisServer, Stack, free_port  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+
+
+def device_name() -> str:
+    """What MLX ran on: the GPU's name where nvidia-smi can tell it, else MLX's device."""
+    import mlx.core as mx
+
+    device = str(mx.default_device())
+    if "gpu" in device and shutil.which("nvidia-smi"):
+        names = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                               capture_output=True, text=True, check=False).stdout.split("\n")
+        return f"{device} {names[0].strip()}"
+    return f"{device} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+@contextlib.contextmanager
+def bench_stack() -> Iterator[tuple[Stack, str, dict]]:
+    """A Redis of its own, the API under gunicorn; yields (stack, API url, environment).
+    Workers are the caller's to start (stack.start_worker); everything stops on exit."""
+    tmp = Path(tempfile.mkdtemp(prefix="mis-bench-"))
+    redis_server = RedisServer(free_port(), tmp / "redis").start()
+    env = {**os.environ, "REDIS_URL": redis_server.url, "KEY_PREFIX": "bench:",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "MODELS_DIR": os.environ.get("MODELS_DIR", str(ROOT / "var" / "models"))}
+    stack = Stack(env=env, logs=tmp)
+    try:
+        _, url = stack.start_api()
+        yield stack, url, env
+    finally:
+        stack.stop_all()
+        redis_server.stop()
+
+
+def write_result(out: Path, name: str, result: dict) -> Path:
+    result = {**result, "machine": f"{platform.machine()} {platform.system()}", "device": device_name(),
+              "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(result, indent=1))
+    print(f"wrote {path}")
+    return path

@@ -1,0 +1,162 @@
+"""Many clients, one worker: aggregate tokens/s, time-to-first-token and inter-token latency
+at 1, 4, 8 and 16 concurrent streaming clients, through our whole stack and through stock
+`mlx_lm.server` on the same model, prompts and machine, interleaved level by level in one run.
+
+    .venv/bin/python bench/concurrency.py [--model tiny-text] [--levels 1 4 8 16] [--max-tokens 64]
+
+Every request has a prompt of its own (so no prompt cache helps either side) and decodes
+greedily. Tokens are counted from each stream's usage. Prints a table and writes
+bench/results/concurrency-<model>-<time>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import RESULTS, bench_stack, device_name, write_result  # noqa: E402
+
+from tests.support import free_port, wait_until  # noqa: E402
+
+TOPICS = ["a lighthouse keeper", "a storm at sea", "a city at night", "a mountain village", "a old library",
+          "a train journey", "a garden in spring", "a clockmaker", "a desert crossing", "a river town",
+          "a snowed-in cabin", "a market day", "a space station", "a fishing boat", "a quiet museum",
+          "a summer festival"]
+
+
+def one_stream(url: str, model: str, prompt: str, max_tokens: int, out: list, start_gate: threading.Barrier):
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    session = requests.Session()
+    start_gate.wait()
+    start = time.perf_counter()
+    stamps, tokens = [], None
+    with session.post(url + "/v1/chat/completions", json=body, stream=True, timeout=3600) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line.startswith(b"data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            if chunk.get("choices") and chunk["choices"][0].get("delta", {}).get("content"):
+                stamps.append(time.perf_counter())
+    out.append({"start": start, "stamps": stamps, "end": time.perf_counter(),
+                "tokens": tokens if tokens is not None else len(stamps)})
+
+
+def run_level(url: str, model: str, clients: int, max_tokens: int, round_no: int) -> dict:
+    results: list[dict] = []
+    gate = threading.Barrier(clients)
+    threads = [threading.Thread(target=one_stream, args=(
+        url, model, f"Request {round_no}-{i}: tell me a story about {TOPICS[i % len(TOPICS)]}.",
+        max_tokens, results, gate)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = max(r["end"] for r in results) - min(r["start"] for r in results)
+    ttfts = [r["stamps"][0] - r["start"] for r in results if r["stamps"]]
+    gaps = [b - a for r in results for a, b in zip(r["stamps"], r["stamps"][1:])]
+    return {"tokens": sum(r["tokens"] for r in results), "wall_s": wall, "ttfts": ttfts, "gaps": gaps}
+
+
+def summarize(runs: list[dict]) -> dict:
+    ttfts = sorted(t for r in runs for t in r["ttfts"])
+    gaps = sorted(g for r in runs for g in r["gaps"])
+    tokens, wall = sum(r["tokens"] for r in runs), sum(r["wall_s"] for r in runs)
+    return {"aggregate_tok_s": tokens / wall, "tokens": tokens, "wall_s": wall,
+            "ttft_ms_p50": 1000 * statistics.median(ttfts), "ttft_ms_p95": 1000 * percentile(ttfts, 95),
+            "itl_ms_p50": 1000 * statistics.median(gaps) if gaps else None,
+            "itl_ms_p95": 1000 * percentile(gaps, 95) if gaps else None}
+
+
+def percentile(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
+
+
+def start_mlx_lm_server(model_dir: Path, capacity: int, log: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlx_lm.server", "--model", str(model_dir), "--port", str(port),
+         "--decode-concurrency", str(2 * capacity), "--prompt-concurrency", str(capacity)],
+        stdout=log.open("w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def answers():
+        try:
+            return requests.get(url + "/v1/models", timeout=1).ok
+        except requests.RequestException:
+            return False
+
+    wait_until(answers, 120, "mlx_lm.server")
+    return proc, url
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="tiny-text")
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2, help="rounds per level and server")
+    parser.add_argument("--capacity", type=int, default=16, help="our worker's --capacity")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    from jobs.modelref import parse_model_ref
+    from jobs.settings import Settings
+
+    with bench_stack() as (stack, url, env):
+        model_dir = parse_model_ref(args.model, Settings(models_dir=env["MODELS_DIR"]).model_roots).local_path
+        stack.start_worker(args.model, WORKER_CAPACITY=args.capacity)
+        reference, ref_url = start_mlx_lm_server(model_dir, args.capacity, stack.logs / "mlx_lm_server.log")
+        servers = {"ours": (url, args.model), "mlx_lm.server": (ref_url, "default_model")}
+        try:
+            for name, (server_url, model) in servers.items():  # warm-up, not counted
+                run_level(server_url, model, 2, 8, round_no=-1)
+            rows = []
+            for clients in args.levels:
+                runs = {name: [] for name in servers}
+                for round_no in range(args.rounds):
+                    for name, (server_url, model) in servers.items():
+                        runs[name].append(run_level(server_url, model, clients, args.max_tokens,
+                                                    round_no=clients * 100 + round_no))
+                for name in servers:
+                    rows.append({"server": name, "concurrency": clients, **summarize(runs[name])})
+        finally:
+            reference.terminate()
+            reference.wait(30)
+    report(args, rows)
+    return 0
+
+
+def report(args, rows: list[dict]) -> None:
+    device = device_name()
+    single = next(r["aggregate_tok_s"] for r in rows if r["server"] == "ours" and r["concurrency"] == min(args.levels))
+    print(f"\nmodel {args.model}, {args.max_tokens} tokens per request, greedy, {args.rounds} rounds, on {device}")
+    print(f"{'server':<14} {'clients':>7} {'agg tok/s':>10} {'TTFT p50':>9} {'TTFT p95':>9} "
+          f"{'ITL p50':>8} {'ITL p95':>8} {'ours/ref':>8}")
+    for row in rows:
+        ref = next(r for r in rows if r["server"] == "mlx_lm.server" and r["concurrency"] == row["concurrency"])
+        row["vs_mlx_lm_server"] = row["aggregate_tok_s"] / ref["aggregate_tok_s"]
+        row["vs_own_single_stream"] = row["aggregate_tok_s"] / single if row["server"] == "ours" else None
+        print(f"{row['server']:<14} {row['concurrency']:>7} {row['aggregate_tok_s']:>10.1f} "
+              f"{row['ttft_ms_p50']:>8.0f}ms {row['ttft_ms_p95']:>7.0f}ms {row['itl_ms_p50'] or 0:>6.1f}ms "
+              f"{row['itl_ms_p95'] or 0:>6.1f}ms {row['vs_mlx_lm_server']:>8.2f}")
+    write_result(args.out, f"concurrency-{args.model.replace('/', '_')}",
+                 {"bench": "concurrency", "model": args.model, "max_tokens": args.max_tokens,
+                  "rounds": args.rounds, "capacity": args.capacity, "rows": rows})
+
+
+if __name__ == "__main__":
+    sys.exit(main())

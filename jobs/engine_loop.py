@@ -1,0 +1,293 @@
+"""The engine thread of a batching worker, and what it shares with the admission loop.
+
+`EngineLoop` owns the model (the pattern of mlx-lm's server): each step it takes newly
+admitted jobs into the running batch, advances every job by one step through the `Engine`
+(worker_text.engine.TextEngine for text), and writes all their stream entries in one
+pipelined round trip (jobs/steps.py) that also reads their cancel flags. Every job leaves
+with exactly one terminal stream event and an `Outcome` for rq (jobs/batching.py).
+"""
+from __future__ import annotations
+
+import logging
+import queue as stdlib_queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import redis
+from rq import Queue
+from rq.executions import Execution
+from rq.job import Job
+from rq.timeouts import JobTimeoutException
+
+from .keys import Priority
+from .steps import StepEvent, StepSender
+from .stream import EventType
+
+log = logging.getLogger("mis.engine")
+
+
+class JobRejected(Exception):
+    """An engine cannot serve this request; `code` and the message go to the client."""
+
+    code = "invalid_value"
+
+
+class Engine(Protocol):
+    """What a model engine offers the engine thread. Called from that thread only."""
+
+    def add(self, job_id: str, request: Any) -> dict:
+        """Take a job into the batch; returns the data of its `start` event. Raises
+        JobRejected for a request this model cannot serve."""
+
+    def step(self) -> tuple[list[StepEvent], dict[str, dict]]:
+        """Advance every job one step: their stream events, and the result (usage) of each
+        job that finished in this step (its `done` event is among the events)."""
+
+    def remove(self, job_ids: list[str]) -> dict[str, int]:
+        """Drop jobs from the batch; returns the tokens each had generated."""
+
+
+@dataclass
+class Admission:
+    """A job between its admission and the record of its outcome."""
+
+    job: Job
+    queue: Queue
+    execution: Execution
+    priority: Priority
+    request: Any
+    deadline: float
+    """time.monotonic() after which the job is stopped (rq's job timeout)."""
+    refusal: BaseException | None = None
+    """Why the job function refused the payload: the job ends without running."""
+    cancelled: bool = False
+    """Cancelled between its dequeue and its admission: the job ends without running."""
+
+
+@dataclass
+class Outcome:
+    admission: Admission
+    result: dict | None = None
+    error: BaseException | None = None
+    cancelled: bool = False
+    tokens: int = 0
+
+
+class Slots:
+    """How many jobs of each priority the engine holds. The admission loop takes slots, the
+    engine thread frees them."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.active = {Priority.INTERACTIVE: 0, Priority.BATCH: 0}
+        self.changed = threading.Condition()
+
+    @property
+    def total(self) -> int:
+        return sum(self.active.values())
+
+    def open_priorities(self) -> list[Priority]:
+        with self.changed:
+            if self.total < self.capacity:
+                return [Priority.INTERACTIVE, Priority.BATCH]
+            if self.active[Priority.INTERACTIVE] < self.capacity:
+                return [Priority.INTERACTIVE]
+            return []
+
+    def take(self, priority: Priority) -> None:
+        with self.changed:
+            self.active[priority] += 1
+
+    def free(self, priority: Priority) -> None:
+        with self.changed:
+            self.active[priority] -= 1
+            self.changed.notify_all()
+
+    def wait_for_change(self, timeout: float) -> None:
+        with self.changed:
+            self.changed.wait(timeout)
+
+
+class EngineLoop(threading.Thread):
+    """The thread that owns the model. Jobs enter through `submit`; each leaves with one
+    terminal stream event and an `Outcome` passed to `on_end`."""
+
+    def __init__(self, engine: Engine, steps: StepSender, slots: Slots,
+                 on_end: Callable[[Outcome], None], on_change: Callable[[], None]):
+        super().__init__(name="engine", daemon=True)
+        self.engine, self.steps, self.slots = engine, steps, slots
+        self.on_end, self.on_change = on_end, on_change
+        self.inbox: stdlib_queue.SimpleQueue[Admission | None] = stdlib_queue.SimpleQueue()
+        self.running: dict[str, Admission] = {}
+        self.draining = False
+        self.pending: list[StepEvent] = []
+        """Events of jobs just admitted (their `start`), sent with the next step."""
+        self.endings: list[Outcome] = []
+        self.ending_ids: set[str] = set()
+        """Jobs that have ended but whose ending is not yet written (still in `running`)."""
+
+    def submit(self, admission: Admission) -> None:
+        self.inbox.put(admission)
+
+    def drain(self) -> None:
+        """Take no new jobs; finish the running ones, then end the thread."""
+        self.inbox.put(None)
+
+    def run(self) -> None:
+        while not (self.draining and not self.running):
+            try:
+                self._take_new(block=not self.running)
+                if self.running:
+                    self._step()
+            except Exception:  # a bug here must not leave clients waiting on a dead thread
+                log.exception("engine loop failed; ending its running jobs")
+                self.abort_all("generation_failed", "the worker failed while generating this response")
+
+    def abort_all(self, code: str, message: str) -> None:
+        """End every running job with an error (a cold shutdown); from any thread, once the
+        engine thread has stopped stepping or is about to die with the process."""
+        live = self._live()
+        try:
+            self.engine.remove(live)
+        except Exception:  # the engine is beyond help; the jobs still get their endings
+            log.exception("engine could not drop its jobs")
+        for job_id in live:
+            self._end(job_id, error=RuntimeError(message), code=code, message=message)
+        self._write_endings()
+
+    def _live(self) -> list[str]:
+        return [j for j in self.running if j not in self.ending_ids]
+
+    def _take_new(self, block: bool) -> None:
+        while True:
+            try:
+                admission = self.inbox.get(block=block and not self.draining, timeout=1.0 if block else None)
+            except stdlib_queue.Empty:
+                return
+            if admission is None:
+                self.draining = True
+                continue
+            block = False
+            job_id = admission.job.id
+            self.running[job_id] = admission
+            if admission.cancelled:
+                self._end(job_id, cancelled=True)
+                continue
+            if admission.refusal is not None:
+                self._end(job_id, error=admission.refusal, code="invalid_payload",
+                          message="this worker cannot run the job's payload")
+                continue
+            try:
+                start = self.engine.add(job_id, admission.request)
+            except JobRejected as exc:
+                self._end(job_id, error=exc, code=exc.code, message=str(exc))
+                continue
+            except Exception as exc:  # a bug or a model failure: the job fails, the worker lives
+                log.exception("job %s could not start", job_id)
+                self._end(job_id, error=exc, code="generation_failed",
+                          message="the worker failed while starting this response")
+                continue
+            self.pending.append((job_id, EventType.START, start))
+        self.on_change()
+
+    def _step(self) -> None:
+        events, self.pending = self.pending, []
+        try:
+            step_events, finished = self.engine.step() if self._live() else ([], {})
+        except Exception as exc:  # a failed step leaves no job in a known state
+            log.exception("engine step failed")
+            self.engine.remove(self._live())
+            for job_id in self._live():
+                self._end(job_id, error=exc, code="generation_failed",
+                          message="the worker failed while generating this response")
+            self._write_endings()
+            return
+        events += step_events
+        for job_id, result in finished.items():
+            self._end(job_id, result=result)
+        self._stop_overdue()
+        cancelled = self._send(events, watch=self._live())
+        self._cancel(cancelled)
+        self._write_endings()
+
+    def _stop_overdue(self) -> None:
+        now_ = time.monotonic()
+        overdue = [j for j in self._live() if now_ > self.running[j].deadline]
+        if not overdue:
+            return
+        tokens = self.engine.remove(overdue)
+        for job_id in overdue:
+            timeout = self.running[job_id].job.timeout
+            message = f"generation took longer than the job timeout ({timeout} s, JOB_TIMEOUT)"
+            self._end(job_id, error=JobTimeoutException(message), code="job_timeout", message=message,
+                      tokens=tokens.get(job_id, 0))
+
+    def _cancel(self, job_ids: set[str]) -> None:
+        job_ids = [j for j in self._live() if j in job_ids]
+        if not job_ids:
+            return
+        tokens = self.engine.remove(job_ids)
+        for job_id in job_ids:
+            log.info("job %s cancelled", job_id)
+            self._end(job_id, cancelled=True, tokens=tokens.get(job_id, 0))
+
+    def _end(self, job_id: str, *, result: dict | None = None, error: BaseException | None = None,
+             code: str = "", message: str = "", cancelled: bool = False, tokens: int = 0) -> None:
+        admission = self.running[job_id]
+        self.ending_ids.add(job_id)
+        if error is not None:
+            self.pending.append((job_id, EventType.ERROR, {"code": code, "message": message}))
+        elif cancelled:
+            self.pending.append((job_id, EventType.CANCELLED, {"completion_tokens": tokens}))
+        if result is not None:
+            tokens = result.get("completion_tokens", 0)
+        self.endings.append(Outcome(admission, result=result, error=error, cancelled=cancelled, tokens=tokens))
+
+    def _write_endings(self) -> None:
+        """Put the endings' events in Redis, wait until they are there, then free the slots
+        and pass the outcomes on: rq must never call a job ended before its stream says so."""
+        if not self.endings:
+            return
+        events, self.pending = self.pending, []
+        cancelled = self._send(events, self._live()) | self._flush()
+        self._release_endings()
+        if cancelled:
+            self._cancel(cancelled)
+            self._write_endings()
+
+    def _send(self, events: list[StepEvent], watch: list[str]) -> set[str]:
+        try:
+            return self.steps.send(events, watch=watch)
+        except redis.exceptions.RedisError as exc:
+            self._lost_redis(exc)
+            return set()
+
+    def _flush(self) -> set[str]:
+        try:
+            return self.steps.flush()
+        except redis.exceptions.RedisError as exc:
+            self._lost_redis(exc)
+            return set()
+
+    def _lost_redis(self, exc: Exception) -> None:
+        """Without Redis no job can reach its client: all of them end here. Their streams
+        and records cannot be written either; the API has answered 503 to their clients."""
+        log.error("lost Redis mid-step (%s); dropping %d running job(s)", exc, len(self.running))
+        self.engine.remove(self._live())
+        for job_id in self._live():
+            self._end(job_id, error=exc, code="redis_unavailable", message="Redis connection lost")
+        self.pending = []
+        self._release_endings()
+
+    def _release_endings(self) -> None:
+        endings, self.endings = self.endings, []
+        for outcome in endings:
+            job_id = outcome.admission.job.id
+            del self.running[job_id]
+            self.ending_ids.discard(job_id)
+            self.slots.free(outcome.admission.priority)
+            self.on_end(outcome)
+        self.on_change()
