@@ -171,7 +171,8 @@ def test_job_timeout_stops_generation_and_says_so(stack, text_worker):
 def test_a_full_queue_answers_429_with_retry_after(stack, models_dir, conn):
     model = alias(models_dir, "tiny-429")
     worker = stack.start_worker(model, WORKER_CAPACITY=1)
-    api, url = stack.start_api(MAX_QUEUE_DEPTH=1)
+    # The per-model limit, not the global one, applies to this model.
+    api, url = stack.start_api(QUEUE_DEPTH_LIMITS=f'{{"{model}": 1}}')
     try:
         stream = say_hi(url, model, max_tokens=1900, temperature=0, stream=True)
         next(iter(stream))
