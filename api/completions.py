@@ -12,7 +12,8 @@ from .errors import APIError
 # Worker error codes that mean the request itself was bad, not the server.
 STATUS_BY_CODE = {"context_length_exceeded": 400, "invalid_value": 400, "worker_died": 503,
                   "model_unavailable": 503, "job_expired": 503, "job_cancelled": 503,
-                  "job_timeout": 504, "worker_shutdown": 503, "redis_unavailable": 503}
+                  "job_timeout": 504, "worker_shutdown": 503, "redis_unavailable": 503,
+                  "blob_expired": 503}
 
 
 @dataclass

@@ -5,8 +5,16 @@ import logging
 import select
 import socket
 import time
+from functools import partial
 
-from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    jsonify,
+    request,
+    stream_with_context,
+)
 
 from jobs import registry
 from jobs.keys import Kind, Priority
@@ -14,6 +22,7 @@ from jobs.payloads import ChatJob
 from jobs.queues import QueueFull, enqueue_chat, new_job_id
 from jobs.stream import EventType
 
+from . import images
 from .completions import SSE_DONE, SSE_KEEPALIVE, Completion, error_from_event, sse
 from .errors import APIError
 from .relay import JobRelay
@@ -45,11 +54,11 @@ def chat_completions():
         raise APIError(400, "the request body must be a JSON object", code="invalid_json")
     req = ChatCompletionRequest.model_validate(body)
     workers = _live_workers_for(req.model)
-    if req.has_images and not any(w.kind == Kind.VISION for w in workers):
-        raise APIError(400, f"model {req.model!r} does not accept images", param="messages",
-                       code="images_not_supported")
+    if req.image_count:
+        _check_images_allowed(req, workers, ext.settings)
+    store_image = partial(images.intake, settings=ext.settings, conn=ext.conn, keys=ext.keys)
     payload = ChatJob(
-        model=req.model, messages=[m.to_payload() for m in req.messages],
+        model=req.model, messages=[m.to_payload(store_image) for m in req.messages],
         max_tokens=req.requested_max_tokens() or ext.settings.default_max_tokens,
         sampling=req.sampling(), stop=req.stop or [], logprobs=bool(req.logprobs),
         top_logprobs=req.top_logprobs or 0,
@@ -72,6 +81,16 @@ def chat_completions():
                         client_socket=request.environ.get("gunicorn.socket"))
     response.headers["X-Request-Id"] = completion.completion_id
     return response
+
+
+def _check_images_allowed(req: ChatCompletionRequest, workers: list, settings) -> None:
+    if not any(w.kind == Kind.VISION for w in workers):
+        raise APIError(400, f"model {req.model!r} is a text-only model and does not accept images; "
+                       "use a vision model (kind \"vision\" in /v1/models)", param="messages",
+                       code="images_not_supported")
+    if req.image_count > settings.max_images:
+        raise APIError(400, f"a request may hold at most {settings.max_images} images; this one has "
+                       f"{req.image_count}", param="messages", code="too_many_images")
 
 
 def _collect(relay: JobRelay, completion: Completion, want_logprobs: bool, client_socket=None):

@@ -5,10 +5,12 @@ fields are checked for type and range, and each violation becomes a 400 naming t
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from jobs import payloads
 from jobs.payloads import ChatMessage, SamplingParams
 
 MAX_STOP_SEQUENCES = 16
@@ -21,9 +23,14 @@ class TextPart(BaseModel):
     text: str
 
 
+class ImageURL(BaseModel):
+    url: str = Field(min_length=1)
+    detail: Literal["auto", "low", "high"] | None = None
+
+
 class ImagePart(BaseModel):
     type: Literal["image_url"]
-    image_url: dict
+    image_url: ImageURL
 
 
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
@@ -36,17 +43,23 @@ class RequestMessage(BaseModel):
     content: str | list[ContentPart] | None = None
 
     @property
-    def has_images(self) -> bool:
-        return isinstance(self.content, list) and any(isinstance(p, ImagePart) for p in self.content)
+    def image_urls(self) -> list[str]:
+        if not isinstance(self.content, list):
+            return []
+        return [p.image_url.url for p in self.content if isinstance(p, ImagePart)]
 
-    def to_payload(self) -> ChatMessage:
+    def to_payload(self, store_image: Callable[[str], payloads.ImagePart]) -> ChatMessage:
+        """The message as a job payload; images go through `store_image` (validated, stored)
+        and the message keeps its parts in order. Text-only messages become one string."""
         # "developer" is OpenAI's newer name for the system role.
         role = "system" if self.role == "developer" else self.role
-        if isinstance(self.content, list):
-            text = "".join(p.text for p in self.content if isinstance(p, TextPart))
-        else:
-            text = self.content or ""
-        return ChatMessage(role=role, content=text)
+        if not isinstance(self.content, list):
+            return ChatMessage(role=role, content=self.content or "")
+        if not self.image_urls:
+            return ChatMessage(role=role, content="".join(p.text for p in self.content))
+        parts = [payloads.TextPart(text=p.text) if isinstance(p, TextPart) else store_image(p.image_url.url)
+                 for p in self.content]
+        return ChatMessage(role=role, content=parts)
 
 
 class StreamOptions(BaseModel):
@@ -107,8 +120,8 @@ class ChatCompletionRequest(BaseModel):
         return self
 
     @property
-    def has_images(self) -> bool:
-        return any(m.has_images for m in self.messages)
+    def image_count(self) -> int:
+        return sum(len(m.image_urls) for m in self.messages)
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens

@@ -66,7 +66,7 @@ def run_level(url: str, model: str, clients: int, max_tokens: int, round_no: int
         t.join()
     wall = max(r["end"] for r in results) - min(r["start"] for r in results)
     ttfts = [r["stamps"][0] - r["start"] for r in results if r["stamps"]]
-    gaps = [b - a for r in results for a, b in zip(r["stamps"], r["stamps"][1:])]
+    gaps = [b - a for r in results for a, b in zip(r["stamps"], r["stamps"][1:], strict=False)]
     return {"tokens": sum(r["tokens"] for r in results), "wall_s": wall, "ttfts": ttfts, "gaps": gaps}
 
 
@@ -122,7 +122,7 @@ def main() -> int:
         reference, ref_url = start_mlx_lm_server(model_dir, args.capacity, stack.logs / "mlx_lm_server.log")
         servers = {"ours": (url, args.model), "mlx_lm.server": (ref_url, "default_model")}
         try:
-            for name, (server_url, model) in servers.items():  # warm-up, not counted
+            for server_url, model in servers.values():  # warm-up, not counted
                 run_level(server_url, model, 2, 8, round_no=-1)
             rows = []
             for clients in args.levels:

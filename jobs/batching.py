@@ -35,7 +35,7 @@ import time
 import redis
 from rq import Queue, SimpleWorker
 from rq.exceptions import DequeueTimeout, InvalidJobOperation, StopRequested
-from rq.job import Job
+from rq.job import Job, _current_job
 from rq.timeouts import TimerDeathPenalty
 from rq.utils import now
 
@@ -126,12 +126,22 @@ class BatchingWorker(SimpleWorker):
         admission.cancelled = bool(self.connection.exists(self.keys.cancel(job.id)))
         if not admission.cancelled:
             try:
-                admission.request = job.func(*job.args, **job.kwargs)
+                admission.request = self._call_job_function(job)
             except Exception as exc:  # the payload failed validation
                 log.warning("job %s refused: %s", job.id, exc)
                 admission.refusal = exc
         self.slots.take(priority)
         self.engine.submit(admission)
+
+    @staticmethod
+    def _call_job_function(job: Job):
+        """The job function, with rq's `get_current_job()` answering inside it (a vision job
+        reads its images from Redis through the job's connection)."""
+        token = _current_job.set(job)  # rq 3.0 (pinned): what Job.perform sets
+        try:
+            return job.func(*job.args, **job.kwargs)
+        finally:
+            _current_job.reset(token)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         # Short: the heartbeat thread refreshes running executions (refresh_executions),

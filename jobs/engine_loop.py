@@ -177,8 +177,7 @@ class EngineLoop(threading.Thread):
                 self._end(job_id, cancelled=True)
                 continue
             if admission.refusal is not None:
-                self._end(job_id, error=admission.refusal, code="invalid_payload",
-                          message="this worker cannot run the job's payload")
+                self._refuse(job_id, admission.refusal)
                 continue
             try:
                 start = self.engine.add(job_id, admission.request)
@@ -192,6 +191,16 @@ class EngineLoop(threading.Thread):
                 continue
             self.pending.append((job_id, EventType.START, start))
         self.on_change()
+
+    def _refuse(self, job_id: str, refusal: BaseException) -> None:
+        """The job function refused the payload. A refusal with a `code` (an expired image,
+        say) tells the client what happened; anything else is a server-side mismatch."""
+        code = getattr(refusal, "code", None)
+        if code:
+            self._end(job_id, error=refusal, code=code, message=str(refusal))
+        else:
+            self._end(job_id, error=refusal, code="invalid_payload",
+                      message="this worker cannot run the job's payload")
 
     def _step(self) -> None:
         events, self.pending = self.pending, []

@@ -34,6 +34,10 @@ class Keys:
         """Set when a client asks to stop a job; workers poll it each step."""
         return f"{self.prefix}cancel:{job_id}"
 
+    def blob(self, digest: str) -> str:
+        """Validated bytes (an image, a document page) under their sha256, with a TTL."""
+        return f"{self.prefix}blob:{digest}"
+
     def worker(self, worker_name: str) -> str:
         """Registry hash of one worker (expires unless heartbeats refresh it)."""
         return f"{self.prefix}worker:{worker_name}"

@@ -76,3 +76,29 @@ def _find_under_roots(ref: str, roots: list[Path]) -> Path | None:
     if ref.startswith("/"):
         raise InvalidModelRef("an absolute model path must lie inside the model roots")
     return None
+
+
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.py", "tokenizer.model", "*.tiktoken", "*.txt", "*.jinja"]
+"""What mlx-lm and mlx-vlm need from a repo; skips other formats (.bin, .gguf, .pth)."""
+
+
+class ModelLoadError(Exception):
+    """The model could not be made ready; the message says why, without server paths."""
+
+
+def resolve(ref: ModelRef) -> Path:
+    """The model's directory: local references as they are, Hugging Face ids through
+    `huggingface_hub.snapshot_download`, which honours HF_HUB_OFFLINE and the local cache.
+    Workers call it (the API never does, so it needs no huggingface_hub)."""
+    if ref.local_path is not None:
+        return ref.local_path
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(ref.repo_id, allow_patterns=HUB_PATTERNS))
+    except LocalEntryNotFoundError as exc:
+        raise ModelLoadError(
+            f"{ref.repo_id} is not in the local Hugging Face cache and the hub cannot be "
+            "reached (HF_HUB_OFFLINE is set or there is no network)"
+        ) from exc

@@ -60,7 +60,17 @@ class Settings(BaseSettings):
     """Seconds of silence after which the API sends an SSE `: keepalive` and re-checks the job."""
     default_max_tokens: int = Field(512, ge=1)
     """Completion length when the client names none (mlx_lm.server's default too)."""
-    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    """Request body cap (images arrive base64-encoded inside the JSON body)."""
+    max_image_bytes: int = Field(10_000_000, ge=1000)
+    """Decoded bytes per image."""
+    max_images: int = Field(8, ge=1)
+    """Images per request."""
+    max_image_pixels: int = Field(36_000_000, ge=1)
+    """Pixels per image, checked on the header before decoding (decompression bombs)."""
+    allow_remote_images: bool = False
+    """Fetch http(s) image URLs (public addresses only, no redirects); off: data URIs only."""
+    remote_image_timeout: float = Field(5.0, gt=0)
     max_queue_depth: int = Field(256, ge=1)
     """Jobs waiting per queue before new requests get 429."""
     queue_depth_limits: dict[str, int] = Field(default_factory=dict)

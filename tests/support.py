@@ -19,6 +19,8 @@ from jobs.redis_server import server_argv
 from jobs.registry import WorkerState, live_workers
 
 ROOT = Path(__file__).resolve().parent.parent
+VISION_PYTHON = ROOT / ".venv-vision" / "bin" / "python"
+"""The vision worker's interpreter: `make test` builds .venv-vision before the tests run."""
 
 
 def free_port() -> int:
@@ -138,6 +140,14 @@ class Stack:
     def start_worker(self, model: str, wait: bool = True, **env) -> Proc:
         proc = self.spawn(f"worker-{model.replace('/', '_')}",
                           [sys.executable, "-m", "worker_text", "--model", model], **env)
+        if wait:
+            self.wait_for_worker(proc, model)
+        return proc
+
+    def start_vision_worker(self, model: str, wait: bool = True, **env) -> Proc:
+        """A vision worker, run by the vision venv's interpreter (mlx-vlm lives only there)."""
+        proc = self.spawn(f"vision-{model.replace('/', '_')}",
+                          [str(VISION_PYTHON), "-m", "worker_vision", "--model", model], **env)
         if wait:
             self.wait_for_worker(proc, model)
         return proc

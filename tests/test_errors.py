@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import requests
 
 from .support import ROOT
-import requests
 
 GOOD = {"model": "tiny-text", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
@@ -78,7 +78,7 @@ def test_images_for_a_text_model_are_400(api_url, text_worker):
 
 
 def test_oversized_body_is_413(api_url):
-    huge = {**GOOD, "messages": [{"role": "user", "content": "x" * (5 * 1024 * 1024)}]}
+    huge = {**GOOD, "messages": [{"role": "user", "content": "x" * (17 * 1024 * 1024)}]}
     assert_error(post(api_url, huge), 413)
 
 

@@ -10,6 +10,7 @@ import subprocess
 import openai
 
 from .support import ROOT, free_port, wait_until
+from .test_vision import data_uri, image_message, png
 
 
 def session_pids(sid: int) -> list[int]:
@@ -27,7 +28,7 @@ def test_make_run_serves_and_sigterm_stops_everything(models_dir, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS", "REDIS_URL"))}
     env.update(MODELS_DIR=str(models_dir), REDIS_DATA_DIR=str(tmp_path / "redis"), KEY_PREFIX="mr:")
     log = open(tmp_path / "make-run.log", "wb")
-    make = subprocess.Popen(["make", "--no-print-directory", "run", "TEXT_MODEL=tiny-text",
+    make = subprocess.Popen(["make", "--no-print-directory", "run", "TEXT_MODEL=tiny-text", "VISION_MODEL=tiny-vision",
                              f"PORT={port}", f"REDIS_PORT={redis_port}"],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -35,17 +36,20 @@ def test_make_run_serves_and_sigterm_stops_everything(models_dir, tmp_path):
 
         def served():
             try:
-                return "tiny-text" in [m.id for m in client.models.list().data]
+                return {"tiny-text", "tiny-vision"} <= {m.id for m in client.models.list().data}
             except openai.APIError:
                 return False
 
-        wait_until(served, 120, "make run to serve tiny-text", interval=0.5)
+        wait_until(served, 180, "make run to serve tiny-text and tiny-vision", interval=0.5)
         reply = client.chat.completions.create(model="tiny-text", max_tokens=3, temperature=0,
                                                messages=[{"role": "user", "content": "hi"}])
         assert reply.usage.completion_tokens == 3
+        seen = client.chat.completions.create(model="tiny-vision", max_tokens=3, messages=image_message(
+            data_uri(png())))
+        assert seen.usage.prompt_tokens > 10
         text = (tmp_path / "make-run.log").read_text()
         assert f"http://127.0.0.1:{port}/v1" in text and "curl" in text
-        assert len(session_pids(make.pid)) >= 4  # make, honcho, redis, api, worker...
+        assert len(session_pids(make.pid)) >= 5  # make, honcho, redis, api, workers...
         make.send_signal(signal.SIGTERM)
         make.wait(30)
         wait_until(lambda: not session_pids(make.pid), 30, "every process started by make run to exit")

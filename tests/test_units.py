@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from jobs.modelref import InvalidModelRef, parse_model_ref
-from worker_text.engine import StopMatcher
+from jobs.stops import StopMatcher
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import time
 import openai
 import pytest
 import requests
-
 from rq import Queue
 from rq.job import Job, JobStatus
 

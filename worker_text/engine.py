@@ -30,6 +30,7 @@ from jobs.payloads import (
     Usage,
 )
 from jobs.steps import StepEvent
+from jobs.stops import StopMatcher
 from jobs.stream import EventType
 
 PROMPT_CACHE_ENTRIES = 64
@@ -59,49 +60,14 @@ class TextModel:
     vocab_size: int
 
     def encode_chat(self, job: ChatJob) -> list[int]:
-        messages = [m.model_dump() for m in job.messages]
+        # A text model sees text only (the API never routes images to one).
+        messages = [{"role": m.role, "content": m.text} for m in job.messages]
         if getattr(self.tokenizer, "chat_template", None):
             text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
             return self.tokenizer.encode(text, add_special_tokens=False)
         # No template: plain "role: content" lines, as mlx_lm.server does.
         text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
         return self.tokenizer.encode(text)
-
-
-class StopMatcher:
-    """Holds back text that might begin a stop sequence; cuts the output at the first one."""
-
-    def __init__(self, stops: list[str]):
-        self.stops = [s for s in stops if s]
-        self.pending = ""
-
-    def feed(self, text: str) -> tuple[str, bool]:
-        """Returns (text safe to emit, whether a stop sequence was hit)."""
-        self.pending += text
-        if not self.stops:
-            out, self.pending = self.pending, ""
-            return out, False
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            out, self.pending = self.pending[: min(hits)], ""
-            return out, True
-        keep = self._longest_stop_prefix_suffix()
-        out = self.pending[: len(self.pending) - keep]
-        self.pending = self.pending[len(out):]
-        return out, False
-
-    def flush(self) -> str:
-        out, self.pending = self.pending, ""
-        return out
-
-    def _longest_stop_prefix_suffix(self) -> int:
-        best = 0
-        for stop in self.stops:
-            for n in range(min(len(stop) - 1, len(self.pending)), best, -1):
-                if self.pending.endswith(stop[:n]):
-                    best = n
-                    break
-        return best
 
 
 @dataclass

@@ -1,40 +1,16 @@
 """Model resolution and loading for the text worker.
 
-A reference has been checked by `jobs.modelref` (the same check the API applies); here it
-becomes a directory: local ones as they are, Hugging Face ids through
-`huggingface_hub.snapshot_download`, which honours `HF_HUB_OFFLINE` and the local cache.
+A reference has been checked by `jobs.modelref` (the same check the API applies) and becomes
+a directory there (`resolve`); here it is loaded with mlx-lm.
 """
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-from jobs.modelref import ModelRef, parse_model_ref
+from jobs.modelref import ModelLoadError, parse_model_ref, resolve
 from jobs.settings import Settings
 
 from .engine import TextModel
-
-HUB_PATTERNS = ["*.json", "*.safetensors", "*.py", "tokenizer.model", "*.tiktoken", "*.txt", "*.jinja"]
-"""What mlx-lm needs from a repo; skips other formats (.bin, .gguf, .pth) a repo may carry."""
-
-
-class ModelLoadError(Exception):
-    """The model could not be made ready; the message says why, without server paths."""
-
-
-def resolve(ref: ModelRef) -> Path:
-    if ref.local_path is not None:
-        return ref.local_path
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        return Path(snapshot_download(ref.repo_id, allow_patterns=HUB_PATTERNS))
-    except LocalEntryNotFoundError as exc:
-        raise ModelLoadError(
-            f"{ref.repo_id} is not in the local Hugging Face cache and the hub cannot be "
-            "reached (HF_HUB_OFFLINE is set or there is no network)"
-        ) from exc
 
 
 def load_text_model(model_ref: str, settings: Settings) -> TextModel:

@@ -1,0 +1,372 @@
+"""Chat over text and images with mlx-vlm: prompts, sampling, stop strings, logprobs.
+
+No Redis here: `VisionEngine` turns admitted `VisionRequest`s into stream events, one engine
+step at a time, for the engine thread of jobs/batching.py to send.
+
+Concurrency without a shared batch: every admitted job has its own KV cache and its own
+decoding state, and `step()` advances EVERY running job by one token, round-robin, one
+forward pass per job. Concurrent jobs thus interleave fairly (a chat is never stuck behind
+a long document page), but they do not share a batched forward pass: a step costs the sum
+of the jobs' passes. mlx-vlm 0.7.10 has a BatchGenerator (generate/ar.py) too, but jobs
+joining and leaving it mid-batch with their own images, mRoPE offsets, samplers and stops
+is more than we could prove correct; the simple path is. mlx-vlm's single-sequence
+`stream_generate` / `generate_step` cannot be interleaved either: Qwen-VL language models
+keep the current sequence's mRoPE offsets (`_rope_deltas`, `_position_ids`) on the shared
+model object, and `stream_generate` hangs per-request state on the shared tokenizer. So the
+engine drives the model itself, the way `generate_step` does (`get_input_embeddings`,
+chunked prefill, then one token per call), but hands the language model each job's own
+positions on every call: nothing a job needs lives on the model between calls. A job's
+greedy output is the same alone or interleaved, and the same as `generate_step`'s
+(tests/test_vision_engine.py).
+
+Image encoding and prefill run in `add()`: a failure there ends that job alone.
+
+Text is only released once it can no longer turn out to be the start of a stop string
+(jobs/stops.py), so a stop string never reaches the client, even split across tokens.
+
+MLX streams: the engine is created in the main thread, but all its MLX work runs in the
+engine thread, on that thread's default stream. mlx-vlm's module-level `generation_stream`
+(made at import, thread-local) is never used here.
+"""
+from __future__ import annotations
+
+import codecs
+from dataclasses import dataclass
+
+import mlx.core as mx
+from mlx_vlm.models.cache import make_prompt_cache
+from mlx_vlm.prompt_utils import apply_chat_template
+from mlx_vlm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_logits_processors, make_sampler
+from mlx_vlm.tokenizer_utils import BPEStreamingDetokenizer, make_streaming_detokenizer
+from mlx_vlm.utils import prepare_inputs, should_add_special_tokens
+
+from jobs.engine_loop import JobRejected
+from jobs.payloads import ChatJob, PromptTokensDetails, SamplingParams, TokenLogprob, Usage
+from jobs.steps import StepEvent
+from jobs.stops import StopMatcher
+from jobs.stream import EventType
+
+from .jobs import VisionRequest
+from .loading import VisionModel
+
+MAX_IMAGES = 8
+"""Images per request unless told otherwise (the worker passes MAX_IMAGES from Settings, the
+limit the API applies): the vision tower encodes all of them at once in the engine thread,
+while every other running job waits."""
+PREFILL_STEP = 2048
+"""Prompt tokens per prefill chunk (mlx-vlm's default): bounds the attention's memory."""
+PENALTY_CONTEXT = 20
+"""Recent tokens that repetition/presence/frequency penalties look at (mlx-vlm's default)."""
+
+
+class RequestRejected(JobRejected):
+    """The request cannot be served by this model; `code` and the message go to the client."""
+
+
+class PromptTooLong(RequestRejected):
+    code = "context_length_exceeded"
+
+    def __init__(self, prompt_tokens: int, context_length: int):
+        super().__init__(f"this model's context length is {context_length} tokens; the messages "
+                         f"(images included) take {prompt_tokens}")
+
+
+@dataclass
+class _Prompt:
+    """A request turned into model inputs by mlx-vlm's processor."""
+
+    input_ids: mx.array
+    pixel_values: mx.array | None
+    mask: mx.array | None
+    extra: dict
+    """Processor outputs the model needs besides ids and pixels (`image_grid_thw`)."""
+
+    @property
+    def length(self) -> int:
+        return self.input_ids.shape[1]
+
+
+@dataclass
+class _Sequence:
+    """One running job: its cache, its positions and its decoding state."""
+
+    job_id: str
+    request: ChatJob
+    prompt_tokens: int
+    max_tokens: int
+    cache: list
+    rope_delta: int
+    """mRoPE: a token at cache offset n sits at position n + rope_delta (images are compact)."""
+    position_shape: tuple[int, ...]
+    """(3, 1, 1) for mRoPE's three axes, or (1, 1) where the prompt had plain positions (a
+    text-only prompt): the same shapes mlx-vlm's own decoding passes, for the same numbers."""
+    sampler: object
+    processors: list
+    stops: StopMatcher
+    text: TextStream
+    history: mx.array
+    """The last PENALTY_CONTEXT ids (prompt, then generated), for the penalties."""
+    pending: mx.array | None = None
+    """The sampled next token, computing asynchronously until the next step reads it."""
+    pending_logprobs: mx.array | None = None
+    tokens: int = 0
+
+
+class VisionEngine:
+    """The vision worker's engine (jobs.engine_loop.Engine) over mlx-vlm models.
+    Only the engine thread may call it."""
+
+    def __init__(self, vision_model: VisionModel, max_images: int = MAX_IMAGES):
+        self.vm = vision_model
+        self.max_images = max_images
+        self.sequences: dict[str, _Sequence] = {}
+        self._vocab_mask: mx.array | None = None
+
+    def add(self, job_id: str, request: VisionRequest) -> dict:
+        job = request.job
+        self._check(request)
+        prompt = self._encode(request)
+        context = self.vm.context_length
+        if prompt.length >= context:
+            raise PromptTooLong(prompt.length, context)
+        max_tokens = min(job.max_tokens, context - prompt.length)
+        self.sequences[job_id] = self._prefill(job_id, job, prompt, max_tokens)
+        return {"prompt_tokens": prompt.length, "cached_tokens": 0}
+
+    def step(self) -> tuple[list[StepEvent], dict[str, dict]]:
+        events: list[StepEvent] = []
+        finished: dict[str, dict] = {}
+        advancing = []
+        for seq in list(self.sequences.values()):
+            finish = self._emit(seq, events)
+            if finish is None:
+                self._decode(seq)
+                advancing.append(seq)
+                continue
+            usage = self._usage(seq)
+            events.append((seq.job_id, EventType.DONE, {"finish_reason": finish, "usage": usage}))
+            finished[seq.job_id] = usage
+            del self.sequences[seq.job_id]
+        if advancing:  # every job's next token computes while the step's events are sent
+            mx.async_eval([a for s in advancing for a in (s.pending, s.pending_logprobs)])
+        return events, finished
+
+    def remove(self, job_ids: list[str]) -> dict[str, int]:
+        return {j: self.sequences.pop(j).tokens for j in job_ids if j in self.sequences}
+
+    # --- admission ---
+
+    def _check(self, request: VisionRequest) -> None:
+        job, vm = request.job, self.vm
+        if len(request.images) > self.max_images:
+            raise RequestRejected(f"at most {self.max_images} images per request; this one has "
+                                  f"{len(request.images)}")
+        if any(m.images and m.role != "user" for m in job.messages):
+            raise RequestRejected("images are accepted in user messages only")
+        bias = job.sampling.logit_bias
+        if bias and (max(bias) >= vm.vocab_size or min(bias) < 0):
+            raise RequestRejected(f"logit_bias names token ids outside this model's vocabulary "
+                                  f"(0 to {vm.vocab_size - 1})")
+
+    def _encode(self, request: VisionRequest) -> _Prompt:
+        """The chat template with one image marker per image part, in message order; the
+        processor expands each marker to the image's tokens and preprocesses the pixels."""
+        vm = self.vm
+        messages = [_template_message(m) for m in request.job.messages]
+        text = apply_chat_template(vm.processor, vm.config, messages, num_images=len(request.images))
+        try:
+            inputs = prepare_inputs(vm.processor, images=request.images or None, prompts=text,
+                                    add_special_tokens=should_add_special_tokens(vm.model_type, vm.processor))
+        except ValueError as exc:  # the image processor refused an image (say, a 1 x 400 strip)
+            raise RequestRejected(f"an image could not be prepared for this model: {_short(exc)}") from exc
+        extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "pixel_values", "attention_mask")}
+        return _Prompt(inputs["input_ids"], inputs.get("pixel_values"), inputs.get("attention_mask"), extra)
+
+    def _prefill(self, job_id: str, job: ChatJob, prompt: _Prompt, max_tokens: int) -> _Sequence:
+        """Encode the images, run the prompt through the language model, and start sampling
+        the first token."""
+        features = self.vm.model.get_input_embeddings(prompt.input_ids, prompt.pixel_values,
+                                                      mask=prompt.mask, **prompt.extra)
+        positions, delta = features.position_ids, features.rope_deltas
+        cache = make_prompt_cache(self.vm.model.language_model)
+        logits = self._run_prompt(prompt.input_ids, features.inputs_embeds, positions, cache)
+        seq = _Sequence(
+            job_id=job_id, request=job, prompt_tokens=prompt.length, max_tokens=max_tokens, cache=cache,
+            rope_delta=int(delta.reshape(-1)[0].item()) if delta is not None else 0,
+            position_shape=(3, 1, 1) if positions.ndim == 3 else (1, 1),
+            sampler=_sampler(job.sampling, self.vm.vocab_size), processors=_processors(job.sampling),
+            stops=StopMatcher(job.stop), text=TextStream(self.vm.processor),
+            history=prompt.input_ids.reshape(-1)[-PENALTY_CONTEXT:])
+        seq.pending, seq.pending_logprobs = self._sample(seq, logits)
+        mx.async_eval(seq.pending, seq.pending_logprobs)
+        return seq
+
+    def _run_prompt(self, ids: mx.array, embeds: mx.array, positions: mx.array, cache: list) -> mx.array:
+        """Prefill in chunks, as mlx-vlm's generate_step does (the language model slices the
+        whole prompt's positions at the cache offset); returns the last token's logits."""
+        lm = self.vm.model.language_model
+        while embeds.shape[1] > 1:
+            n = min(PREFILL_STEP, embeds.shape[1] - 1)
+            lm(ids[:, :n], inputs_embeds=embeds[:, :n], cache=cache, position_ids=positions)
+            mx.eval([c.state for c in cache])
+            ids, embeds = ids[:, n:], embeds[:, n:]
+        return lm(ids, inputs_embeds=embeds, cache=cache, position_ids=positions).logits[:, -1, :]
+
+    # --- decoding ---
+
+    def _decode(self, seq: _Sequence) -> None:
+        """Queue the forward pass for the token just emitted (evaluated after the step)."""
+        offset = seq.prompt_tokens + seq.tokens - 1  # the token just emitted goes there
+        positions = mx.full(seq.position_shape, offset + seq.rope_delta, dtype=mx.int32)
+        logits = self.vm.model.language_model(seq.pending.reshape(1, 1), cache=seq.cache,
+                                              position_ids=positions).logits[:, -1, :]
+        seq.pending, seq.pending_logprobs = self._sample(seq, logits)
+
+    def _sample(self, seq: _Sequence, logits: mx.array) -> tuple[mx.array, mx.array]:
+        # float32 from here on: log-probabilities in the model's bfloat16 tie tokens whose
+        # logits differ (argmax then takes the lower id), and clients read them as logprobs.
+        logits = logits.astype(mx.float32)
+        for processor in seq.processors:
+            logits = processor(seq.history, logits)
+        if self.vm.vocab_size > self.vm.text_vocab_size:  # padded rows name no token
+            logits = logits + self.vocab_mask
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        token = seq.sampler(logprobs).reshape(-1)
+        if seq.processors:
+            seq.history = mx.concatenate([seq.history, token.astype(seq.history.dtype)])[-PENALTY_CONTEXT:]
+        return token, logprobs.reshape(-1)
+
+    @property
+    def vocab_mask(self) -> mx.array:
+        if self._vocab_mask is None:
+            ids = mx.arange(self.vm.vocab_size)
+            self._vocab_mask = mx.where(ids < self.vm.text_vocab_size, 0.0, -mx.inf)
+        return self._vocab_mask
+
+    def _emit(self, seq: _Sequence, events: list[StepEvent]) -> str | None:
+        """Send the job's pending token as text (and logprob); returns its finish reason."""
+        token = seq.pending.item()
+        seq.tokens += 1
+        eos = token in self.vm.eos_token_ids
+        finish = "stop" if eos else "length" if seq.tokens >= seq.max_tokens else None
+        piece = "" if eos else seq.text.add(token)  # an end-of-sequence token is never text
+        if finish is not None:
+            piece += seq.text.finish()
+        text, stopped = seq.stops.feed(piece)
+        if stopped:
+            finish = "stop"
+        elif finish is not None:
+            text += seq.stops.flush()
+        logprob = self._logprob(seq, token) if seq.request.logprobs else None
+        if text or logprob is not None:
+            extra = {"logprobs": [logprob.model_dump()]} if logprob is not None else {}
+            events.append((seq.job_id, EventType.DELTA, {"text": text, **extra}))
+        return finish
+
+    def _usage(self, seq: _Sequence) -> dict:
+        return Usage(prompt_tokens=seq.prompt_tokens, completion_tokens=seq.tokens,
+                     total_tokens=seq.prompt_tokens + seq.tokens,
+                     prompt_tokens_details=PromptTokensDetails(cached_tokens=0)).model_dump()
+
+    def _logprob(self, seq: _Sequence, token: int) -> TokenLogprob:
+        logprobs, top_n = seq.pending_logprobs, seq.request.top_logprobs
+        top: list[dict] = []
+        if top_n:
+            ids = mx.argpartition(-logprobs, kth=top_n - 1)[:top_n]
+            ranked = sorted(zip(ids.tolist(), logprobs[ids].tolist(), strict=True), key=lambda p: -p[1])
+            top = [self._token_entry(i, v) for i, v in ranked]
+        return TokenLogprob(**self._token_entry(token, logprobs[token].item()), top_logprobs=top)
+
+    def _token_entry(self, token_id: int, logprob: float) -> dict:
+        text = self.vm.tokenizer.decode([token_id])
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+
+class TextStream:
+    """A job's tokens as text, token by token, never splitting a UTF-8 character.
+
+    mlx-vlm's BPE streaming detokenizer holds text back until a token starts with a space:
+    a reply without spaces (Chinese, Japanese, code) would arrive in one piece at the end.
+    So byte-level BPE tokens go through an incremental UTF-8 decoder, as mlx-vlm's own
+    server streams them; other tokenizers use mlx-vlm's streaming detokenizer as it is."""
+
+    def __init__(self, processor):
+        self.tokenizer = processor.tokenizer
+        self.detokenizer = make_streaming_detokenizer(processor)
+        self.utf8 = None
+        if isinstance(self.detokenizer, BPEStreamingDetokenizer):
+            self.tokenmap, self.byte_decoder = self.detokenizer.tokenmap, self.detokenizer._byte_decoder
+            self.utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def add(self, token: int) -> str:
+        if self.utf8 is None:
+            self.detokenizer.add_token(token)
+            return self.detokenizer.last_segment
+        value = self.tokenmap[token] if token < len(self.tokenmap) else None
+        try:
+            data = bytes(self.byte_decoder[c] for c in value) if value is not None else None
+        except KeyError:  # an added token outside the byte alphabet
+            data = None
+        if data is None:
+            return self.utf8.decode(self.tokenizer.decode([token]).encode("utf-8"), final=False)
+        return self.utf8.decode(data, final=False)
+
+    def finish(self) -> str:
+        """What is still held back (an unfinished character ends as U+FFFD)."""
+        if self.utf8 is None:
+            self.detokenizer.finalize()
+            return self.detokenizer.last_segment
+        return self.utf8.decode(b"", final=True)
+
+
+def _template_message(message) -> dict:
+    """A message as mlx-vlm's prompt utilities take it: plain text, or its parts in order
+    with an image marker where each image goes."""
+    if not message.images:
+        return {"role": message.role, "content": message.text}
+    parts = [{"type": "image"} if p.type == "image" else {"type": "text", "text": p.text}
+             for p in message.content]
+    return {"role": message.role, "content": parts}
+
+
+def _processors(params: SamplingParams) -> list:
+    return make_logits_processors(
+        logit_bias=params.logit_bias or None, repetition_penalty=params.repetition_penalty,
+        repetition_context_size=PENALTY_CONTEXT, presence_penalty=params.presence_penalty or None,
+        presence_context_size=PENALTY_CONTEXT, frequency_penalty=params.frequency_penalty or None,
+        frequency_context_size=PENALTY_CONTEXT)
+
+
+def _sampler(params: SamplingParams, vocab_size: int):
+    if params.temperature == 0:
+        return lambda logprobs: mx.argmax(logprobs, axis=-1)
+    top_k = params.top_k if 0 < params.top_k < vocab_size else 0
+    if params.seed is not None:
+        return SeededSampler(params, top_k)
+    return make_sampler(temp=params.temperature, top_p=params.top_p, min_p=params.min_p, top_k=top_k)
+
+
+class SeededSampler:
+    """mlx-vlm's sampling chain (top-p, min-p, top-k, then temperature), drawing from its
+    own key instead of MLX's global state: a seeded job's output depends on its seed alone,
+    never on what other jobs drew in between."""
+
+    def __init__(self, params: SamplingParams, top_k: int):
+        self.params, self.top_k = params, top_k
+        self.key = mx.random.key(params.seed)
+
+    def __call__(self, logprobs: mx.array) -> mx.array:
+        p = self.params
+        if 0 < p.top_p < 1.0:
+            logprobs = apply_top_p(logprobs, p.top_p)
+        if p.min_p != 0.0:
+            logprobs = apply_min_p(logprobs, p.min_p)
+        if self.top_k:
+            logprobs = apply_top_k(logprobs, self.top_k)
+        self.key, subkey = mx.random.split(self.key)
+        return mx.random.categorical(logprobs * (1.0 / max(p.temperature, 0.01)), key=subkey)
+
+
+def _short(exc: Exception, limit: int = 200) -> str:
+    text = str(exc).replace("Failed to process inputs with error: ", "")
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,55 @@
+"""rq job functions of the vision worker (enqueued by dotted path from the API).
+
+A batching worker (jobs/batching.py) calls a job function in its main thread when it admits
+the job, with rq's `get_current_job()` answering: the function checks the payload, fetches
+the job's images from the blob store and decodes them, and returns the request its engine
+runs. Decoding here keeps Redis round trips and PIL work off the engine thread, which
+generates for every other job.
+
+Images reach mlx-vlm only as decoded PIL images, never as strings: mlx-vlm's `load_image`
+opens any string as a local path and follows URLs (and their redirects).
+"""
+from __future__ import annotations
+
+import functools
+import io
+from dataclasses import dataclass, field
+
+from PIL import Image
+from rq import get_current_job
+
+from jobs import blobs
+from jobs.keys import Keys
+from jobs.payloads import ChatJob
+from jobs.settings import Settings
+
+
+@dataclass
+class VisionRequest:
+    """A chat job and its images, decoded, in the order of their parts in the messages."""
+
+    job: ChatJob
+    images: list[Image.Image] = field(default_factory=list)
+
+
+@functools.cache
+def _keys() -> Keys:
+    return Keys(Settings().key_prefix)
+
+
+def chat(payload: dict) -> VisionRequest:
+    """A chat completion over text and images: the engine streams it into the job's stream.
+    Raises (the job ends with an error without running) when an image blob has expired."""
+    job = ChatJob.model_validate(payload)
+    parts = [part for message in job.messages for part in message.images]
+    if not parts:
+        return VisionRequest(job)
+    conn = get_current_job().connection
+    return VisionRequest(job, [_decode(blobs.get(conn, _keys(), part.blob)) for part in parts])
+
+
+def _decode(data: bytes) -> Image.Image:
+    """The API validated the bytes; decode them fully now, so a bad blob fails the job here."""
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image.convert("RGB")
