@@ -31,9 +31,17 @@ def create_app(settings: Settings | None = None) -> Flask:
                                       keys=Keys(settings.key_prefix))
     logging.getLogger("mis").setLevel(logging.INFO)
 
-    from . import errors, health, openai
+    from . import admin, errors, health, openai
 
     errors.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(openai.bp)
+    app.register_blueprint(admin.bp)
+    # -- metrics and rq-dashboard (api/metrics.py, api/dashboard.py), both admin-only --
+    from . import dashboard, metrics
+
+    app.register_blueprint(metrics.bp)
+    app.after_request(metrics.count_request)
+    dashboard.init_dashboard(app, settings)
+    # -- end metrics --
     return app

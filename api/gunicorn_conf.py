@@ -30,3 +30,6 @@ def when_ready(server):
         "\"messages\": [{\"role\": \"user\", \"content\": \"What is the capital of France?\"}]}'\n",
         url, url, _settings.text_model,
     )
+    from api.auth import describe_admin_access  # here: importing Flask before gevent patches ssl warns
+
+    server.log.info("  %s", describe_admin_access(_settings))

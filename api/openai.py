@@ -22,9 +22,10 @@ from jobs.payloads import ChatJob
 from jobs.queues import QueueFull, enqueue_chat, new_job_id
 from jobs.stream import EventType
 
-from . import images
+from . import autoload, images
 from .completions import SSE_DONE, SSE_KEEPALIVE, Completion, error_from_event, sse
 from .errors import APIError
+from .metrics import GenerationTimer
 from .relay import JobRelay
 from .schemas import ChatCompletionRequest
 
@@ -48,14 +49,15 @@ def get_model(model_id: str):
 
 @bp.post("/chat/completions")
 def chat_completions():
+    started = time.perf_counter()  # metrics: time to first token counts from here
     ext = current_app.extensions["mis"]
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object", code="invalid_json")
     req = ChatCompletionRequest.model_validate(body)
-    workers = _live_workers_for(req.model)
+    kind = _route(req.model)
     if req.image_count:
-        _check_images_allowed(req, workers, ext.settings)
+        _check_images_allowed(req, kind, ext.settings)
     store_image = partial(images.intake, settings=ext.settings, conn=ext.conn, keys=ext.keys)
     payload = ChatJob(
         model=req.model, messages=[m.to_payload(store_image) for m in req.messages],
@@ -64,27 +66,28 @@ def chat_completions():
         top_logprobs=req.top_logprobs or 0,
     )
     try:
-        job = enqueue_chat(ext.conn, ext.settings, payload, kind=workers[0].kind,
+        job = enqueue_chat(ext.conn, ext.settings, payload, kind=kind,
                            priority=Priority.INTERACTIVE, job_id=new_job_id())
     except QueueFull as full:
         raise APIError(429, f"model {req.model!r} has {full.depth} requests waiting; retry later",
                        code="queue_full", headers={"Retry-After": "2"}) from None
     completion = Completion(completion_id=f"chatcmpl-{job.id}", model=req.model)
     relay = JobRelay(ext.conn, ext.settings, job.id, req.model)
+    timer = GenerationTimer(ext.conn, ext.keys, req.model, started)  # metrics
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return Response(stream_with_context(_stream(relay, completion, include_usage)),
+        return Response(stream_with_context(_stream(relay, completion, include_usage, timer)),
                         mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
                                  "X-Request-Id": completion.completion_id})
     response = _collect(relay, completion, want_logprobs=bool(req.logprobs),
-                        client_socket=request.environ.get("gunicorn.socket"))
+                        client_socket=request.environ.get("gunicorn.socket"), timer=timer)
     response.headers["X-Request-Id"] = completion.completion_id
     return response
 
 
-def _check_images_allowed(req: ChatCompletionRequest, workers: list, settings) -> None:
-    if not any(w.kind == Kind.VISION for w in workers):
+def _check_images_allowed(req: ChatCompletionRequest, kind: Kind, settings) -> None:
+    if kind != Kind.VISION:
         raise APIError(400, f"model {req.model!r} is a text-only model and does not accept images; "
                        "use a vision model (kind \"vision\" in /v1/models)", param="messages",
                        code="images_not_supported")
@@ -93,7 +96,8 @@ def _check_images_allowed(req: ChatCompletionRequest, workers: list, settings) -
                        f"{req.image_count}", param="messages", code="too_many_images")
 
 
-def _collect(relay: JobRelay, completion: Completion, want_logprobs: bool, client_socket=None):
+def _collect(relay: JobRelay, completion: Completion, want_logprobs: bool, client_socket=None,
+             timer: GenerationTimer | None = None):
     """Read the job to its end for one JSON answer. Nothing is written to the client until
     then, so a client that gives up is noticed by peeking at its socket now and then."""
     next_check = time.monotonic() + relay.settings.keepalive_interval
@@ -103,6 +107,8 @@ def _collect(relay: JobRelay, completion: Completion, want_logprobs: bool, clien
                 if client_left(client_socket):
                     return Response(status=499)  # nobody reads it; the job is cancelled below
                 next_check = time.monotonic() + relay.settings.keepalive_interval
+            if timer:  # metrics
+                timer.observe(event)
             if event is None:
                 continue
             if event.type in (EventType.ERROR, EventType.CANCELLED):
@@ -110,14 +116,19 @@ def _collect(relay: JobRelay, completion: Completion, want_logprobs: bool, clien
             completion.add(event)
     finally:
         relay.close()
+        if timer:  # metrics
+            timer.finish(completion.usage)
     return jsonify(completion.response(want_logprobs))
 
 
-def _stream(relay: JobRelay, completion: Completion, include_usage: bool):
+def _stream(relay: JobRelay, completion: Completion, include_usage: bool,
+            timer: GenerationTimer | None = None):
     """SSE frames for one job. A client that disconnects raises GeneratorExit at the next
     write; `finally` then cancels the job."""
     try:
         for event in relay.events():
+            if timer:  # metrics
+                timer.observe(event)
             if event is None:
                 yield SSE_KEEPALIVE
             elif event.type == EventType.START:
@@ -138,6 +149,8 @@ def _stream(relay: JobRelay, completion: Completion, include_usage: bool):
                 yield sse(error_from_event(event).body(), event.id)
     finally:
         relay.close()
+        if timer:  # metrics
+            timer.finish(completion.usage)
 
 
 def client_left(sock) -> bool:
@@ -157,21 +170,28 @@ def _serving_models() -> dict[str, list[registry.WorkerInfo]]:
     return registry.serving_models(registry.live_workers(ext.conn, ext.keys))
 
 
-def _live_workers_for(model: str) -> list[registry.WorkerInfo]:
+def _route(model: str) -> Kind:
+    """The kind of queue a request for `model` goes to (that of its live workers, never its
+    name); raises when nobody serves it and it cannot be loaded on demand."""
     ext = current_app.extensions["mis"]
     workers = registry.live_workers(ext.conn, ext.keys)
     serving = registry.serving_models(workers)
     if model in serving:
-        return serving[model]
+        return serving[model][0].kind
     others = [w for w in workers if w.model == model]
     if any(w.state == registry.WorkerState.ERROR for w in others):
         reason = next(w.error for w in others if w.error)
         raise APIError(503, f"model {model!r} failed to load: {reason}", code="model_unavailable",
                        headers={"Retry-After": "30"})
     if others:
+        if ext.settings.auto_load:
+            return others[0].kind  # loading: the request waits in the queue
         raise APIError(503, f"model {model!r} is loading; retry shortly", code="model_loading",
                        headers={"Retry-After": "5"})
-    raise _model_not_found(model, serving)
+    kind = autoload.start(ext.conn, ext.keys, ext.settings, model)
+    if kind is None:
+        raise _model_not_found(model, serving)
+    return kind
 
 
 def _model_not_found(model: str, serving: dict) -> APIError:

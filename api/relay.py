@@ -21,6 +21,8 @@ from jobs.queues import cancel_job, fetch_job, reap_orphaned_job
 from jobs.settings import Settings
 from jobs.stream import Event, EventType, StreamReader
 
+from . import autoload
+
 log = logging.getLogger("mis.api")
 
 
@@ -91,9 +93,12 @@ class JobRelay:
                 "code": "worker_died",
                 "message": "the worker running this job stopped responding; please retry"})
         if status == JobStatus.QUEUED and not self._model_has_workers():
-            return Event(EventType.ERROR, data={
-                "code": "model_unavailable",
-                "message": f"no worker serves model {self.model!r} any more; please retry"})
+            loading, failure = autoload.state(self.conn, self.keys, self.model)
+            if loading:
+                return None  # a manager is loading the model for this job
+            message = (f"loading model {self.model!r} failed: {failure}" if failure
+                       else f"no worker serves model {self.model!r} any more; please retry")
+            return Event(EventType.ERROR, data={"code": "model_unavailable", "message": message})
         return None
 
     def _model_has_workers(self) -> bool:

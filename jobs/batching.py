@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import queue as stdlib_queue
+import signal
 import threading
 import time
 
@@ -44,8 +45,9 @@ from .keys import Keys, Priority
 
 log = logging.getLogger("mis.batching")
 
-ADMIT_WAIT = 5.0
-"""Seconds one blocking dequeue waits while every queue may be served (then heartbeats)."""
+ADMIT_WAIT = 2.0
+"""Seconds one blocking dequeue waits while every queue may be served (then heartbeats, and
+sees a stop the worker asked of itself: an unload or an idle keep-alive)."""
 RESTRICTED_WAIT = 0.5
 """Seconds one dequeue of the interactive queue alone waits, so batch work is taken up
 soon after a slot frees."""
@@ -84,6 +86,8 @@ class BatchingWorker(SimpleWorker):
     def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
         wait_after_error = 1.0
         while True:
+            if self._stop_requested:
+                raise StopRequested()
             if not self.engine.is_alive():
                 raise RuntimeError("the engine thread has died")  # rq's loop ends; serve() restarts it
             priorities = self.slots.open_priorities()
@@ -177,6 +181,26 @@ class BatchingWorker(SimpleWorker):
             q.started_job_registry.cleanup()
 
     # --- shutdown (main thread) ---
+
+    def stop_soon(self) -> None:
+        """A stop the worker decided itself (unload, idle keep-alive), from any thread: the
+        admission loop leaves at its next turn (within ADMIT_WAIT) and the warm shutdown of
+        a SIGTERM follows (teardown), so running jobs finish and are recorded."""
+        if self._shutdown_requested_date is None:
+            self._shutdown_requested_date = now()  # serve() reads it: stopped on purpose
+            self._stopping_itself = True
+        self._stop_requested = True
+
+    def request_stop(self, signum, frame):
+        """rq's SIGTERM/SIGINT handler. While the worker is already stopping on its own, the
+        first signal is that same warm shutdown (a manager stopping its workers), not the
+        second signal that means cold."""
+        if getattr(self, "_stopping_itself", False):
+            self._stopping_itself = False
+            signal.signal(signal.SIGINT, self.request_force_stop)
+            signal.signal(signal.SIGTERM, self.request_force_stop)
+            return
+        super().request_stop(signum, frame)
 
     def _shutdown(self):
         # Always leave the admission loop at once (rq would wait for its dequeue to return

@@ -38,6 +38,10 @@ class Keys:
         """Validated bytes (an image, a document page) under their sha256, with a TTL."""
         return f"{self.prefix}blob:{digest}"
 
+    def autoload(self, model_id: str) -> str:
+        """Set while a load that a chat request asked for is pending: the id of its command."""
+        return f"{self.prefix}autoload:{model_id}"
+
     def worker(self, worker_name: str) -> str:
         """Registry hash of one worker (expires unless heartbeats refresh it)."""
         return f"{self.prefix}worker:{worker_name}"
@@ -46,6 +50,49 @@ class Keys:
     def workers(self) -> str:
         """Sorted set of worker names scored by last heartbeat time."""
         return f"{self.prefix}workers"
+
+    def commands(self, kind: Kind) -> str:
+        """Stream of load commands for the managers of one kind (consumer group `managers`)."""
+        return f"{self.prefix}commands:{kind}"
+
+    def command(self, command_id: str) -> str:
+        """Status hash of one command (jobs.commands.CommandStatus), with a TTL."""
+        return f"{self.prefix}command:{command_id}"
+
+    def manager(self, name: str) -> str:
+        """Registry hash of one manager (expires unless heartbeats refresh it)."""
+        return f"{self.prefix}manager:{name}"
+
+    @property
+    def managers(self) -> str:
+        """Sorted set of manager names scored by last heartbeat time."""
+        return f"{self.prefix}managers"
+
+    def unload(self, model_id: str) -> str:
+        """Unload request for a model's workers: JSON {"before": time, "cancel": bool}."""
+        return f"{self.prefix}unload:{model_id}"
+
+    # Prometheus metrics (api/metrics.py): hashes every API process increments; their fields
+    # are JSON arrays of label values, bounded by routes, statuses and served models.
+    @property
+    def metrics_requests(self) -> str:
+        """HTTP request counts by [url rule, method, status]."""
+        return f"{self.prefix}metrics:requests"
+
+    @property
+    def metrics_ttft(self) -> str:
+        """Time-to-first-token histogram: [model, bucket bound] counts and [model, "sum"]."""
+        return f"{self.prefix}metrics:ttft"
+
+    @property
+    def metrics_itl(self) -> str:
+        """Inter-token gap histogram, fields as in `metrics_ttft`."""
+        return f"{self.prefix}metrics:itl"
+
+    @property
+    def metrics_tokens(self) -> str:
+        """Generated completion tokens by [model]."""
+        return f"{self.prefix}metrics:tokens"
 
 
 def queue_name(kind: Kind, model_id: str, priority: Priority) -> str:

@@ -7,9 +7,12 @@ never echo server paths.
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from .keys import Kind
 
 MAX_REF_LENGTH = 256
 UNFINISHED_SUFFIXES = (".partial", ".old")
@@ -102,3 +105,15 @@ def resolve(ref: ModelRef) -> Path:
             f"{ref.repo_id} is not in the local Hugging Face cache and the hub cannot be "
             "reached (HF_HUB_OFFLINE is set or there is no network)"
         ) from exc
+
+
+def guess_kind(ref: ModelRef) -> Kind:
+    """A local model with a vision tower is a vision model; anything else is text (a hub model
+    that is not on this machine: say `kind=vision` to load one)."""
+    config = Path(ref.local_path) / "config.json" if ref.local_path is not None else None
+    try:
+        if config is not None and "vision_config" in json.loads(config.read_text()):
+            return Kind.VISION
+    except (OSError, ValueError):
+        pass
+    return Kind.TEXT

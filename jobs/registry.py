@@ -1,11 +1,15 @@
 """The worker registry: one Redis hash per worker, refreshed by its heartbeat with a TTL.
 
+Managers (jobs/manager.py) publish entries the same way, under `manager:<name>` and the
+`managers` index: their machine's memory and the workers they run.
+
 It is how the API learns which models are live (`/v1/models`), which worker holds a job
 (to notice one that died mid-job) and, later, what `/admin/status` shows. rq keeps its own
 worker records; ours adds the model, kind and state, and expires within seconds of a death.
 """
 from __future__ import annotations
 
+import json
 import time
 from enum import StrEnum
 
@@ -41,6 +45,16 @@ class WorkerInfo(BaseModel):
     tokens_generated: int = 0
     started_at: float = 0.0
     heartbeat_at: float = 0.0
+    manager: str = ""
+    """The manager that started this worker (its registry name), or "" when run by hand."""
+    keep_alive: int = -1
+    """Seconds this worker may sit idle before it stops itself; -1: never."""
+    rss_bytes: int = 0
+    tokens_per_s: float = 0.0
+    jobs_per_min: float = 0.0
+    """Rates over the last RATE_WINDOW seconds of heartbeats."""
+    last_job_at: float = 0.0
+    """When the last job ended (0: none yet)."""
 
     @property
     def serving(self) -> bool:
@@ -95,3 +109,79 @@ def serving_models(workers: list[WorkerInfo]) -> dict[str, list[WorkerInfo]]:
         if info.serving:
             models.setdefault(info.model, []).append(info)
     return models
+
+
+# --- managers ---
+
+class ManagedState(StrEnum):
+    """A worker as its manager sees it (ManagerInfo.workers)."""
+
+    RUNNING = "running"
+    RESTARTING = "restarting"
+    STOPPED = "stopped"
+
+
+class ManagedWorker(BaseModel):
+    model: str
+    pid: int
+    state: ManagedState
+    restarts: int = 0
+    keep_alive: int = -1
+
+
+class ManagerInfo(BaseModel):
+    """One manager (jobs/manager.py): its machine's memory and the workers it runs."""
+
+    name: str
+    kind: Kind
+    host: str
+    pid: int
+    mem_total_bytes: int = 0
+    mem_available_bytes: int = 0
+    started_at: float = 0.0
+    heartbeat_at: float = 0.0
+    workers: list[ManagedWorker] = []
+
+    def replicas(self, model: str) -> int:
+        return sum(1 for w in self.workers if w.model == model and w.state != ManagedState.STOPPED)
+
+
+def publish_manager(conn: redis.Redis, keys: Keys, info: ManagerInfo, ttl: int) -> None:
+    """Write the whole entry and push its expiry `ttl` seconds out (one round trip)."""
+    info.heartbeat_at = time.time()
+    fields = {k: str(v) for k, v in info.model_dump(mode="json", exclude={"workers"}).items()}
+    fields["workers"] = json.dumps([w.model_dump(mode="json") for w in info.workers])
+    pipe = conn.pipeline(transaction=False)
+    pipe.hset(keys.manager(info.name), mapping=fields)
+    pipe.expire(keys.manager(info.name), ttl)
+    pipe.zadd(keys.managers, {info.name: info.heartbeat_at})
+    pipe.execute()
+
+
+def remove_manager(conn: redis.Redis, keys: Keys, name: str) -> None:
+    pipe = conn.pipeline(transaction=False)
+    pipe.delete(keys.manager(name))
+    pipe.zrem(keys.managers, name)
+    pipe.execute()
+
+
+def live_managers(conn: redis.Redis, keys: Keys, kind: Kind | None = None) -> list[ManagerInfo]:
+    """Entries whose heartbeat has not lapsed (of one kind if given); prunes dead names."""
+    names = [n.decode() for n in conn.zrange(keys.managers, 0, -1)]
+    if not names:
+        return []
+    pipe = conn.pipeline(transaction=False)
+    for name in names:
+        pipe.hgetall(keys.manager(name))
+    managers, dead = [], []
+    for name, raw in zip(names, pipe.execute(), strict=True):
+        if not raw:
+            dead.append(name)
+            continue
+        fields = {k.decode(): v.decode() for k, v in raw.items()}
+        info = ManagerInfo.model_validate({**fields, "workers": json.loads(fields.get("workers", "[]"))})
+        if kind is None or info.kind == kind:
+            managers.append(info)
+    if dead:
+        conn.zrem(keys.managers, *dead)
+    return managers

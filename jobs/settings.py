@@ -76,6 +76,11 @@ class Settings(BaseSettings):
     queue_depth_limits: dict[str, int] = Field(default_factory=dict)
     """Per-model overrides of max_queue_depth, as JSON: `{"SmolLM2-135M-Instruct": 32}`."""
 
+    admin_token: str = Field("", repr=False)
+    """Bearer token for /admin, /metrics and /rq. Empty: those are open only on a loopback bind."""
+    auto_load: bool = True
+    """A request for a valid model that nobody serves asks a manager to load it, and waits."""
+
     redis_socket_timeout: float = 30.0
     """Above any blocking read we issue (XREAD BLOCK uses keepalive_interval)."""
     redis_connect_timeout: float = 2.0
@@ -83,12 +88,27 @@ class Settings(BaseSettings):
     redis_max_connections: int = 2000
     """Each open SSE stream holds one connection while it blocks on XREAD."""
 
+    keep_alive: int = Field(600, ge=-1)
+    """Seconds a worker that a manager starts may sit idle before it stops itself (-1: never)."""
+    keep_alive_overrides: dict[str, int] = Field(default_factory=dict)
+    """Per-model overrides of keep_alive, as JSON: `{"SmolLM2-135M-Instruct": -1}`."""
+    manager_logs_dir: str = "var/logs"
+    """Where a manager writes the output of the workers it starts, one file per start."""
+    manager: str = Field("", validation_alias="MIS_MANAGER")
+    """Set by a manager in the environment of the workers it starts: its name."""
+    manager_memory_bytes: int = Field(0, ge=0, validation_alias="MIS_MANAGER_MEMORY_BYTES")
+    """Tests only: a manager reports this much total and available memory instead of the
+    machine's, so placement between `machines` on one host is deterministic. 0: real."""
+
     @model_validator(mode="after")
     def _streams_outlive_jobs(self):
         # Token streams get their expiry when a job starts; it must not lapse mid-job.
         if self.result_ttl < self.job_timeout:
             raise ValueError("RESULT_TTL must be at least JOB_TIMEOUT")
         return self
+
+    def keep_alive_for(self, model_id: str) -> int:
+        return self.keep_alive_overrides.get(model_id, self.keep_alive)
 
     def queue_depth_limit(self, model_id: str) -> int:
         return self.queue_depth_limits.get(model_id, self.max_queue_depth)

@@ -6,7 +6,11 @@ Around the batching rq worker (jobs/batching.py) this adds what rq lacks:
   rq's records of the running executions alive;
 - a load loop: a model that fails to load leaves the worker up in state `error`, with the
   reason in the registry and the log, retrying with back-off;
-- a restart of rq's loop when Redis went away under it.
+- a restart of rq's loop when Redis went away under it;
+- stops the worker decides itself, in the heartbeat: an unload request for its model
+  (jobs.commands.request_unload), an idle keep-alive that ran out, or the manager that
+  started it gone. They take the warm-shutdown path of SIGTERM and exit 0, which tells a
+  manager not to restart the worker.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 
 import redis
@@ -26,6 +31,8 @@ from rq.exceptions import StopRequested
 
 from . import registry
 from .batching import BatchingWorker
+from .cancel import request_cancel
+from .commands import read_unload
 from .connection import connect, wait_for_redis
 from .engine_loop import Engine, EngineLoop, Outcome, Slots
 from .keys import Keys, Kind, queue_names
@@ -40,6 +47,8 @@ LOAD_RETRY_MIN = 5.0
 LOAD_RETRY_MAX = 300.0
 RQ_WORKER_TTL = 35
 """rq's own worker TTL; rq blocks on the queues for TTL - 15 s between its heartbeats."""
+RATE_WINDOW = 30.0
+"""Seconds of heartbeats the registry's tokens_per_s and jobs_per_min are averaged over."""
 
 
 class Heartbeat(threading.Thread):
@@ -53,15 +62,62 @@ class Heartbeat(threading.Thread):
         self.rq_worker: BatchingWorker | None = None
         self.lock = threading.Lock()
         """Guards `info`'s counters, which the engine and recorder threads update."""
+        self.samples: deque[tuple[float, int, int]] = deque()
+        self.idle_since = time.time()
+        """Reset when the model is ready; with last_job_at, what the keep-alive counts from."""
+        self.stopping = False
+        self.cancel_running = False
+        self.parent = os.getppid()
 
     def beat(self) -> None:
         try:
             with self.lock:
+                self._update_stats()
                 registry.publish(self.conn, self.keys, self.info, self.settings.worker_ttl)
             if self.rq_worker is not None:
                 self.rq_worker.refresh_executions()
+                self._check_stop(self.rq_worker)
         except redis.exceptions.RedisError as exc:
             log.warning("heartbeat failed: %s", exc)
+
+    def _update_stats(self) -> None:
+        info, now_ = self.info, time.time()
+        self.samples.append((now_, info.jobs_done, info.tokens_generated))
+        while now_ - self.samples[0][0] > RATE_WINDOW:
+            self.samples.popleft()
+        then, jobs, tokens = self.samples[0]
+        if now_ - then > 0:
+            info.tokens_per_s = round((info.tokens_generated - tokens) / (now_ - then), 2)
+            info.jobs_per_min = round((info.jobs_done - jobs) * 60 / (now_ - then), 2)
+        info.rss_bytes = rss_bytes()
+
+    def _check_stop(self, worker: BatchingWorker) -> None:
+        if not self.stopping:
+            reason = self._stop_reason()
+            if reason is None:
+                return
+            log.info("stopping: %s", reason)
+            self.stopping = True
+            self.info.state = WorkerState.STOPPING
+            worker.stop_soon()
+        if self.cancel_running:  # every beat: a job admitted just before the stop too
+            with worker.admissions_lock:
+                running = list(worker.admissions)
+            for job_id in running:
+                request_cancel(self.conn, self.keys, job_id, self.settings.cancel_ttl)
+
+    def _stop_reason(self) -> str | None:
+        info = self.info
+        unload = read_unload(self.conn, self.keys, info.model)
+        if unload is not None and info.started_at < unload.before:
+            self.cancel_running = unload.cancel
+            return "unload requested" + (" (cancelling running jobs)" if unload.cancel else "")
+        idle_for = time.time() - max(self.idle_since, info.last_job_at)
+        if info.keep_alive >= 0 and info.active_jobs == 0 and idle_for > info.keep_alive:
+            return f"idle for {idle_for:.0f} s (keep-alive {info.keep_alive} s)"
+        if info.manager and os.getppid() != self.parent:
+            return "the manager that started this worker is gone"
+        return None
 
     def poke(self) -> None:
         """Publish soon, from this thread: a state change must not cost a job a round trip."""
@@ -89,14 +145,17 @@ def serve(
     kind: Kind,
     load: Callable[[], Engine],
     capacity: int,
+    keep_alive: int = -1,
 ) -> int:
     """Register, load the model (retrying on failure), then admit jobs into its engine until
-    SIGTERM/SIGINT. `load` returns the engine (jobs.batching.Engine). Returns the exit code."""
+    SIGTERM/SIGINT, an unload or `keep_alive` idle seconds (-1: never). `load` returns the
+    engine (jobs.batching.Engine). Returns the exit code."""
     conn = connect(settings)
     keys = Keys(settings.key_prefix)
     info = WorkerInfo(
         name=worker_name(kind), model=model_id, kind=kind, host=socket.gethostname(),
-        pid=os.getpid(), capacity=capacity, started_at=time.time(),
+        pid=os.getpid(), capacity=capacity, started_at=time.time(), manager=settings.manager,
+        keep_alive=keep_alive,
     )
     heartbeat = Heartbeat(conn, keys, info, settings)
     heartbeat.beat()
@@ -107,6 +166,7 @@ def serve(
         if engine is None:
             return 0
         info.state, info.error = WorkerState.IDLE, ""
+        heartbeat.idle_since = time.time()
         heartbeat.beat()
         _work_until_stopped(conn, keys, heartbeat, settings, engine)
         return 0
@@ -152,13 +212,15 @@ def _batching_worker(conn, keys: Keys, heartbeat: Heartbeat, settings: Settings,
 
     def on_change() -> None:
         info.active_jobs = slots.total
-        info.state = WorkerState.BUSY if slots.total else WorkerState.IDLE
+        if not heartbeat.stopping:
+            info.state = WorkerState.BUSY if slots.total else WorkerState.IDLE
         heartbeat.poke()
 
     def on_end(outcome: Outcome) -> None:
         with heartbeat.lock:
             info.jobs_done += 1
             info.tokens_generated += outcome.tokens
+            info.last_job_at = time.time()
         worker.outcomes.put(outcome)
 
     loop = EngineLoop(engine, StepSender(conn, keys, settings), slots, on_end=on_end, on_change=on_change)
@@ -215,3 +277,15 @@ def _safe_reason(exc: Exception) -> str:
     down to their last part (they mean nothing to a client and say too much)."""
     text = _ABSOLUTE_PATH.sub(lambda m: os.path.basename(m.group().rstrip("/")), str(exc))
     return f"{type(exc).__name__}: {text or 'no details'}"[:500]
+
+
+def rss_bytes() -> int:
+    """This process's resident memory: /proc on Linux, else the peak from getrusage (bytes on
+    macOS), which is what a manager's memory budget cares about anyway."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)

@@ -17,12 +17,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="Hugging Face repo id (org/name) or a directory name under MODELS_DIR")
     parser.add_argument("--capacity", type=int, default=None,
                         help="jobs run at once in one batch (default: WORKER_CAPACITY, 8)")
+    parser.add_argument("--keep-alive", type=int, default=-1, metavar="SECONDS",
+                        help="stop after this many idle seconds (default -1: never)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
     capacity = args.capacity or settings.worker_capacity
     if not 1 <= capacity <= 256:
         print("error: --capacity must be between 1 and 256", file=sys.stderr)
+        return 2
+    if args.keep_alive < -1:
+        print("error: --keep-alive must be -1 (never) or at least 0", file=sys.stderr)
         return 2
     try:
         parse_model_ref(args.model, settings.model_roots)
@@ -37,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return TextEngine(load_text_model(args.model, settings), capacity, settings.prompt_cache_bytes)
 
-    return serve(settings, args.model, Kind.TEXT, load, capacity)
+    return serve(settings, args.model, Kind.TEXT, load, capacity, keep_alive=args.keep_alive)
 
 
 if __name__ == "__main__":

@@ -27,12 +27,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--capacity", type=int, default=None,
                         help=f"jobs interleaved at once (default: {DEFAULT_CAPACITY}; "
                              "no shared batch, so WORKER_CAPACITY does not apply)")
+    parser.add_argument("--keep-alive", type=int, default=-1, metavar="SECONDS",
+                        help="stop after this many idle seconds (default -1: never)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
     capacity = args.capacity or DEFAULT_CAPACITY
     if not 1 <= capacity <= 256:
         print("error: --capacity must be between 1 and 256", file=sys.stderr)
+        return 2
+    if args.keep_alive < -1:
+        print("error: --keep-alive must be -1 (never) or at least 0", file=sys.stderr)
         return 2
     try:
         parse_model_ref(args.model, settings.model_roots)
@@ -47,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return VisionEngine(load_vision_model(args.model, settings), max_images=settings.max_images)
 
-    return serve(settings, args.model, Kind.VISION, load, capacity)
+    return serve(settings, args.model, Kind.VISION, load, capacity, keep_alive=args.keep_alive)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,51 @@
+"""Load on demand: a chat request for a valid model that nobody serves asks a manager to load
+it (`AUTO_LOAD`, on by default), and the request waits in the model's queue meanwhile, as
+with Ollama. One load per model at a time: a marker (`autoload:<model>`, holding the load
+command's id) is claimed with SET NX, and the relay reads it to tell a job that waits for a
+load from one that waits for nothing (api/relay.py: model_unavailable).
+"""
+from __future__ import annotations
+
+import redis
+
+from jobs import commands
+from jobs.keys import Keys, Kind
+from jobs.manager import live_managers
+from jobs.modelref import InvalidModelRef, guess_kind, parse_model_ref
+from jobs.settings import Settings
+
+PENDING = "pending"
+
+
+def start(conn: redis.Redis, keys: Keys, settings: Settings, model: str) -> Kind | None:
+    """The kind of the model whose load is now under way, or None when it cannot be loaded
+    on demand (auto-load off, an invalid reference, no manager of its kind)."""
+    if not settings.auto_load:
+        return None
+    try:
+        ref = parse_model_ref(model, settings.model_roots)
+    except InvalidModelRef:
+        return None
+    kind = guess_kind(ref)
+    if not live_managers(conn, keys, kind):
+        return None
+    marker = keys.autoload(model)
+    # The marker lives as long as a job may wait in the queue for the load to finish.
+    if conn.set(marker, PENDING, nx=True, ex=settings.queued_ttl):
+        (command_id,) = commands.send_load(conn, keys, kind, model)
+        conn.set(marker, command_id, ex=settings.queued_ttl)
+    return kind
+
+
+def state(conn: redis.Redis, keys: Keys, model: str) -> tuple[bool, str]:
+    """(a load of `model` is under way, why it failed if it did)."""
+    command_id = conn.get(keys.autoload(model))
+    if command_id is None:
+        return False, ""
+    command_id = command_id.decode()
+    if command_id == PENDING:
+        return True, ""
+    status = commands.command_status(conn, keys, command_id)
+    if status is not None and status.state == commands.CommandState.FAILED:
+        return False, status.message
+    return True, ""

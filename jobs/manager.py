@@ -1,0 +1,418 @@
+"""Managers: one per machine and venv, starting and supervising that machine's workers.
+
+A manager takes load commands from its kind's command stream (jobs/commands.py), decides
+whether this machine is where the model should go (it fits in the free memory, and no other
+live manager is a better place: fewer replicas of the model, then more free memory), starts
+`python -m worker_<kind>` with the same interpreter, and follows the command to `done` when
+the worker's registry entry says it serves, or `failed` when it exits first. A worker that
+crashes is restarted with back-off; one that exits 0 stopped on purpose (unload, idle
+keep-alive, SIGTERM) and is let go. Each manager publishes a registry entry (`ManagerInfo`:
+memory, workers) like workers do, which is also how managers see each other for placement.
+Unloads do not pass through managers: workers read them in their heartbeats.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+from pydantic import ValidationError
+
+from . import registry
+from .commands import (
+    GROUP,
+    CommandState,
+    LoadCommand,
+    add_command,
+    ensure_group,
+    read_unload,
+    update_status,
+)
+from .connection import connect
+from .keys import Keys, Kind
+from .modelref import HUB_PATTERNS, InvalidModelRef, ModelRef, parse_model_ref
+from .reasons import safe_text
+from .registry import (
+    ManagedState,
+    ManagedWorker,
+    ManagerInfo,
+    WorkerState,
+    live_managers,
+    publish_manager,
+    remove_manager,
+)
+from .settings import Settings
+
+log = logging.getLogger("mis.manager")
+
+HEADROOM = 0.9
+"""A model must fit in this share of the available memory."""
+SIZE_FACTOR = 1.2
+"""Estimated memory of a model: its safetensors bytes times this (activations, caches)."""
+RESTART_MIN, RESTART_MAX = 1.0, 60.0
+"""Back-off before restarting a crashed worker: doubles from MIN up to MAX."""
+STABLE_AFTER = 60.0
+"""A worker that ran this long before crashing restarts after RESTART_MIN again."""
+SHUTDOWN_WAIT = 30.0
+"""Seconds a stopping manager gives its workers to finish their jobs before SIGKILL."""
+CLAIM_IDLE_MS, CLAIM_INTERVAL = 30_000, 10.0
+"""Commands a crashed manager read but never acknowledged are taken over after this idle."""
+
+
+# --- memory and placement ---
+
+def machine_memory(settings: Settings) -> tuple[int, int]:
+    """(total, available) bytes: /proc/meminfo on Linux; elsewhere (macOS) the total only,
+    taken as available too (unified memory is mostly free for the model anyway)."""
+    if settings.manager_memory_bytes:
+        return settings.manager_memory_bytes, settings.manager_memory_bytes
+    try:
+        values = {}
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            values[key] = int(rest.split()[0]) * 1024
+        return values["MemTotal"], values.get("MemAvailable", values["MemTotal"])
+    except (OSError, KeyError, ValueError, IndexError):
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return total, total
+
+
+def estimate_bytes(ref: ModelRef) -> int:
+    """Memory a model will take: its weights x SIZE_FACTOR; 0 when unknown (a hub model not
+    in the local cache is downloaded by the worker, which then reports its own state)."""
+    path = ref.local_path or _cached_snapshot(ref.repo_id)
+    if path is None:
+        return 0
+    return int(sum(p.stat().st_size for p in Path(path).glob("*.safetensors")) * SIZE_FACTOR)
+
+
+def _cached_snapshot(repo_id: str | None) -> Path | None:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, local_files_only=True))
+    except Exception:  # not cached, no huggingface_hub: size unknown
+        return None
+
+
+@dataclass
+class Decision:
+    start: bool = False
+    failure: str = ""
+    unfit: bool = False
+    """Declined because the model does not fit here at all."""
+
+
+def place(me: ManagerInfo, managers: list[ManagerInfo], command: LoadCommand, need: int) -> Decision:
+    """Start here, pass the command on, or fail it. The best place is the live manager with
+    the fewest replicas of the model, then the most free memory, then the first name. A
+    manager that passed the command on stays a candidate (its view may have been stale);
+    after two rounds the command stops wherever it is, so views that disagree cannot
+    bounce it forever."""
+    others = [m for m in managers if m.name != me.name and m.kind == me.kind]
+    if not _fits(me, need):
+        unfit = set(command.unfit) | {me.name}
+        if all(m.name in unfit for m in others):
+            most = max([me.mem_available_bytes] + [m.mem_available_bytes for m in others])
+            return Decision(failure=f"does not fit on any machine (needs {_gb(need)}, "
+                                    f"most free is {_gb(most * HEADROOM)})")
+        return Decision(unfit=True)
+    if len(command.declined_by) >= 2 * (len(others) + 1):
+        return Decision(start=True)
+    candidates = [m for m in others if m.name not in command.unfit and _fits(m, need)] + [me]
+    best = min(candidates, key=lambda m: (m.replicas(command.model), -m.mem_available_bytes, m.name))
+    return Decision(start=best.name == me.name)
+
+
+def _fits(info: ManagerInfo, need: int) -> bool:
+    return need <= info.mem_available_bytes * HEADROOM
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+# --- the manager ---
+
+@dataclass
+class Child:
+    """One worker this manager runs, across its restarts."""
+
+    model: str
+    keep_alive: int
+    capacity: int | None
+    popen: subprocess.Popen | None = None
+    log_path: Path | None = None
+    state: ManagedState = ManagedState.RUNNING
+    restarts: int = 0
+    delay: float = RESTART_MIN
+    restart_at: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+    created_at: float = field(default_factory=time.time)
+    """When its first process started: an unload sent after that covers its restarts too."""
+    command_id: str = ""
+    """The load command waiting for this worker to serve (then cleared)."""
+
+
+class Manager:
+    """The loop of one manager process: supervise, heartbeat, take one command, repeat.
+    Single-threaded on purpose: every decision sees the children as they are."""
+
+    def __init__(self, settings: Settings, kind: Kind, *, name: str | None = None,
+                 capacity: int | None = None):
+        self.settings, self.kind, self.capacity = settings, kind, capacity
+        self.conn = connect(settings)
+        self.keys = Keys(settings.key_prefix)
+        host = socket.gethostname()
+        self.info = ManagerInfo(name=name or f"{kind}-manager.{host}.{os.getpid()}", kind=kind, host=host,
+                                pid=os.getpid(), started_at=time.time())
+        self.name = self.info.name
+        self.children: list[Child] = []
+        self.stopping = threading.Event()
+        self.logs = Path(settings.manager_logs_dir)
+        self._starts = 0
+
+    # --- main loop ---
+
+    def run(self, preload: list[str]) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, frame: self.stopping.set())
+        for model in preload:
+            self._start(Child(model, keep_alive=-1, capacity=self.capacity))
+        log.info("manager %s up (%s workers)", self.name, self.kind)
+        next_beat = next_claim = 0.0
+        block_ms = int(min(1.0, self.settings.heartbeat_interval) * 1000)
+        try:
+            while not self.stopping.is_set():
+                try:
+                    self._supervise()
+                    if time.monotonic() >= next_beat:
+                        self.publish()
+                        next_beat = time.monotonic() + self.settings.heartbeat_interval
+                    if time.monotonic() >= next_claim:
+                        self._claim_abandoned()
+                        next_claim = time.monotonic() + CLAIM_INTERVAL
+                    self._read_commands(block_ms)
+                except redis.exceptions.RedisError as exc:
+                    log.warning("Redis error (%s); retrying in 1 s", exc)
+                    self.stopping.wait(1.0)
+        finally:
+            self._shutdown()
+        return 0
+
+    def publish(self) -> None:
+        self.info.mem_total_bytes, self.info.mem_available_bytes = machine_memory(self.settings)
+        self.info.workers = [ManagedWorker(model=c.model, pid=c.popen.pid if c.popen else 0, state=c.state,
+                                           restarts=c.restarts, keep_alive=c.keep_alive) for c in self.children]
+        publish_manager(self.conn, self.keys, self.info, self.settings.worker_ttl)
+
+    # --- commands ---
+
+    def _read_commands(self, block_ms: int) -> None:
+        stream = self.keys.commands(self.kind)
+        try:
+            reply = self.conn.xreadgroup(GROUP, self.name, {stream: ">"}, count=1, block=block_ms)
+        except redis.exceptions.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            ensure_group(self.conn, self.keys, self.kind)  # first manager, or Redis lost it
+            return
+        for _, entries in reply or []:
+            for entry_id, fields in entries:
+                self._handle(entry_id, fields)
+
+    def _claim_abandoned(self) -> None:
+        """Take over commands a crashed manager read and never acknowledged."""
+        stream = self.keys.commands(self.kind)
+        try:
+            reply = self.conn.xautoclaim(stream, GROUP, self.name, CLAIM_IDLE_MS, count=10)
+        except redis.exceptions.ResponseError:  # no group yet
+            return
+        for entry_id, fields in reply[1]:
+            log.info("taking over abandoned command %s", entry_id)
+            self._handle(entry_id, fields or {})  # no fields: trimmed from the stream, acked
+
+    def _handle(self, entry_id, fields: dict) -> None:
+        try:
+            command = LoadCommand.model_validate_json(fields[b"command"])
+        except (KeyError, ValidationError) as exc:
+            log.error("dropping malformed command %s: %s", entry_id, exc)
+        else:
+            self._decide(command)
+        self.conn.xack(self.keys.commands(self.kind), GROUP, entry_id)
+
+    def _decide(self, command: LoadCommand) -> None:
+        try:
+            ref = parse_model_ref(command.model, self.settings.model_roots)
+        except InvalidModelRef as exc:
+            self._fail(command, str(exc))
+            return
+        need = estimate_bytes(ref)
+        if self.name in command.declined_by:
+            # Back to us: the others may not have read it yet, or one is dead but not yet
+            # lapsed. Pausing keeps this from spinning until they answer or lapse.
+            self.stopping.wait(0.2)
+        self.publish()  # our own entry as it is now: memory and workers
+        decision = place(self.info, live_managers(self.conn, self.keys, self.kind), command, need)
+        if decision.failure:
+            self._fail(command, decision.failure)
+        elif not decision.start:
+            log.info("passing on load of %s (%s)", command.model, "does not fit" if decision.unfit else "placement")
+            unfit = command.unfit + [self.name] if decision.unfit else command.unfit
+            add_command(self.conn, self.keys, command.model_copy(
+                update={"declined_by": command.declined_by + [self.name], "unfit": unfit}))
+        else:
+            keep_alive = command.keep_alive if command.keep_alive is not None \
+                else self.settings.keep_alive_for(command.model)
+            child = Child(command.model, keep_alive, command.capacity or self.capacity, command_id=command.id)
+            try:
+                self._start(child)
+            except OSError as exc:
+                self._fail(command, f"cannot start a worker: {exc.strerror}")
+                return
+            update_status(self.conn, self.keys, command.id, CommandState.STARTING, manager=self.name,
+                          worker_pid=child.popen.pid)
+            self.publish()  # other managers place the next replica knowing about this one
+
+    def _fail(self, command: LoadCommand, message: str) -> None:
+        log.warning("load of %s failed: %s", command.model, message)
+        update_status(self.conn, self.keys, command.id, CommandState.FAILED, manager=self.name, message=message)
+
+    # --- workers ---
+
+    def _start(self, child: Child) -> None:
+        argv = [sys.executable, "-m", f"worker_{self.kind}", "--model", child.model,
+                "--keep-alive", str(child.keep_alive)]
+        if child.capacity:
+            argv += ["--capacity", str(child.capacity)]
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self._starts += 1
+        child.log_path = self.logs / f"{self.kind}-{child.model.replace('/', '_')}-{os.getpid()}-{self._starts}.log"
+        with open(child.log_path, "ab") as out:
+            # Its own process group: a Ctrl-C or honcho's SIGTERM to ours reaches the worker
+            # once, through us, and not twice (a second signal is a cold shutdown).
+            child.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                           env={**os.environ, "MIS_MANAGER": self.name}, process_group=0)
+        child.state, child.started = ManagedState.RUNNING, time.monotonic()
+        if child not in self.children:
+            self.children.append(child)
+        log.info("started worker %d for %s", child.popen.pid, child.model)
+
+    def _supervise(self) -> None:
+        now = time.monotonic()
+        for child in list(self.children):
+            if child.state == ManagedState.RESTARTING and now >= child.restart_at:
+                if self._unloaded(child):
+                    log.info("not restarting the worker for %s: its model was unloaded", child.model)
+                    self.children.remove(child)
+                    continue
+                child.restarts += 1
+                try:
+                    self._start(child)
+                except OSError as exc:
+                    log.error("cannot restart the worker for %s: %s", child.model, exc.strerror)
+                    child.restart_at, child.delay = now + child.delay, min(child.delay * 2, RESTART_MAX)
+            elif child.state == ManagedState.RUNNING and child.popen.poll() is not None:
+                self._exited(child, child.popen.returncode, now)
+        if any(c.command_id for c in self.children):
+            self._follow_starts()
+
+    def _unloaded(self, child: Child) -> bool:
+        unload = read_unload(self.conn, self.keys, child.model)
+        return unload is not None and unload.before > child.created_at
+
+    def _exited(self, child: Child, code: int, now: float) -> None:
+        if child.command_id:
+            update_status(self.conn, self.keys, child.command_id, CommandState.FAILED, manager=self.name,
+                          worker_pid=child.popen.pid,
+                          message=f"the worker exited (code {code}) before serving: {self._log_tail(child)}")
+            self.children.remove(child)
+        elif code == 0:
+            log.info("worker %d for %s stopped", child.popen.pid, child.model)
+            self.children.remove(child)
+        else:
+            if now - child.started > STABLE_AFTER:
+                child.delay = RESTART_MIN
+            log.warning("worker %d for %s exited with code %d; restarting in %.0f s",
+                        child.popen.pid, child.model, code, child.delay)
+            child.state, child.restart_at = ManagedState.RESTARTING, now + child.delay
+            child.delay = min(child.delay * 2, RESTART_MAX)
+
+    def _follow_starts(self) -> None:
+        """A started worker's command is done once its registry entry says it serves. One
+        whose model failed to load is stopped: a worker run by hand retries its load, but
+        whoever sent this command wants an answer, and can send it again."""
+        entries = {w.pid: w for w in registry.live_workers(self.conn, self.keys) if w.host == self.info.host}
+        for child in self.children:
+            entry = entries.get(child.popen.pid)
+            if not child.command_id or child.state != ManagedState.RUNNING or entry is None:
+                continue
+            if entry.serving:
+                state, message = CommandState.DONE, ""
+            elif entry.state == WorkerState.ERROR:
+                state, message = CommandState.FAILED, f"the model failed to load: {entry.error}"
+                log.warning("worker %d for %s: %s; stopping it", child.popen.pid, child.model, message)
+                child.popen.terminate()  # exits 0: let go, not restarted
+            else:
+                continue
+            update_status(self.conn, self.keys, child.command_id, state, manager=self.name,
+                          worker_pid=child.popen.pid, message=message)
+            child.command_id = ""
+
+    @staticmethod
+    def _log_tail(child: Child, lines: int = 5) -> str:
+        try:
+            tail = child.log_path.read_text(errors="replace").strip().splitlines()[-lines:]
+        except OSError:
+            return "no output"
+        return " | ".join(safe_text(line) for line in tail)[-500:]
+
+    def _shutdown(self) -> None:
+        """Warm shutdown of every worker (they finish their jobs), SIGKILL after SHUTDOWN_WAIT."""
+        running = [c for c in self.children if c.state == ManagedState.RUNNING and c.popen.poll() is None]
+        for child in self.children:
+            child.state = ManagedState.STOPPED
+        for child in running:
+            child.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + SHUTDOWN_WAIT
+        while any(c.popen.poll() is None for c in running) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for child in running:
+            if child.popen.poll() is None:
+                log.warning("worker %d did not stop in %.0f s; killing it", child.popen.pid, SHUTDOWN_WAIT)
+                child.popen.kill()
+                child.popen.wait()
+        try:
+            remove_manager(self.conn, self.keys, self.name)
+        except redis.exceptions.RedisError:
+            pass
+        log.info("manager %s stopped", self.name)
+
+
+def main(kind: Kind, argv: list[str] | None = None) -> int:
+    """The CLI of `python -m worker_<kind>.manager`."""
+    parser = argparse.ArgumentParser(prog=f"python -m worker_{kind}.manager",
+                                     description=f"Start and supervise this machine's {kind} workers.")
+    parser.add_argument("--preload", action="append", default=[], metavar="MODEL",
+                        help="start a worker for MODEL now, kept alive forever (repeatable)")
+    parser.add_argument("--name", default=None, help="registry name (default: <kind>-manager.<host>.<pid>)")
+    parser.add_argument("--capacity", type=int, default=None, help="passed to the workers it starts")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    for model in args.preload:
+        try:
+            parse_model_ref(model, settings.model_roots)
+        except InvalidModelRef as exc:
+            print(f"error: --preload {model}: {exc}", file=sys.stderr)
+            return 2
+    return Manager(settings, kind, name=args.name, capacity=args.capacity).run(args.preload)
