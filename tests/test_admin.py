@@ -27,13 +27,15 @@ def admin(url, method, path, token=TOKEN, **params):
     return requests.request(method, url + path, params=params, headers=headers, timeout=120)
 
 
-@pytest.mark.parametrize("path", ["/admin/status", "/admin/health"])
-def test_the_token_is_required(admin_api, text_worker, path):
-    missing = admin(admin_api, "GET", path, token=None)
+@pytest.mark.parametrize("method, path, allowed", [
+    ("GET", "/admin/status", 200), ("GET", "/admin/health", 200), ("GET", "/admin/commands/nope", 404),
+    ("POST", "/admin/load", 400), ("POST", "/admin/unload", 400)])  # 400: no model_path given
+def test_the_token_is_required(admin_api, text_worker, method, path, allowed):
+    missing = admin(admin_api, method, path, token=None)
     assert missing.status_code == 401 and missing.json()["error"]["code"] == "missing_admin_token"
-    wrong = admin(admin_api, "GET", path, token="nope")
+    wrong = admin(admin_api, method, path, token="nope")
     assert wrong.status_code == 403 and wrong.json()["error"]["code"] == "invalid_admin_token"
-    assert admin(admin_api, "GET", path).status_code == 200
+    assert admin(admin_api, method, path).status_code == allowed
 
 
 def test_without_a_token_admin_is_refused_off_loopback(stack):
