@@ -5,7 +5,8 @@ at 1, 4, 8 and 16 concurrent streaming clients, through our whole stack and thro
     .venv/bin/python bench/concurrency.py [--model tiny-text] [--levels 1 4 8 16] [--max-tokens 64]
 
 Every request has a prompt of its own (so no prompt cache helps either side) and decodes
-greedily. Tokens are counted from each stream's usage. Prints a table and writes
+greedily. Each level starts with an unmeasured round on each server (kernel compilation on
+CUDA). Tokens are counted from each stream's usage. Prints a table and writes
 bench/results/concurrency-<model>-<time>.json.
 """
 from __future__ import annotations
@@ -127,6 +128,11 @@ def main() -> int:
             rows = []
             for clients in args.levels:
                 runs = {name: [] for name in servers}
+                # An unmeasured round per level and server first: on CUDA each new batch shape
+                # compiles kernels on first use (tens of seconds, then cached on disk, where the
+                # other server would find them), which must not land on whichever runs first.
+                for server_url, model in servers.values():
+                    run_level(server_url, model, clients, 16, round_no=clients * 100 + 99)
                 for round_no in range(args.rounds):
                     for name, (server_url, model) in servers.items():
                         runs[name].append(run_level(server_url, model, clients, args.max_tokens,
