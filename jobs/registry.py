@@ -65,18 +65,11 @@ def publish(conn: redis.Redis, keys: Keys, info: WorkerInfo, ttl: int) -> None:
     """Write the whole entry and push its expiry `ttl` seconds out (one round trip)."""
     info.heartbeat_at = time.time()
     fields = {k: str(v) for k, v in info.model_dump(mode="json").items()}
-    pipe = conn.pipeline(transaction=False)
-    pipe.hset(keys.worker(info.name), mapping=fields)
-    pipe.expire(keys.worker(info.name), ttl)
-    pipe.zadd(keys.workers, {info.name: info.heartbeat_at})
-    pipe.execute()
+    _publish(conn, keys.worker(info.name), keys.workers, info.name, fields, info.heartbeat_at, ttl)
 
 
 def remove(conn: redis.Redis, keys: Keys, name: str) -> None:
-    pipe = conn.pipeline(transaction=False)
-    pipe.delete(keys.worker(name))
-    pipe.zrem(keys.workers, name)
-    pipe.execute()
+    _remove(conn, keys.worker(name), keys.workers, name)
 
 
 def is_alive(conn: redis.Redis, keys: Keys, name: str) -> bool:
@@ -85,21 +78,7 @@ def is_alive(conn: redis.Redis, keys: Keys, name: str) -> bool:
 
 def live_workers(conn: redis.Redis, keys: Keys) -> list[WorkerInfo]:
     """Entries whose heartbeat has not lapsed; prunes names of expired ones from the index."""
-    names = [n.decode() for n in conn.zrange(keys.workers, 0, -1)]
-    if not names:
-        return []
-    pipe = conn.pipeline(transaction=False)
-    for name in names:
-        pipe.hgetall(keys.worker(name))
-    workers, dead = [], []
-    for name, raw in zip(names, pipe.execute(), strict=True):
-        if not raw:
-            dead.append(name)
-            continue
-        workers.append(WorkerInfo.model_validate({k.decode(): v.decode() for k, v in raw.items()}))
-    if dead:
-        conn.zrem(keys.workers, *dead)
-    return workers
+    return [WorkerInfo.model_validate(fields) for fields in _live(conn, keys.workers, keys.worker)]
 
 
 def serving_models(workers: list[WorkerInfo]) -> dict[str, list[WorkerInfo]]:
@@ -151,37 +130,51 @@ def publish_manager(conn: redis.Redis, keys: Keys, info: ManagerInfo, ttl: int) 
     info.heartbeat_at = time.time()
     fields = {k: str(v) for k, v in info.model_dump(mode="json", exclude={"workers"}).items()}
     fields["workers"] = json.dumps([w.model_dump(mode="json") for w in info.workers])
-    pipe = conn.pipeline(transaction=False)
-    pipe.hset(keys.manager(info.name), mapping=fields)
-    pipe.expire(keys.manager(info.name), ttl)
-    pipe.zadd(keys.managers, {info.name: info.heartbeat_at})
-    pipe.execute()
+    _publish(conn, keys.manager(info.name), keys.managers, info.name, fields, info.heartbeat_at, ttl)
 
 
 def remove_manager(conn: redis.Redis, keys: Keys, name: str) -> None:
-    pipe = conn.pipeline(transaction=False)
-    pipe.delete(keys.manager(name))
-    pipe.zrem(keys.managers, name)
-    pipe.execute()
+    _remove(conn, keys.manager(name), keys.managers, name)
 
 
 def live_managers(conn: redis.Redis, keys: Keys, kind: Kind | None = None) -> list[ManagerInfo]:
     """Entries whose heartbeat has not lapsed (of one kind if given); prunes dead names."""
-    names = [n.decode() for n in conn.zrange(keys.managers, 0, -1)]
+    managers = [ManagerInfo.model_validate({**fields, "workers": json.loads(fields.get("workers", "[]"))})
+                for fields in _live(conn, keys.managers, keys.manager)]
+    return [m for m in managers if kind is None or m.kind == kind]
+
+
+# --- one hash per entry with a TTL, plus a sorted-set index of names (workers, managers) ---
+
+def _publish(conn: redis.Redis, key: str, index: str, name: str, fields: dict, at: float, ttl: int) -> None:
+    pipe = conn.pipeline(transaction=False)
+    pipe.hset(key, mapping=fields)
+    pipe.expire(key, ttl)
+    pipe.zadd(index, {name: at})
+    pipe.execute()
+
+
+def _remove(conn: redis.Redis, key: str, index: str, name: str) -> None:
+    pipe = conn.pipeline(transaction=False)
+    pipe.delete(key)
+    pipe.zrem(index, name)
+    pipe.execute()
+
+
+def _live(conn: redis.Redis, index: str, key_of) -> list[dict[str, str]]:
+    """The fields of every indexed entry whose hash still exists; prunes names of expired ones."""
+    names = [n.decode() for n in conn.zrange(index, 0, -1)]
     if not names:
         return []
     pipe = conn.pipeline(transaction=False)
     for name in names:
-        pipe.hgetall(keys.manager(name))
-    managers, dead = [], []
+        pipe.hgetall(key_of(name))
+    entries, dead = [], []
     for name, raw in zip(names, pipe.execute(), strict=True):
-        if not raw:
+        if raw:
+            entries.append({k.decode(): v.decode() for k, v in raw.items()})
+        else:
             dead.append(name)
-            continue
-        fields = {k.decode(): v.decode() for k, v in raw.items()}
-        info = ManagerInfo.model_validate({**fields, "workers": json.loads(fields.get("workers", "[]"))})
-        if kind is None or info.kind == kind:
-            managers.append(info)
     if dead:
-        conn.zrem(keys.managers, *dead)
-    return managers
+        conn.zrem(index, *dead)
+    return entries

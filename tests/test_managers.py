@@ -12,10 +12,16 @@ import pytest
 from rq.job import Job, JobStatus
 
 from jobs.batching import ADMIT_WAIT
-from jobs.commands import CommandState, command_status, request_unload, send_load
+from jobs.commands import (
+    CommandState,
+    LoadCommand,
+    command_status,
+    request_unload,
+    send_load,
+)
 from jobs.keys import Kind
-from jobs.manager import LoadCommand, ManagerInfo, live_managers, machine_memory, place
-from jobs.registry import WorkerState, live_workers
+from jobs.placement import machine_memory, place
+from jobs.registry import ManagerInfo, WorkerState, live_managers, live_workers
 from jobs.settings import Settings
 from jobs.stream import EventType, StreamReader
 

@@ -238,6 +238,8 @@ class SamplerCache:
         return self.shared[key]
 
 
+# A twin lives in worker_vision/engine.py: the two venvs share no MLX library (mlx-lm here, mlx-vlm there)
+# and jobs/ never imports mlx, so there is no common home for it.
 class SeededSampler:
     """mlx-lm's sampling chain, drawing from its own key instead of MLX's global state."""
 

@@ -346,6 +346,8 @@ def _sampler(params: SamplingParams, vocab_size: int):
     return make_sampler(temp=params.temperature, top_p=params.top_p, min_p=params.min_p, top_k=top_k)
 
 
+# A twin lives in worker_text/engine.py: the two venvs share no MLX library (mlx-lm here, mlx-vlm there)
+# and jobs/ never imports mlx, so there is no common home for it.
 class SeededSampler:
     """mlx-vlm's sampling chain (top-p, min-p, top-k, then temperature), drawing from its
     own key instead of MLX's global state: a seeded job's output depends on its seed alone,
