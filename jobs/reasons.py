@@ -10,8 +10,7 @@ _ABSOLUTE_PATH = re.compile(r"(?:/[\w.@+-]+){2,}/?")
 def safe_reason(exc: BaseException) -> str:
     """The exception as one line for the registry, /health, /admin and 503s: server paths are
     cut down to their last part (they mean nothing to a client and say too much)."""
-    text = _ABSOLUTE_PATH.sub(lambda m: os.path.basename(m.group().rstrip("/")), str(exc))
-    return f"{type(exc).__name__}: {text or 'no details'}"[:500]
+    return f"{type(exc).__name__}: {safe_text(str(exc)) or 'no details'}"[:500]
 
 
 def safe_text(text: str) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import socket
 import threading
@@ -36,6 +35,7 @@ from .commands import read_unload
 from .connection import connect, wait_for_redis
 from .engine_loop import Engine, EngineLoop, Outcome, Slots
 from .keys import Keys, Kind, queue_names
+from .reasons import safe_reason
 from .registry import WorkerInfo, WorkerState
 from .settings import Settings
 from .steps import StepSender
@@ -255,7 +255,7 @@ def _load_with_retry(load, info: WorkerInfo, heartbeat: Heartbeat, stop: threadi
             except KeyboardInterrupt:
                 return None
             except Exception as exc:  # any load failure is reported, then retried
-                info.state, info.error = WorkerState.ERROR, _safe_reason(exc)
+                info.state, info.error = WorkerState.ERROR, safe_reason(exc)
                 heartbeat.beat()
                 log.error("cannot load model %s: %s; retrying in %.0f s", info.model, info.error, delay)
                 try:
@@ -267,16 +267,6 @@ def _load_with_retry(load, info: WorkerInfo, heartbeat: Heartbeat, stop: threadi
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-_ABSOLUTE_PATH = re.compile(r"(?:/[\w.@+-]+){2,}/?")
-
-
-def _safe_reason(exc: Exception) -> str:
-    """The exception as one line for the registry, /health and 503s: server paths are cut
-    down to their last part (they mean nothing to a client and say too much)."""
-    text = _ABSOLUTE_PATH.sub(lambda m: os.path.basename(m.group().rstrip("/")), str(exc))
-    return f"{type(exc).__name__}: {text or 'no details'}"[:500]
 
 
 def rss_bytes() -> int:
