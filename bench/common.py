@@ -35,14 +35,14 @@ def device_name() -> str:
 
 
 @contextlib.contextmanager
-def bench_stack() -> Iterator[tuple[Stack, str, dict]]:
+def bench_stack(models_dir: str | None = None) -> Iterator[tuple[Stack, str, dict]]:
     """A Redis of its own, the API under gunicorn; yields (stack, API url, environment).
     Workers are the caller's to start (stack.start_worker); everything stops on exit."""
     tmp = Path(tempfile.mkdtemp(prefix="mis-bench-"))
     redis_server = RedisServer(free_port(), tmp / "redis").start()
     env = {**os.environ, "REDIS_URL": redis_server.url, "KEY_PREFIX": "bench:",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-           "MODELS_DIR": os.environ.get("MODELS_DIR", str(ROOT / "var" / "models"))}
+           "MODELS_DIR": models_dir or os.environ.get("MODELS_DIR", str(ROOT / "var" / "models"))}
     stack = Stack(env=env, logs=tmp)
     try:
         _, url = stack.start_api()

@@ -40,18 +40,21 @@ def one_stream(url: str, model: str, prompt: str, max_tokens: int, out: list, st
     session = requests.Session()
     start_gate.wait()
     start = time.perf_counter()
-    stamps, tokens = [], None
-    with session.post(url + "/v1/chat/completions", json=body, stream=True, timeout=3600) as response:
-        response.raise_for_status()
-        for line in response.iter_lines():
-            if not line.startswith(b"data: {"):
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
-            if chunk.get("choices") and chunk["choices"][0].get("delta", {}).get("content"):
-                stamps.append(time.perf_counter())
-    out.append({"start": start, "stamps": stamps, "end": time.perf_counter(),
+    stamps, tokens, error = [], None, None
+    try:
+        with session.post(url + "/v1/chat/completions", json=body, stream=True, timeout=3600) as response:
+            response.raise_for_status()
+            for line in response.iter_lines():
+                if not line.startswith(b"data: {"):
+                    continue
+                chunk = json.loads(line[6:])
+                if chunk.get("usage"):
+                    tokens = chunk["usage"]["completion_tokens"]
+                if chunk.get("choices") and chunk["choices"][0].get("delta", {}).get("content"):
+                    stamps.append(time.perf_counter())
+    except requests.RequestException as exc:  # counted, not hidden: a server that drops requests
+        error = f"{type(exc).__name__}: {exc}"
+    out.append({"start": start, "stamps": stamps, "end": time.perf_counter(), "error": error,
                 "tokens": tokens if tokens is not None else len(stamps)})
 
 
@@ -68,17 +71,28 @@ def run_level(url: str, model: str, clients: int, max_tokens: int, round_no: int
     wall = max(r["end"] for r in results) - min(r["start"] for r in results)
     ttfts = [r["stamps"][0] - r["start"] for r in results if r["stamps"]]
     gaps = [b - a for r in results for a, b in zip(r["stamps"], r["stamps"][1:], strict=False)]
-    return {"tokens": sum(r["tokens"] for r in results), "wall_s": wall, "ttfts": ttfts, "gaps": gaps}
+    return {"tokens": sum(r["tokens"] for r in results), "wall_s": wall, "ttfts": ttfts, "gaps": gaps,
+            "decode_rates": [decode_rate(r["tokens"], r["stamps"]) for r in results if len(r["stamps"]) > 1],
+            "errors": [r["error"] for r in results if r["error"]]}
+
+
+def decode_rate(tokens: int, stamps: list[float]) -> float:
+    """One stream's decode tokens/s: from its first token to its last (prefill excluded)."""
+    return (tokens - 1) / (stamps[-1] - stamps[0])
 
 
 def summarize(runs: list[dict]) -> dict:
     ttfts = sorted(t for r in runs for t in r["ttfts"])
     gaps = sorted(g for r in runs for g in r["gaps"])
+    rates = [x for r in runs for x in r["decode_rates"]]
     tokens, wall = sum(r["tokens"] for r in runs), sum(r["wall_s"] for r in runs)
+    errors = [e for r in runs for e in r.get("errors", [])]
     return {"aggregate_tok_s": tokens / wall, "tokens": tokens, "wall_s": wall,
             "ttft_ms_p50": 1000 * statistics.median(ttfts), "ttft_ms_p95": 1000 * percentile(ttfts, 95),
             "itl_ms_p50": 1000 * statistics.median(gaps) if gaps else None,
-            "itl_ms_p95": 1000 * percentile(gaps, 95) if gaps else None}
+            "itl_ms_p95": 1000 * percentile(gaps, 95) if gaps else None,
+            "stream_decode_tok_s": statistics.mean(rates) if rates else None,
+            "failed_requests": len(errors), "first_error": errors[0] if errors else None}
 
 
 def percentile(values: list[float], p: float) -> float:

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_REDIS_PORT = 11441
 """The embedded Redis that `make run` starts listens next to the API's port, not on 6379,
@@ -17,7 +18,9 @@ so it never collides with a Redis the user already runs."""
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+    # hide_input_in_errors: a bad setting must not print the secrets around it (ADMIN_TOKEN,
+    # API_KEYS, a REDIS_URL with its password) into the startup log.
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True, hide_input_in_errors=True)
 
     redis_url: str = f"redis://127.0.0.1:{DEFAULT_REDIS_PORT}/0"
     key_prefix: str = "mis:"
@@ -55,6 +58,9 @@ class Settings(BaseSettings):
     """Jobs one worker runs at once in its batch (`--capacity` overrides it)."""
     prompt_cache_bytes: int = Field(512 * 1024 * 1024, ge=0)
     """Bytes of KV cache a text worker keeps for reuse by later prompts with the same prefix."""
+    flat_decode: bool = True
+    """Quantized layers see 2-D activations during batched decode (worker_text/flat_decode.py);
+    `FLAT_DECODE=0` turns it off (outputs are the same either way; only speed differs)."""
 
     keepalive_interval: float = Field(5.0, gt=0)
     """Seconds of silence after which the API sends an SSE `: keepalive` and re-checks the job."""
@@ -62,6 +68,14 @@ class Settings(BaseSettings):
     """Completion length when the client names none (mlx_lm.server's default too)."""
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     """Request body cap (images arrive base64-encoded inside the JSON body)."""
+    max_messages: int = Field(2048, ge=1)
+    """Messages per chat request (OpenAI's limit); the model's context bounds the rest."""
+    max_stop_sequences: int = Field(4, ge=1)
+    """`stop` entries per request (OpenAI's limit): each is matched against every new token."""
+    max_stop_length: int = Field(512, ge=1)
+    """Characters per stop sequence: text that might begin one is held back until it cannot."""
+    max_logit_bias: int = Field(300, ge=1)
+    """`logit_bias` entries per request (OpenAI's limit)."""
     max_image_bytes: int = Field(10_000_000, ge=1000)
     """Decoded bytes per image."""
     max_images: int = Field(8, ge=1)
@@ -78,6 +92,11 @@ class Settings(BaseSettings):
 
     admin_token: str = Field("", repr=False)
     """Bearer token for /admin, /metrics and /rq. Empty: those are open only on a loopback bind."""
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)
+    """Bearer keys accepted on /v1/*, comma-separated. With neither these nor api_keys_file,
+    /v1/* is open on a loopback bind and refused on any other."""
+    api_keys_file: str = ""
+    """A file of API keys, one per line (`#` starts a comment); re-read when it changes."""
     auto_load: bool = True
     """A request for a valid model that nobody serves asks a manager to load it, and waits."""
 
@@ -99,6 +118,24 @@ class Settings(BaseSettings):
     manager_memory_bytes: int = Field(0, ge=0, validation_alias="MIS_MANAGER_MEMORY_BYTES")
     """Tests only: a manager reports this much total and available memory instead of the
     machine's, so placement between `machines` on one host is deterministic. 0: real."""
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value):
+        if isinstance(value, str):
+            value = value.split(",")
+        return [k.strip() for k in value or [] if k and k.strip()]
+
+    @model_validator(mode="after")
+    def _admin_token_is_no_api_key(self):
+        # Two secrets, two doors: a leaked API key must never open the admin surface.
+        if self.admin_token and self.admin_token in self.api_keys:
+            raise ValueError("ADMIN_TOKEN must differ from every API key")
+        return self
+
+    @property
+    def api_keys_configured(self) -> bool:
+        return bool(self.api_keys or self.api_keys_file)
 
     @model_validator(mode="after")
     def _streams_outlive_jobs(self):

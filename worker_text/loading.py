@@ -11,6 +11,7 @@ from jobs.modelref import ModelLoadError, parse_model_ref, resolve
 from jobs.settings import Settings
 
 from .engine import TextModel
+from .flat_decode import flatten_decode
 
 
 def load_text_model(model_ref: str, settings: Settings) -> TextModel:
@@ -21,6 +22,8 @@ def load_text_model(model_ref: str, settings: Settings) -> TextModel:
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"{model_ref} has no config.json: not an mlx-lm model directory")
     model, tokenizer = load(str(path))
+    if settings.flat_decode:
+        flatten_decode(model)
     config = json.loads((path / "config.json").read_text())
     return TextModel(model_id=model_ref, model=model, tokenizer=tokenizer,
                      context_length=_context_length(config, tokenizer),

@@ -67,17 +67,10 @@ def build(out_dir: Path, seed: int = 0, **config_overrides) -> Path:
     config = {**CONFIG, **config_overrides, "vocab_size": tokenizer.get_vocab_size()}
     mx.random.seed(seed)
     model = llama.Model(llama.ModelArgs.from_dict(config))
-    model.lm_head.weight[tokenizer.token_to_id("<|im_end|>")] = 0.0
+    _never_end(model, [tokenizer.token_to_id("<|im_end|>")])
 
-    def write_tokenizer(partial: Path) -> None:
-        tokenizer.save(str(partial / "tokenizer.json"))
-        (partial / "tokenizer_config.json").write_text(json.dumps({
-            "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|im_end|>",
-            "pad_token": "<|endoftext|>", "chat_template": CHATML,
-            "model_max_length": config["max_position_embeddings"],
-        }, indent=1))
-
-    return _write_model_dir(out_dir, dict(tree_flatten(model.parameters())), config, write_tokenizer)
+    return _write_model_dir(out_dir, dict(tree_flatten(model.parameters())), config,
+                            lambda partial: _write_tokenizer(tokenizer, partial, config))
 
 
 def build_twin(source: Path, out_dir: Path, seed: int = 0, bits: int = 4, group_size: int = 64) -> Path:
@@ -93,9 +86,7 @@ def build_twin(source: Path, out_dir: Path, seed: int = 0, bits: int = 4, group_
     mx.random.seed(seed)
     model = model_class(args_class.from_dict(config))
     eos = config.get("eos_token_id")
-    head = getattr(model, "lm_head", None) or model.model.embed_tokens
-    for token in (eos if isinstance(eos, list) else [eos] if eos is not None else []):
-        head.weight[token] = 0.0  # never end early by chance: lengths come from max_tokens
+    _never_end(model, eos if isinstance(eos, list) else [eos] if eos is not None else [])
     nn.quantize(model, group_size=group_size, bits=bits)
     config["quantization"] = {"group_size": group_size, "bits": bits}
 
@@ -105,6 +96,65 @@ def build_twin(source: Path, out_dir: Path, seed: int = 0, bits: int = 4, group_
                 shutil.copy(path, partial / path.name)
 
     return _write_model_dir(out_dir, dict(tree_flatten(model.parameters())), config, copy_tokenizer)
+
+
+def padded_tokenizer(vocab_size: int):
+    """The tiny byte-level BPE tokenizer grown to `vocab_size` entries with made-up words, so
+    a random model of a real shape (151,936 ids for Qwen2.5) can decode every id it samples."""
+    from tokenizers import Tokenizer
+
+    data = json.loads(build_tokenizer().to_str())
+    vocab = data["model"]["vocab"]
+    n = 0
+    while len(vocab) < vocab_size:
+        word, rest = "", n
+        while True:  # n in base 26: a, b, …, z, ba, bb, …
+            word, rest = chr(ord("a") + rest % 26) + word, rest // 26
+            if not rest:
+                break
+        vocab.setdefault("Ġ" + word, len(vocab))  # Ġ is byte-level BPE's space
+        n += 1
+    return Tokenizer.from_str(json.dumps(data))
+
+
+def build_shaped(out_dir: Path, config: dict, bits: int | None = 4, group_size: int = 64, seed: int = 0) -> Path:
+    """A random-weight model of any mlx-lm architecture and size (`config` as in a
+    config.json), bf16 or quantized, with a padded tokenizer and a ChatML template: for
+    benchmarks of real model shapes on machines that cannot download the real weights."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+    from mlx_lm.utils import _get_classes  # mlx-lm 0.32.2 (pinned)
+
+    tokenizer = padded_tokenizer(config["vocab_size"])
+    config = {**config, "torch_dtype": "bfloat16"}
+    model_class, args_class = _get_classes(config)
+    mx.random.seed(seed)
+    model = model_class(args_class.from_dict(config))
+    model.set_dtype(mx.bfloat16)
+    _never_end(model, [tokenizer.token_to_id("<|im_end|>")])
+    if bits:
+        nn.quantize(model, group_size=group_size, bits=bits)
+        config["quantization"] = {"group_size": group_size, "bits": bits}
+    return _write_model_dir(out_dir, dict(tree_flatten(model.parameters())), config,
+                            lambda partial: _write_tokenizer(tokenizer, partial, config))
+
+
+def _write_tokenizer(tokenizer, partial: Path, config: dict) -> None:
+    tokenizer.save(str(partial / "tokenizer.json"))
+    (partial / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>", "chat_template": CHATML,
+        "model_max_length": config["max_position_embeddings"],
+    }, indent=1))
+
+
+def _never_end(model, tokens: list[int]) -> None:
+    """Zero the output rows of end tokens: greedy decoding then never ends early by chance,
+    and lengths come from max_tokens and stop sequences."""
+    head = getattr(model, "lm_head", None) or model.model.embed_tokens
+    for token in tokens:
+        head.weight[token] = 0.0
 
 
 def _write_model_dir(out_dir: Path, weights: dict, config: dict, write_tokenizer) -> Path:
