@@ -8,16 +8,20 @@ Exceptions are translated once, here, at the boundary:
     redis ConnectionError/Timeout → 503 service_unavailable (Redis down or unreachable)
     anything else                 → 500 with a generic message; the traceback goes to the log
 
-No response ever carries a traceback, a file path, a Redis URL or a secret.
+No response ever carries a traceback, a file path, a Redis URL or a secret. Every response
+carries `X-Request-Id` (api/request_id.py); a 500 names that id, and the log line with the
+traceback carries it too.
 """
 from __future__ import annotations
 
 import logging
 
 import redis
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
+
+from . import request_id
 
 log = logging.getLogger("mis.api")
 
@@ -68,6 +72,10 @@ def from_validation_error(exc: ValidationError) -> APIError:
 
 
 def _render(error: APIError):
+    # One log line per error answer, with the request id (api/request_id.py): what a client
+    # reports can be found. 5xx are warnings: something on our side needs a look.
+    log.log(logging.WARNING if error.status >= 500 else logging.INFO, "%s %s -> %d %s: %s",
+            request.method, request.path, error.status, error.code, error.message)
     response = jsonify(error.body())
     response.status_code = error.status
     response.headers.update(error.headers)
@@ -84,12 +92,14 @@ def init_app(app: Flask) -> None:
     def http_error(exc: HTTPException):
         messages = {404: "no such endpoint", 405: "method not allowed for this endpoint",
                     413: "request body too large"}
-        code = {404: "unknown_url", 413: "request_too_large"}.get(exc.code)
+        code = {404: "unknown_url", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.code)
+        # 405 must say which methods the endpoint takes (RFC 9110); werkzeug knows them.
+        headers = {"Allow": ", ".join(exc.valid_methods)} if getattr(exc, "valid_methods", None) else None
         return _render(APIError(exc.code or 500, messages.get(exc.code, exc.description or exc.name),
-                                code=code))
+                                code=code, headers=headers))
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
-        log.exception("unhandled error")
-        return _render(APIError(500, "internal server error", error_type="api_error",
-                                code="internal_error"))
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return _render(APIError(500, f"internal server error (request id {request_id.current()})",
+                                error_type="api_error", code="internal_error"))

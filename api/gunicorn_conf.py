@@ -19,6 +19,9 @@ control_socket_disable = True
 accesslog = "-"
 errorlog = "-"
 loglevel = "info"
+# gunicorn's default format plus the request id (api/request_id.py), read from the response
+# header; the Authorization header is never logged.
+access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(M)sms %({x-request-id}o)s'
 
 
 def when_ready(server):
@@ -30,6 +33,10 @@ def when_ready(server):
         "\"messages\": [{\"role\": \"user\", \"content\": \"What is the capital of France?\"}]}'\n",
         url, url, _settings.text_model,
     )
-    from api.auth import describe_admin_access  # here: importing Flask before gevent patches ssl warns
+    # imported here: importing Flask before gevent patches ssl warns
+    from api.apikeys import describe_api_access
+    from api.auth import describe_admin_access
 
     server.log.info("  %s", describe_admin_access(_settings))
+    level, line = describe_api_access(_settings)
+    server.log.log(level, "  %s", line)

@@ -4,8 +4,8 @@
 `keepalive_interval`, yields None (time for an SSE keepalive) after checking that the job
 can still finish: a job that rq failed or cancelled without a stream event, a job whose
 worker stopped heart-beating, or one that expired gets a synthesized terminal event, so no
-client waits forever. `close()` cancels the job unless the worker ended it; both the JSON
-and the SSE path call it when they stop reading, whatever the reason.
+client waits forever. `close()` cancels the job unless the worker ended it or the API itself
+is stopping; both the JSON and the SSE path call it when they stop reading.
 """
 from __future__ import annotations
 
@@ -37,9 +37,16 @@ class JobRelay:
         """True when that event came from the API's own check, not the worker: the job may
         still sit in a queue and must be cancelled."""
 
-    def close(self) -> None:
-        """Stop the job unless its worker ended it: the client left, or the API gave up on it."""
+    def close(self, leaving: BaseException | None = None) -> None:
+        """Stop the job unless its worker ended it: the client left, or the API gave up on it.
+        `leaving` is the exception that ends the relay, if any. When it is the API itself
+        stopping (gunicorn's graceful timeout kills the request with GreenletExit, a worker
+        exits with SystemExit), the job runs on: its result stays fetchable
+        (`GET /v1/chat/completions/<id>`, api/stored.py). A client leaving is GeneratorExit."""
         if self.finished and not self.synthesized:
+            return
+        if leaving is not None and not isinstance(leaving, (Exception, GeneratorExit)):
+            log.info("leaving job %s to finish: the API is stopping (%s)", self.job_id, type(leaving).__name__)
             return
         log.info("cancelling job %s (its client is gone or it can no longer finish)", self.job_id)
         try:

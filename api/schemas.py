@@ -2,20 +2,42 @@
 
 Unknown fields are ignored (OpenAI clients send `user`, `store`, `metadata`, ...); known
 fields are checked for type and range, and each violation becomes a 400 naming the field.
+Limits an operator may change (message count, stop sequences, logit_bias entries) come from
+the settings passed as validation context (`model_validate(body, context={"settings": s})`);
+without one, the settings' defaults apply. The OpenAPI document (api/openapi.py) states the
+same limits.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from jobs import payloads
 from jobs.payloads import ChatMessage, SamplingParams
+from jobs.settings import Settings
 
-MAX_STOP_SEQUENCES = 16
-MAX_LOGIT_BIAS = 1024
 MAX_TOP_LOGPROBS = 20
+"""OpenAI's limit; each costs a decode of one token per generated token."""
+TOKEN_ID = re.compile(r"[0-9]{1,10}")
+"""A logit_bias key: ASCII digits only (`str.isdigit` takes "²", which int() refuses)."""
+SEED_RANGE = (-(2**63), 2**64 - 1)
+"""Signed or unsigned 64-bit; workers take the seed modulo 2**64."""
+
+
+def limit(info: ValidationInfo, name: str) -> int:
+    """A request limit from the settings in the validation context, else its default."""
+    settings = (info.context or {}).get("settings")
+    return getattr(settings, name) if settings is not None else Settings.model_fields[name].default
 
 
 class TextPart(BaseModel):
@@ -77,11 +99,12 @@ class ChatCompletionRequest(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0)
     min_p: float | None = Field(None, ge=0, le=1)
-    repetition_penalty: float | None = Field(None, gt=0, le=10)
+    # Below 0.01, dividing logits by the penalty overflows float32 and sampling reads NaN.
+    repetition_penalty: float | None = Field(None, ge=0.01, le=10)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     stop: str | list[str] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
@@ -89,26 +112,38 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=1, description="only one choice per request is supported")
 
+    @field_validator("messages")
+    @classmethod
+    def _message_count(cls, value, info: ValidationInfo):
+        most = limit(info, "max_messages")
+        if len(value) > most:
+            raise ValueError(f"at most {most} messages (MAX_MESSAGES); this request has {len(value)}")
+        return value
+
     @field_validator("stop")
     @classmethod
-    def _stops(cls, value):
+    def _stops(cls, value, info: ValidationInfo):
         stops = [value] if isinstance(value, str) else (value or [])
-        if len(stops) > MAX_STOP_SEQUENCES:
-            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
+        most, longest = limit(info, "max_stop_sequences"), limit(info, "max_stop_length")
+        if len(stops) > most:
+            raise ValueError(f"at most {most} stop sequences (MAX_STOP_SEQUENCES)")
         if any(not s for s in stops):
             raise ValueError("stop sequences must not be empty")
+        if any(len(s) > longest for s in stops):
+            raise ValueError(f"a stop sequence may have at most {longest} characters (MAX_STOP_LENGTH)")
         return stops
 
     @field_validator("logit_bias")
     @classmethod
-    def _bias(cls, value):
+    def _bias(cls, value, info: ValidationInfo):
         if value is None:
             return value
-        if len(value) > MAX_LOGIT_BIAS:
-            raise ValueError(f"at most {MAX_LOGIT_BIAS} entries")
+        most = limit(info, "max_logit_bias")
+        if len(value) > most:
+            raise ValueError(f"at most {most} entries (MAX_LOGIT_BIAS)")
         for token, bias in value.items():
-            if not token.isdigit():
-                raise ValueError(f"keys must be token ids, got {token!r}")
+            if not TOKEN_ID.fullmatch(token):
+                raise ValueError(f"keys must be token ids, got {token[:20]!r}")
             if not -100 <= bias <= 100:
                 raise ValueError("biases must be between -100 and 100")
         return value

@@ -219,7 +219,15 @@ class BatchingWorker(SimpleWorker):
             self.engine.abort_all("worker_shutdown", "the worker was shut down; please retry")
         self.outcomes.put(None)
         self.recorder.join(10)
-        super().teardown()
+        try:
+            super().teardown()
+        except redis.exceptions.RedisError as exc:
+            # rq leaves its loop on a Redis error it does not handle, and its teardown writes
+            # to Redis: raising here would end the worker process. Its records expire by
+            # themselves; serve() starts a fresh loop once Redis answers.
+            log.warning("rq's teardown could not reach Redis (%s)", exc)
+            if self.pubsub_thread is not None:
+                self.pubsub_thread.stop()  # it would retry forever for a loop that is gone
 
     # --- outcomes (recorder thread) ---
 

@@ -38,6 +38,9 @@ class JobRejected(Exception):
 class Engine(Protocol):
     """What a model engine offers the engine thread. Called from that thread only."""
 
+    context_length: int
+    """Tokens the model can attend to (prompt + completion); published in the registry."""
+
     def add(self, job_id: str, request: Any) -> dict:
         """Take a job into the batch; returns the data of its `start` event. Raises
         JobRejected for a request this model cannot serve."""

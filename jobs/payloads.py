@@ -5,9 +5,18 @@ show them and the worker re-validates them on its side of the boundary.
 """
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+GREEDY_BELOW = 1e-5
+"""Temperatures below this sample greedily: the result is the same to float32 precision, and
+1/temperature would overflow float32 (mlx-lm's sampler then returns garbage or fails the
+whole batch's step)."""
+LOGPROB_FLOOR = -9999.0
+"""What a log-probability of -inf (or NaN) is reported as: JSON has no infinity, and OpenAI
+reports tokens that cannot be drawn the same way."""
 
 
 class TextPart(BaseModel):
@@ -67,6 +76,20 @@ class SamplingParams(BaseModel):
     logit_bias: dict[int, float] = Field(default_factory=dict)
     seed: int | None = None
 
+    def normalized(self, vocab_size: int) -> SamplingParams:
+        """The same sampling in the form MLX's samplers accept for a model with `vocab_size`
+        output rows, so no valid request can fail an engine step (which would end every job
+        in the batch): near-zero temperatures are greedy, a top_k that keeps the whole
+        vocabulary is off, and seeds are taken modulo 2**64 (MLX's key is unsigned)."""
+        changes = {}
+        if 0 < self.temperature < GREEDY_BELOW:
+            changes["temperature"] = 0.0
+        if self.top_k >= vocab_size:
+            changes["top_k"] = 0
+        if self.seed is not None and not 0 <= self.seed < 2**64:
+            changes["seed"] = self.seed % 2**64
+        return self.model_copy(update=changes) if changes else self
+
 
 class ChatJob(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -99,3 +122,16 @@ class TokenLogprob(BaseModel):
     logprob: float
     bytes: list[int]
     top_logprobs: list[dict] = Field(default_factory=list)
+
+    @field_validator("logprob")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        return value if math.isfinite(value) else LOGPROB_FLOOR
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _finite_top(cls, value: list[dict]) -> list[dict]:
+        for entry in value:
+            if not math.isfinite(entry.get("logprob", 0.0)):
+                entry["logprob"] = LOGPROB_FLOOR
+        return value

@@ -40,6 +40,8 @@ class WorkerInfo(BaseModel):
     state: WorkerState = WorkerState.LOADING
     error: str = ""
     capacity: int = 1
+    context_length: int = 0
+    """Tokens the model attends to (prompt + completion), known once loaded; 0 before."""
     active_jobs: int = 0
     jobs_done: int = 0
     tokens_generated: int = 0

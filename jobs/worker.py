@@ -166,6 +166,7 @@ def serve(
         if engine is None:
             return 0
         info.state, info.error = WorkerState.IDLE, ""
+        info.context_length = getattr(engine, "context_length", 0)
         heartbeat.idle_since = time.time()
         heartbeat.beat()
         _work_until_stopped(conn, keys, heartbeat, settings, engine)

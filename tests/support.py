@@ -127,6 +127,7 @@ class Stack:
         return proc
 
     def start_api(self, **env) -> tuple[Proc, str]:
+        """Another API process on a free port; `env` overrides settings (API_KEYS=..., HOST=...)."""
         port = free_port()
         proc = self.spawn("api", [sys.executable, "-m", "gunicorn", "-c", "api/gunicorn_conf.py",
                                   "api:create_app()"], API_PORT=port, WEB_CONCURRENCY=1, **env)
@@ -186,8 +187,10 @@ def alias(models_dir: Path, name: str, target: str = "tiny-text") -> str:
     return name
 
 
-def client_for(api_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=api_url + "/v1", api_key="unused", max_retries=0, timeout=60)
+def client_for(api_url: str, api_key: str = "unused") -> openai.OpenAI:
+    """The official client; it sends `Authorization: Bearer <api_key>` (APIs started with
+    API_KEYS check it, the session API on loopback ignores it)."""
+    return openai.OpenAI(base_url=api_url + "/v1", api_key=api_key, max_retries=0, timeout=60)
 
 
 HI = [{"role": "user", "content": "hi"}]

@@ -56,6 +56,24 @@ def vclient(api_url, vision_worker) -> openai.OpenAI:
 def test_the_vision_model_is_listed_with_its_kind(vclient):
     cards = {m.id: m for m in vclient.models.list().data}
     assert cards[MODEL].kind == "vision"
+    assert cards[MODEL].context_length == 32768  # tiny-vision's max_position_embeddings
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_prompt_longer_than_the_context_is_400(vclient, stream):
+    with pytest.raises(openai.BadRequestError) as caught:
+        vclient.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x " * 40_000}],
+                                        max_tokens=2, stream=stream)
+    assert caught.value.body["code"] == "context_length_exceeded"
+    assert "32768" in caught.value.body["message"]
+
+
+def test_sampling_at_the_edges_of_its_ranges(vclient):
+    """Values the API accepts must never fail the engine step (and every job with it)."""
+    for extra in ({"seed": -1, "temperature": 1e-300}, {"top_k": 10**9, "temperature": 1, "seed": 2**64 - 1}):
+        answer = vclient.chat.completions.create(model=MODEL, messages=image_message(data_uri(png())),
+                                                 max_tokens=3, extra_body=extra)
+        assert answer.usage.completion_tokens >= 1
 
 
 def test_one_image_non_streamed(vclient):

@@ -104,6 +104,11 @@ class TextEngine:
         self._generator: BatchGenerator | None = None
 
     @property
+    def context_length(self) -> int:
+        """Published in the worker registry: the API caps max_tokens with it."""
+        return self.text_model.context_length
+
+    @property
     def generator(self) -> BatchGenerator:
         # Made on first use, in the engine thread, on that thread's default stream.
         if self._generator is None:
@@ -118,10 +123,10 @@ class TextEngine:
         prompt = model.encode_chat(request)
         if len(prompt) >= model.context_length:
             raise PromptTooLong(len(prompt), model.context_length)
-        params = request.sampling
-        if params.logit_bias and max(params.logit_bias) >= model.vocab_size:
+        params = request.sampling.normalized(model.vocab_size)
+        if params.logit_bias and (max(params.logit_bias) >= model.vocab_size or min(params.logit_bias) < 0):
             raise RequestRejected(
-                f"logit_bias names token ids beyond this model's vocabulary ({model.vocab_size})")
+                f"logit_bias names token ids outside this model's vocabulary (0 to {model.vocab_size - 1})")
         cache, rest = self._cached_prefix(prompt)
         cached = len(prompt) - len(rest)
         (uid,) = self.generator.insert(

@@ -122,6 +122,11 @@ class VisionEngine:
         self.sequences: dict[str, _Sequence] = {}
         self._vocab_mask: mx.array | None = None
 
+    @property
+    def context_length(self) -> int:
+        """Published in the worker registry: the API caps max_tokens with it."""
+        return self.vm.context_length
+
     def add(self, job_id: str, request: VisionRequest) -> dict:
         job = request.job
         self._check(request)
@@ -194,7 +199,8 @@ class VisionEngine:
             job_id=job_id, request=job, prompt_tokens=prompt.length, max_tokens=max_tokens, cache=cache,
             rope_delta=int(delta.reshape(-1)[0].item()) if delta is not None else 0,
             position_shape=(3, 1, 1) if positions.ndim == 3 else (1, 1),
-            sampler=_sampler(job.sampling, self.vm.vocab_size), processors=_processors(job.sampling),
+            sampler=_sampler(job.sampling.normalized(self.vm.vocab_size), self.vm.vocab_size),
+            processors=_processors(job.sampling),
             stops=StopMatcher(job.stop), text=TextStream(self.vm.processor),
             history=prompt.input_ids.reshape(-1)[-PENALTY_CONTEXT:])
         seq.pending, seq.pending_logprobs = self._sample(seq, logits)

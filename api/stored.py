@@ -1,0 +1,75 @@
+"""`GET /v1/chat/completions/<id>`: a chat completion read back after its request ended.
+
+A chat job's worker writes the whole answer to the job's token stream, which is kept
+`RESULT_TTL` after the job ends (jobs/stream.py), and the job's rq record keeps its payload.
+A client whose connection broke, or whose API process was restarted or killed, can fetch
+the answer by the `id` it was given (`chatcmpl-<job id>`, also the `X-Request-Id` header),
+shaped as OpenAI's stored-completion retrieval (a `chat.completion` object). Only the API
+stopping leaves a job running (api/relay.py); a client that disconnects still cancels it.
+
+    finished           → 200 with the completion
+    queued or running  → 409 `completion_in_progress`, with Retry-After
+    error / cancelled  → the error its request would have got (jobs' codes, api/completions.py)
+    unknown or expired → 404 `completion_not_found`
+"""
+from __future__ import annotations
+
+import re
+
+import redis
+from rq.job import JobStatus
+
+from jobs.keys import Keys
+from jobs.queues import CHAT_FUNC, fetch_job
+from jobs.stream import Event, EventType, StreamReader
+
+from .completions import Completion, error_from_event
+from .errors import APIError
+
+ID_PREFIX = "chatcmpl-"
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
+"""jobs.queues.new_job_id: uuid4 hex. Anything else is no completion of ours."""
+
+
+def stored_completion(conn: redis.Redis, keys: Keys, completion_id: str) -> dict:
+    job_id = completion_id.removeprefix(ID_PREFIX)
+    job = fetch_job(conn, job_id) if completion_id.startswith(ID_PREFIX) and _JOB_ID.fullmatch(job_id) else None
+    if job is None or job.func_name not in CHAT_FUNC.values():
+        raise _not_found(completion_id)
+    events = _all_events(StreamReader(conn, keys, job_id))
+    ending = events[-1] if events and events[-1].is_terminal else _ending_without_event(job)
+    if ending is None:
+        raise APIError(409, f"completion {completion_id!r} is not finished yet; retry shortly",
+                       code="completion_in_progress", headers={"Retry-After": "1"})
+    if ending.type != EventType.DONE:
+        raise error_from_event(ending)
+    if events[0].type != EventType.START:  # the head was trimmed (longer than STREAM_MAXLEN)
+        raise _not_found(completion_id)
+    payload = job.kwargs.get("payload", {})
+    completion = Completion(completion_id=completion_id, model=payload.get("model", ""),
+                            created=int(job.created_at.timestamp()))
+    for event in events:
+        completion.add(event)
+    return completion.response(want_logprobs=bool(payload.get("logprobs")))
+
+
+def _all_events(reader: StreamReader) -> list[Event]:
+    events: list[Event] = []
+    while batch := reader.read():
+        events += batch
+    return events
+
+
+def _ending_without_event(job) -> Event | None:
+    """A job rq ended without a terminal stream event (its worker died, say), else None."""
+    status = job.get_status(refresh=False)
+    if status in (JobStatus.FAILED, JobStatus.STOPPED):
+        return Event(EventType.ERROR, data={"code": "generation_failed", "message": "the job failed in its worker"})
+    if status == JobStatus.CANCELED:
+        return Event(EventType.CANCELLED)
+    return None
+
+
+def _not_found(completion_id: str) -> APIError:
+    return APIError(404, f"no chat completion {completion_id!r} is kept here (unknown, or expired)",
+                    param="completion_id", code="completion_not_found")
