@@ -100,6 +100,25 @@ def percentile(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
+def compare_levels(servers: dict[str, tuple[str, str]], levels: list[int], rounds: int,
+                   max_tokens: int) -> list[dict]:
+    """Every level on every server (name → (url, model)), rounds interleaved; one row each."""
+    rows = []
+    for clients in levels:
+        runs: dict[str, list] = {name: [] for name in servers}
+        # An unmeasured round per level and server first: on CUDA each new batch shape
+        # compiles kernels on first use (tens of seconds, then cached on disk, where the
+        # other server would find them), which must not land on whichever runs first.
+        for server_url, model in servers.values():
+            run_level(server_url, model, clients, 16, round_no=clients * 100 + 99)
+        for round_no in range(rounds):
+            for name, (server_url, model) in servers.items():
+                runs[name].append(run_level(server_url, model, clients, max_tokens,
+                                            round_no=clients * 100 + round_no))
+        rows += [{"server": name, "concurrency": clients, **summarize(runs[name])} for name in servers]
+    return rows
+
+
 def start_mlx_lm_server(model_dir: Path, capacity: int, log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen(
@@ -139,20 +158,7 @@ def main() -> int:
         try:
             for server_url, model in servers.values():  # warm-up, not counted
                 run_level(server_url, model, 2, 8, round_no=-1)
-            rows = []
-            for clients in args.levels:
-                runs = {name: [] for name in servers}
-                # An unmeasured round per level and server first: on CUDA each new batch shape
-                # compiles kernels on first use (tens of seconds, then cached on disk, where the
-                # other server would find them), which must not land on whichever runs first.
-                for server_url, model in servers.values():
-                    run_level(server_url, model, clients, 16, round_no=clients * 100 + 99)
-                for round_no in range(args.rounds):
-                    for name, (server_url, model) in servers.items():
-                        runs[name].append(run_level(server_url, model, clients, args.max_tokens,
-                                                    round_no=clients * 100 + round_no))
-                for name in servers:
-                    rows.append({"server": name, "concurrency": clients, **summarize(runs[name])})
+            rows = compare_levels(servers, args.levels, args.rounds, args.max_tokens)
         finally:
             reference.terminate()
             reference.wait(30)

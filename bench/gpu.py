@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, ROOT, bench_stack, device_name, write_result  # noqa: E402
-from concurrency import TOPICS, decode_rate, run_level, start_mlx_lm_server, summarize  # noqa: E402
+from concurrency import TOPICS, compare_levels, decode_rate, start_mlx_lm_server, summarize  # noqa: E402
 
 from jobs.settings import Settings  # noqa: E402
 
@@ -114,15 +114,7 @@ def measure_model(args, name: str, config: dict, bits: int | None) -> list[dict]
         reference, ref_url = start_mlx_lm_server(model_dir, capacity, stack.logs / "mlx_lm_server.log")
         servers = {"stack": (url, name), "mlx_lm.server": (ref_url, "default_model")}
         try:
-            for clients in args.levels:
-                runs: dict[str, list] = {s: [] for s in servers}
-                for server_url, model in servers.values():
-                    run_level(server_url, model, clients, 16, round_no=clients * 100 + 99)
-                for round_no in range(args.rounds):
-                    for server, (server_url, model) in servers.items():
-                        runs[server].append(run_level(server_url, model, clients, args.max_tokens,
-                                                      round_no=clients * 100 + round_no))
-                rows += [{"server": s, "concurrency": clients, **summarize(runs[s])} for s in servers]
+            rows += compare_levels(servers, args.levels, args.rounds, args.max_tokens)
         finally:
             reference.terminate()
             reference.wait(60)
