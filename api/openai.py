@@ -62,7 +62,7 @@ def chat_completions():
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object", code="invalid_json")
     req = ChatCompletionRequest.model_validate(body, context={"settings": ext.settings})
-    kind, context_length = _route(req.model)
+    kind, context_length = route(req.model)
     if req.image_count:
         _check_images_allowed(req, kind, ext.settings)
     store_image = partial(images.intake, settings=ext.settings, conn=ext.conn, keys=ext.keys)
@@ -213,7 +213,7 @@ def _serving_models() -> dict[str, list[registry.WorkerInfo]]:
     return registry.serving_models(registry.live_workers(ext.conn, ext.keys))
 
 
-def _route(model: str) -> tuple[Kind, int]:
+def route(model: str) -> tuple[Kind, int]:
     """The kind of queue a request for `model` goes to (that of its live workers, never its
     name) and the model's context length (0 while not known); raises when nobody serves it
     and it cannot be loaded on demand."""
