@@ -27,6 +27,7 @@ from rq import Queue, Retry, get_current_job
 from rq.exceptions import InvalidJobOperation
 from rq.job import Dependency
 
+from . import records
 from .done import Done
 from .keys import Keys, Kind, Priority, queue_name
 from .payloads import ChatJob, ChatMessage, ImagePart, TextPart
@@ -89,49 +90,23 @@ def _conn_keys() -> tuple[redis.Redis, Keys, Settings]:
 # ---- the record -----------------------------------------------------------------------------
 
 def create(conn: redis.Redis, keys: Keys, settings: Settings, doc: DocumentJob, status: DocStatus) -> None:
-    key = keys.document(doc.id)
-    with conn.pipeline() as pipe:
-        pipe.hset(key, mapping={"meta": doc.model_dump_json(), "pages_total": len(doc.page_numbers),
-                                "status": status.value, f"{status.value}_at": int(time.time())})
-        pipe.expire(key, settings.results_ttl)
-        pipe.execute()
-
-
-_SET_STATUS = """
-local current = redis.call('HGET', KEYS[1], 'status')
-if not current or current == 'completed' or current == 'failed' or current == 'canceled' then
-  return 0
-end
-redis.call('HSET', KEYS[1], unpack(ARGV))
-return 1
-"""
-"""A status is written only while the record exists and has not ended: a cancel is never
-undone by a job that was already running, and an expired record is never re-created."""
+    records.create(conn, keys.document(doc.id), status.value, settings.results_ttl,
+                   meta=doc.model_dump(mode="json"), pages_total=len(doc.page_numbers))
 
 
 def set_status(conn: redis.Redis, keys: Keys, doc_id: str, status: DocStatus, **fields) -> bool:
-    """The one writer of a document's status; `fields` (JSON-encoded) are written with it.
+    """The one writer of a document's status (jobs/records.py); `fields` are written with it.
     False when the document has ended already (or expired): nothing was written."""
-    mapping = {"status": status.value, f"{status.value}_at": int(time.time()),
-               **{k: json.dumps(v) for k, v in fields.items()}}
-    args = [item for pair in mapping.items() for item in pair]
-    return bool(conn.eval(_SET_STATUS, 1, keys.document(doc_id), *args))
+    return records.write_status(conn, keys.document(doc_id), status.value, TERMINAL, **fields)
 
 
 def load(conn: redis.Redis, keys: Keys, doc_id: str) -> dict | None:
-    raw = conn.hgetall(keys.document(doc_id))
-    if not raw:
+    record = records.read(conn, keys.document(doc_id))
+    if record is None:
         return None
-    record = {k.decode(): v.decode() for k, v in raw.items()}
-    out = {"status": DocStatus(record["status"]), "meta": DocumentJob.model_validate_json(record["meta"]),
-           "pages_total": int(record["pages_total"])}
-    for name in ("page_jobs", "pages", "combined", "error", "render_job", "aggregate_job", "combine_job"):
-        if name in record:
-            out[name] = json.loads(record[name])
-    for name, value in record.items():
-        if name.endswith("_at"):
-            out[name] = int(value)
-    return out
+    record["status"] = DocStatus(record["status"])
+    record["meta"] = DocumentJob.model_validate(record["meta"])
+    return record
 
 
 def status_of(conn: redis.Redis, keys: Keys, doc_id: str) -> DocStatus | None:
