@@ -130,3 +130,15 @@ def test_status_and_results_survive_an_api_restart(stack, docs_worker):
         assert len(requests.get(f"{url}/v1/documents/{body['id']}/result", timeout=10).json()["pages"]) == 3
     finally:
         proc.stop()
+
+
+def test_combine_turns_the_pages_into_one_answer(api_url, docs_worker, text_worker):
+    body = submit(api_url, make_pdf(2), combine="Summarize the document.", combine_model="tiny-text",
+                  combine_max_tokens="5").json()
+    final = wait_done(api_url, body["id"])
+    assert final["status"] == "completed"
+    result = requests.get(f"{api_url}/v1/documents/{body['id']}/result", timeout=10).json()
+    assert result["combined"]["status"] == "completed"
+    assert 1 <= result["combined"]["usage"]["completion_tokens"] <= 5
+    markdown = requests.get(f"{api_url}/v1/documents/{body['id']}/result?format=markdown", timeout=10).text
+    assert markdown.startswith("## Combined\n")
