@@ -7,13 +7,14 @@ from __future__ import annotations
 import base64
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 import requests
 
 from .pdfs import encrypted_pdf, make_pdf
-from .support import VISION_PYTHON, alias, wait_until
+from .support import ROOT, VISION_PYTHON, alias, wait_until
 from .test_vision import png
 
 MODEL = "tiny-vision"
@@ -142,3 +143,19 @@ def test_combine_turns_the_pages_into_one_answer(api_url, docs_worker, text_work
     assert 1 <= result["combined"]["usage"]["completion_tokens"] <= 5
     markdown = requests.get(f"{api_url}/v1/documents/{body['id']}/result?format=markdown", timeout=10).text
     assert markdown.startswith("## Combined\n")
+
+
+def test_the_cli_submits_waits_and_writes_the_result(api_url, docs_worker, tmp_path):
+    pdf = tmp_path / "two.pdf"
+    pdf.write_bytes(make_pdf(2))
+    out = tmp_path / "result.md"
+    done = subprocess.run([sys.executable, "-m", "api.client", "--url", api_url, "document", str(pdf),
+                           "--model", DOCS_MODEL, "--max-tokens", "3", "--dpi", "72", "--wait",
+                           "--interval", "0.3", "--format", "markdown", "-o", str(out)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "2/2 pages" in done.stderr and "completed" in done.stderr
+    assert "## Page 1" in out.read_text() and "## Page 2" in out.read_text()
+    refused = subprocess.run([sys.executable, "-m", "api.client", "--url", api_url, "status", "doc_nope"],
+                             capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert refused.returncode == 2 and "error 404" in refused.stderr
