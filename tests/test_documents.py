@@ -12,6 +12,9 @@ import time
 
 import pytest
 import requests
+from rq.job import Job
+
+from jobs import documents
 
 from .pdfs import encrypted_pdf, make_pdf
 from .support import ROOT, VISION_PYTHON, alias, wait_until
@@ -85,6 +88,11 @@ def test_limits(api_url, docs_worker, text_worker):
     too_big = submit(api_url, b"%PDF-1.4\n" + b"0" * 2_100_000)
     assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "document_too_large"
     assert submit(api_url, make_pdf(2), pages="3").json()["error"]["param"] == "pages"
+    too_long = submit(api_url, make_pdf(201))  # MAX_DOCUMENT_PAGES: 200
+    assert too_long.status_code == 400 and too_long.json()["error"]["code"] == "too_many_pages"
+    accepted = submit(api_url, make_pdf(201), pages="1-200")
+    assert accepted.status_code == 202 and accepted.json()["pages_total"] == 200
+    requests.delete(f"{api_url}/v1/documents/{accepted.json()['id']}", timeout=10)  # not 200 pages of work
     assert submit(api_url, make_pdf(1), dpi="10000").json()["error"]["param"] == "dpi"
     text_model = submit(api_url, make_pdf(1), model="tiny-text")
     assert text_model.status_code == 400 and text_model.json()["error"]["param"] == "model"
@@ -102,7 +110,7 @@ def test_cancel_keeps_what_is_done_and_stops_the_rest(api_url, docs_worker):
     assert result.status_code == 200 and len(result.json()["pages"]) == 5
 
 
-def test_a_worker_killed_mid_document_has_its_pages_retried(api_url, stack, docs_worker):
+def test_a_worker_killed_mid_document_has_its_pages_retried(api_url, stack, docs_worker, conn, keys):
     body = submit(api_url, make_pdf(5), max_tokens="48").json()
 
     def running():
@@ -115,6 +123,8 @@ def test_a_worker_killed_mid_document_has_its_pages_retried(api_url, stack, docs
         final = wait_done(api_url, body["id"], timeout=120)
         assert final["status"] == "completed", final
         assert [p["status"] for p in final["pages"]] == ["completed"] * 5
+        page_jobs = [Job.fetch(j, connection=conn) for j in documents.load(conn, keys, body["id"])["page_jobs"]]
+        assert any(job.retries_left < documents.PAGE_RETRIES for job in page_jobs)  # really retried
     finally:
         docs_worker.popen = replacement.popen  # later tests use the live one
 
