@@ -22,7 +22,7 @@ from enum import StrEnum
 import redis
 from rq import Queue, Retry, get_current_job
 from rq.exceptions import InvalidJobOperation
-from rq.job import Dependency, JobStatus
+from rq.job import Dependency, Job, JobStatus
 
 from . import files, records
 from .done import Done
@@ -135,10 +135,11 @@ def request_counts(conn: redis.Redis, record: dict) -> dict:
     if "request_counts" in record:
         return record["request_counts"]
     counts = {"total": len(record["lines"]), "completed": 0, "failed": 0}
-    for line in record["lines"]:
-        job = fetch_job(conn, line["job_id"]) if line.get("job_id") else None
+    ids = [line["job_id"] for line in record["lines"] if line.get("job_id")]
+    counts["failed"] = len(record["lines"]) - len(ids)  # lines that never ran
+    for job in Job.fetch_many(ids, connection=conn):  # one round trip
         status = job.get_status(refresh=False) if job is not None else None
-        if line.get("job_id") is None or status in (JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED):
+        if status in (JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED):
             counts["failed"] += 1
         elif status == JobStatus.FINISHED:
             counts["completed"] += 1
