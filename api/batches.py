@@ -10,7 +10,6 @@ jobs/batches.py.
 """
 from __future__ import annotations
 
-import json
 import time
 import uuid
 
