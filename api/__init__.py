@@ -31,13 +31,16 @@ def create_app(settings: Settings | None = None) -> Flask:
                                       keys=Keys(settings.key_prefix))
     logging.getLogger("mis").setLevel(logging.INFO)
 
-    from . import admin, apikeys, errors, health, openai, openapi, request_id
+    from . import admin, apikeys, batches, documents, errors, files, health, openai, openapi, request_id
 
     errors.init_app(app)
     request_id.init_app(app)  # first: the hooks after it log and answer with the request's id
     apikeys.init_app(app, settings)
     app.register_blueprint(health.bp)
     app.register_blueprint(openai.bp)
+    app.register_blueprint(documents.bp)
+    app.register_blueprint(files.bp)
+    app.register_blueprint(batches.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(openapi.bp)
     # -- metrics and rq-dashboard (api/metrics.py, api/dashboard.py), both admin-only --

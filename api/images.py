@@ -39,8 +39,9 @@ def bad_image(message: str, code: str = "invalid_image", status: int = 400) -> A
     return APIError(status, message, param="messages", code=code)
 
 
-def intake(url: str, settings: Settings, conn: redis.Redis, keys: Keys) -> ImagePart:
-    """Validate one image URL and store its bytes; returns the payload part naming them."""
+def intake(url: str, settings: Settings, conn: redis.Redis, keys: Keys, ttl: int | None = None) -> ImagePart:
+    """Validate one image URL and store its bytes for `ttl` seconds (default: as long as a
+    chat job may wait and run); returns the payload part naming them."""
     if url.startswith("data:"):
         data = decode_data_uri(url, settings.max_image_bytes)
     elif url.startswith(("http://", "https://")):
@@ -52,7 +53,7 @@ def intake(url: str, settings: Settings, conn: redis.Redis, keys: Keys) -> Image
         raise bad_image("image_url must be a data URI (data:image/png;base64,...) or an http(s) URL",
                         code="invalid_image_url")
     media_type, width, height = inspect(data, settings.max_image_pixels)
-    digest = blobs.put(conn, keys, data, ttl=settings.queued_ttl + settings.job_timeout)
+    digest = blobs.put(conn, keys, data, ttl=ttl or settings.queued_ttl + settings.job_timeout)
     return ImagePart(blob=digest, media_type=media_type, width=width, height=height)
 
 

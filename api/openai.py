@@ -62,16 +62,7 @@ def chat_completions():
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object", code="invalid_json")
     req = ChatCompletionRequest.model_validate(body, context={"settings": ext.settings})
-    kind, context_length = _route(req.model)
-    if req.image_count:
-        _check_images_allowed(req, kind, ext.settings)
-    store_image = partial(images.intake, settings=ext.settings, conn=ext.conn, keys=ext.keys)
-    payload = ChatJob(
-        model=req.model, messages=[m.to_payload(store_image) for m in req.messages],
-        max_tokens=_max_tokens(req.requested_max_tokens() or ext.settings.default_max_tokens, context_length),
-        sampling=req.sampling(), stop=req.stop or [], logprobs=bool(req.logprobs),
-        top_logprobs=req.top_logprobs or 0,
-    )
+    kind, payload = chat_payload(req, ext)
     try:
         job = enqueue_chat(ext.conn, ext.settings, payload, kind=kind,
                            priority=Priority.INTERACTIVE, job_id=job_id)
@@ -91,6 +82,20 @@ def chat_completions():
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     return _collect(relay, completion, want_logprobs=bool(req.logprobs),
                     client_socket=request.environ.get("gunicorn.socket"), timer=timer)
+
+
+def chat_payload(req: ChatCompletionRequest, ext, image_ttl: int | None = None) -> tuple[Kind, ChatJob]:
+    """The job for a validated request (routed, images checked and stored), and its queue's kind."""
+    kind, context_length = route(req.model)
+    if req.image_count:
+        _check_images_allowed(req, kind, ext.settings)
+    store_image = partial(images.intake, settings=ext.settings, conn=ext.conn, keys=ext.keys, ttl=image_ttl)
+    return kind, ChatJob(
+        model=req.model, messages=[m.to_payload(store_image) for m in req.messages],
+        max_tokens=_max_tokens(req.requested_max_tokens() or ext.settings.default_max_tokens, context_length),
+        sampling=req.sampling(), stop=req.stop or [], logprobs=bool(req.logprobs),
+        top_logprobs=req.top_logprobs or 0,
+    )
 
 
 def _max_tokens(requested: int, context_length: int) -> int:
@@ -213,7 +218,7 @@ def _serving_models() -> dict[str, list[registry.WorkerInfo]]:
     return registry.serving_models(registry.live_workers(ext.conn, ext.keys))
 
 
-def _route(model: str) -> tuple[Kind, int]:
+def route(model: str) -> tuple[Kind, int]:
     """The kind of queue a request for `model` goes to (that of its live workers, never its
     name) and the model's context length (0 while not known); raises when nobody serves it
     and it cannot be loaded on demand."""

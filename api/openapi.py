@@ -67,9 +67,10 @@ ERROR_TEXT = {
          "body is not JSON, or the prompt does not fit the model's context (`context_length_exceeded`)",
     401: "Missing or invalid credentials",
     403: "Credentials are not enough, or this surface is disabled on this bind",
-    404: "No such model, command or completion",
-    409: "The completion is not finished yet",
-    413: "Request body larger than MAX_BODY_BYTES",
+    404: "No such model, command, completion, document, file or batch",
+    409: "The completion or document is not finished yet",
+    413: "Request body larger than MAX_BODY_BYTES, or a document or file over its limit",
+    415: "The body's media type is not one this endpoint takes",
     429: "The model's queue is full; see Retry-After",
     500: "The server or the worker failed (the log has the details under the request id)",
     503: "Redis unreachable, model loading or unavailable, worker gone",
@@ -264,6 +265,9 @@ def build(settings: Settings) -> dict:
             "200": {"description": "Text exposition format 0.0.4", "headers": REQUEST_ID,
                     "content": {"text/plain": {"schema": STR}}}, **errors(401, 403, 500)}, **adm)},
     }
+    from . import openapi_jobs  # imports this module's builders
+
+    paths.update(openapi_jobs.paths(v1))
     return {
         "openapi": "3.1.0",
         "info": {"title": "MLX Inference Server", "version": "0.1.0", "description": (
@@ -273,7 +277,7 @@ def build(settings: Settings) -> dict:
             "See docs/API.md and docs/SECURITY.md.")},
         "paths": paths,
         "components": {
-            "schemas": {**_model_schemas(settings), **_answer_schemas()},
+            "schemas": {**_model_schemas(settings), **_answer_schemas(), **openapi_jobs.schemas(settings)},
             "responses": {f"Error{s}": json_response(text, ref("Error")) for s, text in ERROR_TEXT.items()},
             "headers": {"RequestId": {"description": "The request's id, also in the server's log lines "
                                                      "(a chat completion's id for chat requests)",

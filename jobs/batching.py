@@ -40,6 +40,7 @@ from rq.job import Job, _current_job
 from rq.timeouts import TimerDeathPenalty
 from rq.utils import now
 
+from .done import Done
 from .engine_loop import Admission, EngineLoop, Outcome, Slots
 from .keys import Keys, Priority
 
@@ -134,8 +135,20 @@ class BatchingWorker(SimpleWorker):
             except Exception as exc:  # the payload failed validation
                 log.warning("job %s refused: %s", job.id, exc)
                 admission.refusal = exc
+            if isinstance(admission.request, Done):  # bookkeeping, done already (jobs/done.py)
+                self._finish_now(admission)
+                return
         self.slots.take(priority)
         self.engine.submit(admission)
+
+    def _finish_now(self, admission: Admission) -> None:
+        """A job that needed no engine: finished in rq (dependents enqueued) right here."""
+        job = admission.job
+        try:
+            self._finalize_success(job, admission.queue, admission.execution, admission.request.value)
+        finally:
+            with self.admissions_lock:
+                self.admissions.pop(job.id, None)
 
     @staticmethod
     def _call_job_function(job: Job):

@@ -38,6 +38,19 @@ class Keys:
         """Validated bytes (an image, a document page) under their sha256, with a TTL."""
         return f"{self.prefix}blob:{digest}"
 
+    def document(self, doc_id: str) -> str:
+        """Hash of one document: its request, status, page jobs and per-page results
+        (jobs/documents.py), kept RESULTS_TTL."""
+        return f"{self.prefix}document:{doc_id}"
+
+    def file(self, file_id: str) -> str:
+        """Hash of one file of the Batch API: its bytes and its metadata, kept RESULTS_TTL."""
+        return f"{self.prefix}file:{file_id}"
+
+    def batch(self, batch_id: str) -> str:
+        """Hash of one batch of the Batch API (jobs/batches.py), kept RESULTS_TTL."""
+        return f"{self.prefix}batch:{batch_id}"
+
     def autoload(self, model_id: str) -> str:
         """Set while a load that a chat request asked for is pending: the id of its command."""
         return f"{self.prefix}autoload:{model_id}"

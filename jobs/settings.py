@@ -48,6 +48,22 @@ class Settings(BaseSettings):
     stream_maxlen: int = Field(100_000, ge=100)
     """Approximate cap on entries per token stream (one entry per engine step per job)."""
     cancel_ttl: int = Field(3600, ge=1)
+    results_ttl: int = Field(7 * 86400, ge=60)
+    """Seconds a document's or batch's record (status, per-page and per-line results) and a
+    Batch API file are kept: long past the 1-hour job streams they are copied from."""
+    batch_queued_ttl: int = Field(86400, ge=60)
+    """Seconds a document page or batch line may wait in its queue (OpenAI's batch window is
+    24 h); the page images' blobs live this long plus JOB_TIMEOUT."""
+    max_document_bytes: int = Field(50_000_000, ge=1000)
+    """Bytes per uploaded document (413 above)."""
+    max_document_pages: int = Field(200, ge=1)
+    """Pages per document after the `pages` range is applied (400 above)."""
+    max_dpi: int = Field(300, ge=36)
+    """Highest rendering resolution a document may ask for."""
+    max_file_bytes: int = Field(100_000_000, ge=1000)
+    """Bytes per Batch API input file (413 above)."""
+    max_batch_lines: int = Field(50_000, ge=1)
+    """Requests per batch (OpenAI's limit)."""
 
     heartbeat_interval: float = Field(1.0, gt=0)
     """Seconds between a worker's registry heartbeats."""

@@ -41,7 +41,7 @@ def stack(redis_server, models_dir, tmp_path_factory):
         MODELS_DIR=os.pathsep.join([str(models_dir), str(REAL_MODELS)]),
         HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path_factory.mktemp("hf-cache")),
         KEEPALIVE_INTERVAL="1", HEARTBEAT_INTERVAL="0.5", WORKER_TTL="3",
-        MAX_BODY_BYTES=str(16 * 1024 * 1024),
+        MAX_BODY_BYTES=str(16 * 1024 * 1024), MAX_DOCUMENT_BYTES=str(2_000_000),
     )
     stack = Stack(env=env, logs=tmp_path_factory.mktemp("logs"))
     yield stack

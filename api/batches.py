@@ -1,0 +1,172 @@
+"""`/v1/batches` of the OpenAI Batch API: `POST` (from an uploaded JSONL file of
+`/v1/chat/completions` requests), `GET /<id>`, `POST /<id>/cancel`.
+
+The input file is validated here, line by line, with the same request model as
+`/v1/chat/completions` (api/schemas.py) and the same image intake (api/images.py): a file
+with a malformed line makes a batch that is `failed` with the lines' `errors`, as OpenAI's
+validation does. A line for a model nobody serves (and none can load) runs no job and goes to
+the error file. Every other line is one chat job on its model's batch queue; the work is
+jobs/batches.py.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+
+from flask import Blueprint, current_app, jsonify, request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from jobs import batches, files, records
+from jobs.batches import BatchStatus
+
+from .errors import APIError, from_validation_error
+from .files import not_found as file_not_found
+from .openai import chat_payload
+from .schemas import ChatCompletionRequest
+
+bp = Blueprint("batches", __name__, url_prefix="/v1")
+ENDPOINT = "/v1/chat/completions"
+ID_PREFIX = "batch_"
+MAX_LINE_ERRORS = 100
+"""Errors listed for a file that fails validation (the count says how many lines failed)."""
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    input_file_id: str = Field(min_length=1, max_length=100)
+    endpoint: str = Field(description=f"only {ENDPOINT}")
+    completion_window: str = Field("24h", description="only 24h")
+    metadata: dict[str, str] | None = None
+
+
+class BatchLine(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    custom_id: str = Field(min_length=1, max_length=512)
+    method: str
+    url: str
+    body: dict
+
+
+@bp.post("/batches")
+def create_batch():
+    ext = current_app.extensions["mis"]
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise APIError(400, "the request body must be a JSON object", code="invalid_json")
+    req = BatchRequest.model_validate(body)
+    if req.endpoint != ENDPOINT:
+        raise APIError(400, f"endpoint must be {ENDPOINT} (the only one batches run here)",
+                       param="endpoint", code="invalid_value")
+    if req.completion_window != "24h":
+        raise APIError(400, "completion_window must be 24h", param="completion_window", code="invalid_value")
+    content = files.content(ext.conn, ext.keys, req.input_file_id)
+    if content is None:
+        raise file_not_found(req.input_file_id)
+    batch_id = ID_PREFIX + uuid.uuid4().hex
+    now = int(time.time())
+    meta = {"endpoint": req.endpoint, "input_file_id": req.input_file_id, "completion_window": "24h",
+            "created_at": now, "expires_at": now + ext.settings.batch_queued_ttl, "metadata": req.metadata}
+    parsed, errors = _parse(content, ext.settings)
+    key = ext.keys.batch(batch_id)
+    if errors:
+        records.create(ext.conn, key, BatchStatus.FAILED.value, ext.settings.results_ttl, meta=meta, lines=[],
+                       errors={"object": "list", "data": errors[:MAX_LINE_ERRORS]})
+        return jsonify(_view(batch_id))
+    lines, queued = [], []
+    for custom_id, chat in parsed:
+        try:
+            kind, payload = chat_payload(chat, ext, image_ttl=ext.settings.batch_queued_ttl + ext.settings.job_timeout)
+        except APIError as exc:
+            lines.append({"custom_id": custom_id, "job_id": None, "error": {
+                "status": exc.status, "code": exc.code, "message": exc.message, "param": exc.param, "type": exc.type}})
+            continue
+        job_id = batches.enqueue_line(ext.conn, ext.settings, payload, kind)
+        lines.append({"custom_id": custom_id, "job_id": job_id, "model": payload.model})
+        queued.append((kind, payload.model, job_id))
+    records.create(ext.conn, key, BatchStatus.IN_PROGRESS.value, ext.settings.results_ttl, meta=meta, lines=lines)
+    if queued:
+        kind, model, _ = queued[0]
+        batches.enqueue_finalize(ext.conn, ext.settings, batch_id, kind, model, [j for _, _, j in queued])
+    elif batches.set_status(ext.conn, ext.keys, batch_id, BatchStatus.FINALIZING):
+        batches.finish(ext.conn, ext.settings, batch_id, BatchStatus.COMPLETED)
+    return jsonify(_view(batch_id))
+
+
+@bp.get("/batches/<batch_id>")
+def get_batch(batch_id: str):
+    return jsonify(_view(batch_id))
+
+
+@bp.post("/batches/<batch_id>/cancel")
+def cancel_batch(batch_id: str):
+    ext = current_app.extensions["mis"]
+    _record(batch_id)
+    batches.cancel(ext.conn, ext.settings, batch_id)
+    return jsonify(_view(batch_id))
+
+
+def _parse(content: bytes, settings) -> tuple[list[tuple[str, ChatCompletionRequest]], list[dict]]:
+    """The lines as (custom_id, request), or the validation errors of the file."""
+    parsed, errors, seen = [], [], set()
+
+    def error(number: int, code: str, message: str, param: str | None = None):
+        errors.append({"code": code, "message": message, "param": param, "line": number})
+
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError:
+        error(None, "invalid_file", "the input file is not UTF-8 text")
+        return [], errors
+    lines = [(n, raw) for n, raw in enumerate(text.splitlines(), 1) if raw.strip()]
+    if not lines:
+        error(None, "empty_file", "the input file has no requests")
+    if len(lines) > settings.max_batch_lines:
+        error(None, "too_many_requests", f"a batch may hold at most {settings.max_batch_lines} requests (MAX_BATCH_LINES)")
+        return [], errors
+    for number, raw in lines:
+        try:
+            line = BatchLine.model_validate_json(raw)
+            if line.method != "POST" or line.url != ENDPOINT:
+                error(number, "invalid_url", f"each line must be POST {ENDPOINT}", "url")
+                continue
+            if line.custom_id in seen:
+                error(number, "duplicate_custom_id", f"custom_id {line.custom_id!r} appears more than once", "custom_id")
+                continue
+            seen.add(line.custom_id)
+            chat = ChatCompletionRequest.model_validate(line.body, context={"settings": settings})
+            if chat.stream:
+                error(number, "invalid_value", "batch requests cannot stream", "body.stream")
+                continue
+            parsed.append((line.custom_id, chat))
+        except ValidationError as exc:
+            failure = from_validation_error(exc)
+            error(number, failure.code, failure.message, failure.param)
+    return parsed, errors
+
+
+def _record(batch_id: str) -> dict:
+    ext = current_app.extensions["mis"]
+    record = batches.load(ext.conn, ext.keys, batch_id) if batch_id.startswith(ID_PREFIX) else None
+    if record is None:
+        raise APIError(404, f"no batch {batch_id!r} is kept here (unknown, or expired)", param="batch_id",
+                       code="batch_not_found")
+    return record
+
+
+def _view(batch_id: str) -> dict:
+    """The record as OpenAI's Batch object."""
+    ext = current_app.extensions["mis"]
+    record = _record(batch_id)
+    meta = record["meta"]
+    times = {f"{s}_at": record.get(f"{s}_at") for s in ("in_progress", "finalizing", "completed", "failed",
+                                                          "expired", "cancelling", "cancelled")}
+    return {
+        "id": batch_id, "object": "batch", "endpoint": meta["endpoint"], "errors": record.get("errors"),
+        "input_file_id": meta["input_file_id"], "completion_window": meta["completion_window"],
+        "status": record["status"], "output_file_id": record.get("output_file_id"),
+        "error_file_id": record.get("error_file_id"), "created_at": meta["created_at"],
+        "expires_at": meta["expires_at"], **times,
+        "request_counts": batches.request_counts(ext.conn, record), "metadata": meta["metadata"],
+    }

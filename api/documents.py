@@ -1,0 +1,245 @@
+"""`/v1/documents`: read a PDF (or page images) page by page with a vision model.
+
+    POST   /v1/documents              multipart (`file`, repeatable for images) or JSON with
+                                      base64 (`document`, or `images`); → 202 with the id
+    GET    /v1/documents/<id>         status, pages done/total, per-page status and errors
+    GET    /v1/documents/<id>/result  per-page text and usage in page order (?format=markdown)
+    DELETE /v1/documents/<id>         cancel what is left
+
+The API only checks what it is sent: size (MAX_DOCUMENT_BYTES → 413), that a PDF opens
+(corrupt or encrypted → 400) and how many pages it has (MAX_DOCUMENT_PAGES), with pypdfium2,
+which opens a document without rendering it. Rendering runs in a job of the vision worker
+(worker_vision/pages.py); the work itself is jobs/documents.py.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+
+import pypdfium2 as pdfium
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from jobs import blobs, documents
+from jobs.documents import DocStatus, DocumentJob
+from jobs.keys import Kind
+from jobs.payloads import ImagePart
+from jobs.results import ResultStatus
+
+from . import images
+from .errors import APIError
+from .openai import route
+from .schemas import limit
+
+bp = Blueprint("documents", __name__, url_prefix="/v1")
+ID_PREFIX = "doc_"
+DEFAULT_PROMPT = "Transcribe the text of this page as Markdown."
+
+
+class DocumentRequest(BaseModel):
+    """The fields of a document request (multipart form fields, or the JSON body)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1, max_length=256)
+    prompt: str = Field(DEFAULT_PROMPT, min_length=1, max_length=20_000)
+    pages: str | None = Field(None, max_length=1000, description='pages to read, e.g. "1-3,7" (default: all)')
+    dpi: int = Field(150, ge=36)
+    max_tokens: int = Field(512, ge=1, le=32768)
+    combine: str | None = Field(None, min_length=1, max_length=20_000)
+    combine_model: str | None = Field(None, min_length=1, max_length=256)
+    combine_max_tokens: int = Field(512, ge=1, le=32768)
+    document: str | None = Field(None, description="JSON only: the PDF, base64")
+    images: list[str] | None = Field(None, description="JSON only: page images, base64 or data URIs")
+
+    @field_validator("dpi")
+    @classmethod
+    def _dpi(cls, value, info: ValidationInfo):
+        most = limit(info, "max_dpi")
+        if value > most:
+            raise ValueError(f"at most {most} (MAX_DPI)")
+        return value
+
+
+def parse_pages(spec: str | None, total: int) -> list[int]:
+    if not spec:
+        return list(range(1, total + 1))
+    numbers: list[int] = []
+    for chunk in spec.split(","):
+        first, _, last = chunk.strip().partition("-")
+        try:
+            lo, hi = int(first), int(last or first)
+        except ValueError:
+            raise _bad(f"pages: {chunk.strip()[:20]!r} is not a page or a range like 2-5", "pages") from None
+        if not 1 <= lo <= hi <= total:
+            raise _bad(f"pages: {chunk.strip()[:20]!r} is outside 1-{total}", "pages")
+        numbers += [n for n in range(lo, hi + 1) if n not in numbers]
+    return numbers
+
+
+@bp.post("/documents")
+def create_document():
+    ext = current_app.extensions["mis"]
+    settings = ext.settings
+    fields, uploads = _read_request(settings.max_document_bytes)
+    req = DocumentRequest.model_validate(fields, context={"settings": settings})
+    kind, _ = route(req.model)
+    if kind != Kind.VISION:
+        raise _bad(f"model {req.model!r} is a text model; documents need a vision model", "model")
+    combine_model, combine_kind = None, Kind.TEXT
+    if req.combine:
+        combine_model = req.combine_model or settings.text_model
+        combine_kind, _ = route(combine_model)
+    if not uploads:
+        raise _bad("send a PDF or page images (multipart field `file`, or `document`/`images` in JSON)", "file")
+    doc_id = ID_PREFIX + uuid.uuid4().hex
+    ttl = settings.batch_queued_ttl + settings.job_timeout
+    common = dict(id=doc_id, model=req.model, prompt=req.prompt, max_tokens=req.max_tokens, dpi=req.dpi,
+                  combine=req.combine, combine_model=combine_model, combine_kind=combine_kind,
+                  combine_max_tokens=req.combine_max_tokens)
+    if uploads[0].startswith(b"%PDF"):
+        if len(uploads) > 1:
+            raise _bad("send one PDF per document", "file")
+        numbers = parse_pages(req.pages, _count_pdf_pages(uploads[0]))
+        _check_page_count(len(numbers), settings.max_document_pages)
+        doc = DocumentJob(page_numbers=numbers, source_blob=blobs.put(ext.conn, ext.keys, uploads[0], ttl), **common)
+        documents.create(ext.conn, ext.keys, settings, doc, DocStatus.QUEUED)
+        documents.enqueue_render(ext.conn, settings, doc)
+    else:
+        numbers = parse_pages(req.pages, len(uploads))
+        _check_page_count(len(numbers), settings.max_document_pages)
+        parts = [_store_image(uploads[n - 1], ext, ttl) for n in numbers]
+        doc = DocumentJob(page_numbers=numbers, **common)
+        documents.create(ext.conn, ext.keys, settings, doc, DocStatus.RUNNING)
+        documents.fan_out(ext.conn, settings, doc, parts)
+    response = jsonify(_view(doc_id))
+    response.status_code = 202
+    response.headers["Location"] = url_for("documents.get_document", doc_id=doc_id)
+    return response
+
+
+@bp.get("/documents/<doc_id>")
+def get_document(doc_id: str):
+    return jsonify(_view(doc_id))
+
+
+@bp.get("/documents/<doc_id>/result")
+def get_result(doc_id: str):
+    ext = current_app.extensions["mis"]
+    record = _record(doc_id)
+    if record["status"] not in documents.TERMINAL:
+        raise APIError(409, f"document {doc_id!r} is {record['status']}; its result is not ready",
+                       code="document_in_progress", headers={"Retry-After": "2"})
+    pages = documents.page_results(ext.conn, ext.keys, record)
+    combined = record.get("combined")
+    fmt = request.args.get("format", "json")
+    if fmt == "markdown":
+        parts = [f"## Page {p.page}\n\n{p.text}" if p.status == ResultStatus.COMPLETED
+                 else f"## Page {p.page}\n\n*({p.status}: {(p.error or {}).get('message', '')})*" for p in pages]
+        if combined:
+            parts.insert(0, f"## Combined\n\n{combined.get('text', '')}")
+        return Response("\n\n".join(parts) + "\n", mimetype="text/markdown")
+    if fmt != "json":
+        raise _bad("format must be json or markdown", "format")
+    usage = {k: sum((p.usage or {}).get(k, 0) for p in pages) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+    return jsonify(id=doc_id, object="document.result", model=record["meta"].model, status=record["status"],
+                   pages=[p.model_dump(mode="json") for p in pages], combined=combined, usage=usage)
+
+
+@bp.delete("/documents/<doc_id>")
+def cancel_document(doc_id: str):
+    ext = current_app.extensions["mis"]
+    _record(doc_id)
+    documents.cancel(ext.conn, ext.settings, doc_id)
+    return jsonify(_view(doc_id))
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+def _record(doc_id: str) -> dict:
+    ext = current_app.extensions["mis"]
+    record = documents.load(ext.conn, ext.keys, doc_id) if doc_id.startswith(ID_PREFIX) else None
+    if record is None:
+        raise APIError(404, f"no document {doc_id!r} is kept here (unknown, or expired)",
+                       param="document_id", code="document_not_found")
+    return record
+
+
+def _view(doc_id: str) -> dict:
+    ext = current_app.extensions["mis"]
+    record = _record(doc_id)
+    pages = documents.page_results(ext.conn, ext.keys, record)
+    done = sum(p.status in (ResultStatus.COMPLETED, ResultStatus.FAILED) for p in pages)
+    doc: DocumentJob = record["meta"]
+    return {
+        "id": doc_id, "object": "document", "model": doc.model, "status": record["status"].value,
+        "created_at": doc.created_at, "completed_at": record.get(f"{record['status'].value}_at")
+        if record["status"] in documents.TERMINAL else None,
+        "pages_done": done, "pages_total": record["pages_total"],
+        "pages": [{"page": p.page, "status": p.status.value, "error": p.error} for p in pages],
+        "error": record.get("error"),
+        "links": {"self": url_for("documents.get_document", doc_id=doc_id),
+                  "result": url_for("documents.get_result", doc_id=doc_id)},
+    }
+
+
+def _read_request(max_bytes: int) -> tuple[dict, list[bytes]]:
+    """The request's fields and its uploaded files' bytes (in order)."""
+    if request.mimetype == "multipart/form-data":
+        files = request.files.getlist("file")
+        uploads = [f.read(max_bytes + 1) for f in files]
+        fields = request.form.to_dict()
+    elif request.is_json:
+        fields = request.get_json(silent=True)
+        if not isinstance(fields, dict):
+            raise APIError(400, "the request body must be a JSON object", code="invalid_json")
+        encoded = [fields["document"]] if isinstance(fields.get("document"), str) else fields.get("images") or []
+        if not isinstance(encoded, list) or not all(isinstance(e, str) for e in encoded):
+            raise _bad("images must be a list of base64 strings or data URIs", "images")
+        uploads = [_b64(e, max_bytes) for e in encoded]
+    else:
+        raise APIError(415, "send multipart/form-data or application/json", code="unsupported_media_type")
+    for data in uploads:
+        if len(data) > max_bytes:
+            raise APIError(413, f"a document may be at most {max_bytes // 1_000_000} MB (MAX_DOCUMENT_BYTES)",
+                           param="file", code="document_too_large")
+    return fields, uploads
+
+
+def _b64(value: str, max_bytes: int) -> bytes:
+    body = value.partition(",")[2] if value.startswith("data:") else value
+    if len(body) > (max_bytes * 4) // 3 + 4:
+        return b"x" * (max_bytes + 1)  # too large: reported as such without decoding it
+    try:
+        return base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        raise _bad("the document is not valid base64", "document") from None
+
+
+def _count_pdf_pages(data: bytes) -> int:
+    try:
+        pdf = pdfium.PdfDocument(data)
+    except pdfium.PdfiumError as exc:
+        if "password" in str(exc).lower():
+            raise _bad("the PDF is encrypted; send it without a password", "file", "encrypted_pdf") from None
+        raise _bad("the PDF could not be opened (corrupt or truncated)", "file", "invalid_pdf") from None
+    try:
+        return len(pdf)
+    finally:
+        pdf.close()
+
+
+def _check_page_count(count: int, most: int) -> None:
+    if count > most:
+        raise _bad(f"the document has {count} pages to read; the limit is {most} (MAX_DOCUMENT_PAGES)",
+                   "pages", "too_many_pages")
+
+
+def _store_image(data: bytes, ext, ttl: int) -> ImagePart:
+    media_type, width, height = images.inspect(data, ext.settings.max_image_pixels)
+    return ImagePart(blob=blobs.put(ext.conn, ext.keys, data, ttl), media_type=media_type, width=width, height=height)
+
+
+def _bad(message: str, param: str, code: str = "invalid_value") -> APIError:
+    return APIError(400, message, param=param, code=code)

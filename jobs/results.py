@@ -1,0 +1,75 @@
+"""The outcome of one chat job, read back from its token stream and rq record.
+
+Documents and batches copy each page's or line's outcome into their own record (kept
+RESULTS_TTL) before the job's stream expires (RESULT_TTL after the job ends). A job that
+was retried (its worker died, or it failed with retries left) wrote its stream more than
+once: only the entries after its last `start` belong to the attempt that counts.
+"""
+from __future__ import annotations
+
+from enum import StrEnum
+
+import redis
+from pydantic import BaseModel
+from rq.job import JobStatus
+
+from .keys import Keys
+from .queues import fetch_job
+from .stream import EventType, StreamReader
+
+
+class ResultStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+FINAL = frozenset({ResultStatus.COMPLETED, ResultStatus.FAILED, ResultStatus.CANCELED})
+
+
+class JobResult(BaseModel):
+    status: ResultStatus
+    text: str = ""
+    finish_reason: str | None = None
+    usage: dict | None = None
+    error: dict | None = None
+    """OpenAI-style {code, message} when the job failed."""
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL
+
+
+_WAITING = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
+
+
+def read_result(conn: redis.Redis, keys: Keys, job_id: str) -> JobResult:
+    job = fetch_job(conn, job_id)
+    status = job.get_status(refresh=False) if job is not None else None
+    if status in _WAITING:  # a retry puts a failed job back: its old stream is no answer yet
+        return JobResult(status=ResultStatus.QUEUED)
+    if status == JobStatus.STARTED:
+        return JobResult(status=ResultStatus.RUNNING)
+    events = []
+    reader = StreamReader(conn, keys, job_id)
+    while batch := reader.read():
+        events += batch
+    starts = [i for i, e in enumerate(events) if e.type == EventType.START]
+    events = events[starts[-1]:] if starts else events
+    text = "".join(e.data.get("text", "") for e in events if e.type == EventType.DELTA)
+    ending = events[-1] if events and events[-1].is_terminal else None
+    if ending is not None and ending.type == EventType.DONE:
+        return JobResult(status=ResultStatus.COMPLETED, text=text, usage=ending.data.get("usage"),
+                         finish_reason=ending.data.get("finish_reason"))
+    if ending is not None and ending.type == EventType.ERROR:
+        return JobResult(status=ResultStatus.FAILED, text=text, error={
+            "code": ending.data.get("code", "generation_failed"), "message": ending.data.get("message", "")})
+    if (ending is not None and ending.type == EventType.CANCELLED) or status == JobStatus.CANCELED:
+        return JobResult(status=ResultStatus.CANCELED, text=text)
+    if status in (JobStatus.FAILED, JobStatus.STOPPED):
+        return JobResult(status=ResultStatus.FAILED, text=text, error={
+            "code": "generation_failed", "message": "the job failed in its worker (it may have died)"})
+    return JobResult(status=ResultStatus.FAILED, error={
+        "code": "result_expired", "message": "the job's result expired before it was recorded"})
