@@ -17,11 +17,11 @@ from __future__ import annotations
 import re
 
 import redis
-from rq.job import JobStatus
 
 from jobs.keys import Keys
 from jobs.queues import CHAT_FUNC, fetch_job
-from jobs.stream import Event, EventType, StreamReader
+from jobs.results import ending_without_event
+from jobs.stream import EventType, StreamReader
 
 from .completions import Completion, error_from_event
 from .errors import APIError
@@ -36,8 +36,8 @@ def stored_completion(conn: redis.Redis, keys: Keys, completion_id: str) -> dict
     job = fetch_job(conn, job_id) if completion_id.startswith(ID_PREFIX) and _JOB_ID.fullmatch(job_id) else None
     if job is None or job.func_name not in CHAT_FUNC.values():
         raise _not_found(completion_id)
-    events = _all_events(StreamReader(conn, keys, job_id))
-    ending = events[-1] if events and events[-1].is_terminal else _ending_without_event(job)
+    events = StreamReader(conn, keys, job_id).read_all()
+    ending = events[-1] if events and events[-1].is_terminal else ending_without_event(job)
     if ending is None:
         raise APIError(409, f"completion {completion_id!r} is not finished yet; retry shortly",
                        code="completion_in_progress", headers={"Retry-After": "1"})
@@ -51,23 +51,6 @@ def stored_completion(conn: redis.Redis, keys: Keys, completion_id: str) -> dict
     for event in events:
         completion.add(event)
     return completion.response(want_logprobs=bool(payload.get("logprobs")))
-
-
-def _all_events(reader: StreamReader) -> list[Event]:
-    events: list[Event] = []
-    while batch := reader.read():
-        events += batch
-    return events
-
-
-def _ending_without_event(job) -> Event | None:
-    """A job rq ended without a terminal stream event (its worker died, say), else None."""
-    status = job.get_status(refresh=False)
-    if status in (JobStatus.FAILED, JobStatus.STOPPED):
-        return Event(EventType.ERROR, data={"code": "generation_failed", "message": "the job failed in its worker"})
-    if status == JobStatus.CANCELED:
-        return Event(EventType.CANCELLED)
-    return None
 
 
 def _not_found(completion_id: str) -> APIError:

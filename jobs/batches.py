@@ -28,7 +28,7 @@ from . import files, records
 from .done import Done
 from .keys import Keys, Kind, Priority, queue_name
 from .payloads import ChatJob
-from .queues import CHAT_FUNC, cancel_job, fetch_job, new_job_id
+from .queues import CHAT_FUNC, batch_lifetimes, cancel_job, fetch_job, new_job_id
 from .results import ResultStatus, read_result
 from .settings import Settings
 
@@ -62,11 +62,9 @@ def load(conn: redis.Redis, keys: Keys, batch_id: str) -> dict | None:
 def enqueue_finalize(conn: redis.Redis, settings: Settings, batch_id: str, kind: Kind, model: str,
                      job_ids: list[str]) -> None:
     queue = Queue(queue_name(kind, model, Priority.BATCH), connection=conn)
-    depends = [j for j in (fetch_job(conn, i) for i in job_ids) if j is not None]
+    depends = [j for j in Job.fetch_many(job_ids, connection=conn) if j is not None]  # one round trip
     job = queue.enqueue_call(FINALIZE_FUNC, kwargs={"payload": {"id": batch_id}}, job_id=new_job_id(),
-                             depends_on=Dependency(jobs=depends, allow_failure=True), timeout=settings.job_timeout,
-                             ttl=settings.batch_queued_ttl, result_ttl=settings.result_ttl,
-                             failure_ttl=settings.result_ttl)
+                             depends_on=Dependency(jobs=depends, allow_failure=True), **batch_lifetimes(settings))
     conn.hset(Keys(settings.key_prefix).batch(batch_id), "finalize_job", json.dumps(job.id))
 
 
@@ -168,7 +166,5 @@ def enqueue_line(conn: redis.Redis, settings: Settings, payload: ChatJob, kind: 
     """One line's chat job on its model's batch queue (no depth limit: batch work waits)."""
     queue = Queue(queue_name(kind, payload.model, Priority.BATCH), connection=conn)
     job = queue.enqueue_call(CHAT_FUNC[kind], kwargs={"payload": payload.model_dump(mode="json")},
-                             job_id=new_job_id(), retry=Retry(max=LINE_RETRIES), timeout=settings.job_timeout,
-                             ttl=settings.batch_queued_ttl, result_ttl=settings.result_ttl,
-                             failure_ttl=settings.result_ttl)
+                             job_id=new_job_id(), retry=Retry(max=LINE_RETRIES), **batch_lifetimes(settings))
     return job.id

@@ -31,7 +31,7 @@ from . import records
 from .done import Done
 from .keys import Keys, Kind, Priority, queue_name
 from .payloads import ChatJob, ChatMessage, ImagePart, TextPart
-from .queues import CHAT_FUNC, cancel_job, fetch_job, new_job_id
+from .queues import CHAT_FUNC, batch_lifetimes, cancel_job, fetch_job, new_job_id
 from .results import FINAL, JobResult, ResultStatus, read_result
 from .settings import Settings
 
@@ -73,13 +73,8 @@ class DocumentJob(BaseModel):
     created_at: int = Field(default_factory=lambda: int(time.time()))
 
 
-class PageResult(BaseModel):
+class PageResult(JobResult):
     page: int
-    status: ResultStatus
-    text: str = ""
-    finish_reason: str | None = None
-    usage: dict | None = None
-    error: dict | None = None
 
 
 def _conn_keys() -> tuple[redis.Redis, Keys, Settings]:
@@ -119,8 +114,7 @@ def status_of(conn: redis.Redis, keys: Keys, doc_id: str) -> DocStatus | None:
 def enqueue_render(conn: redis.Redis, settings: Settings, doc: DocumentJob) -> None:
     queue = Queue(queue_name(Kind.VISION, doc.model, Priority.BATCH), connection=conn)
     job = queue.enqueue_call(RENDER_FUNC, kwargs={"payload": doc.model_dump(mode="json")}, job_id=new_job_id(),
-                             timeout=settings.job_timeout, ttl=settings.batch_queued_ttl,
-                             result_ttl=settings.result_ttl, failure_ttl=settings.result_ttl)
+                             **batch_lifetimes(settings))
     conn.hset(Keys(settings.key_prefix).document(doc.id), "render_job", json.dumps(job.id))
 
 
@@ -133,8 +127,7 @@ def fan_out(conn: redis.Redis, settings: Settings, doc: DocumentJob, pages: list
     """One chat job per page on the model's batch queue, and the aggregating job after them."""
     keys = Keys(settings.key_prefix)
     queue = Queue(queue_name(Kind.VISION, doc.model, Priority.BATCH), connection=conn)
-    ttls = dict(timeout=settings.job_timeout, ttl=settings.batch_queued_ttl,
-                result_ttl=settings.result_ttl, failure_ttl=settings.result_ttl)
+    ttls = batch_lifetimes(settings)
     specs = [Queue.prepare_data(CHAT_FUNC[Kind.VISION], kwargs={"payload": page_job(doc, p).model_dump(mode="json")},
                                 job_id=new_job_id(), retry=Retry(max=PAGE_RETRIES), **ttls) for p in pages]
     page_ids = [spec.job_id for spec in specs]
@@ -188,8 +181,7 @@ def _enqueue_combine(conn, keys: Keys, settings: Settings, doc: DocumentJob, pag
     job = ChatJob(model=doc.combine_model, max_tokens=doc.combine_max_tokens,
                   messages=[ChatMessage(role="user", content=f"{doc.combine}\n\n{text}")])
     queue = Queue(queue_name(doc.combine_kind, doc.combine_model, Priority.BATCH), connection=conn)
-    ttls = dict(timeout=settings.job_timeout, ttl=settings.batch_queued_ttl,
-                result_ttl=settings.result_ttl, failure_ttl=settings.result_ttl)
+    ttls = batch_lifetimes(settings)
     combine = queue.enqueue_call(CHAT_FUNC[doc.combine_kind], kwargs={"payload": job.model_dump(mode="json")},
                                  job_id=new_job_id(), retry=Retry(max=PAGE_RETRIES), **ttls)
     conn.hset(keys.document(doc.id), "combine_job", json.dumps(combine.id))

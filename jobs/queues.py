@@ -58,6 +58,13 @@ def enqueue_chat(
     )
 
 
+def batch_lifetimes(settings: Settings) -> dict:
+    """rq lifetimes of batch-queue work (document pages, batch lines and their bookkeeping
+    jobs): they may wait BATCH_QUEUED_TTL for a free slot; outcomes are kept RESULT_TTL."""
+    return dict(timeout=settings.job_timeout, ttl=settings.batch_queued_ttl,
+                result_ttl=settings.result_ttl, failure_ttl=settings.result_ttl)
+
+
 def fetch_job(conn: redis.Redis, job_id: str) -> Job | None:
     try:
         return Job.fetch(job_id, connection=conn)

@@ -11,11 +11,11 @@ from enum import StrEnum
 
 import redis
 from pydantic import BaseModel
-from rq.job import JobStatus
+from rq.job import Job, JobStatus
 
 from .keys import Keys
 from .queues import fetch_job
-from .stream import EventType, StreamReader
+from .stream import Event, EventType, StreamReader
 
 
 class ResultStatus(StrEnum):
@@ -45,6 +45,18 @@ class JobResult(BaseModel):
 _WAITING = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
 
 
+def ending_without_event(job: Job | None) -> Event | None:
+    """The ending of a job that rq ended without a terminal stream event (its worker died,
+    say, or it was cancelled while queued); None while it may still write one."""
+    status = job.get_status(refresh=False) if job is not None else None
+    if status in (JobStatus.FAILED, JobStatus.STOPPED):
+        return Event(EventType.ERROR, data={"code": "generation_failed",
+                                            "message": "the job failed in its worker (it may have died)"})
+    if status == JobStatus.CANCELED:
+        return Event(EventType.CANCELLED)
+    return None
+
+
 def read_result(conn: redis.Redis, keys: Keys, job_id: str) -> JobResult:
     job = fetch_job(conn, job_id)
     status = job.get_status(refresh=False) if job is not None else None
@@ -52,24 +64,18 @@ def read_result(conn: redis.Redis, keys: Keys, job_id: str) -> JobResult:
         return JobResult(status=ResultStatus.QUEUED)
     if status == JobStatus.STARTED:
         return JobResult(status=ResultStatus.RUNNING)
-    events = []
-    reader = StreamReader(conn, keys, job_id)
-    while batch := reader.read():
-        events += batch
+    events = StreamReader(conn, keys, job_id).read_all()
     starts = [i for i, e in enumerate(events) if e.type == EventType.START]
     events = events[starts[-1]:] if starts else events
     text = "".join(e.data.get("text", "") for e in events if e.type == EventType.DELTA)
-    ending = events[-1] if events and events[-1].is_terminal else None
+    ending = events[-1] if events and events[-1].is_terminal else ending_without_event(job)
     if ending is not None and ending.type == EventType.DONE:
         return JobResult(status=ResultStatus.COMPLETED, text=text, usage=ending.data.get("usage"),
                          finish_reason=ending.data.get("finish_reason"))
     if ending is not None and ending.type == EventType.ERROR:
         return JobResult(status=ResultStatus.FAILED, text=text, error={
             "code": ending.data.get("code", "generation_failed"), "message": ending.data.get("message", "")})
-    if (ending is not None and ending.type == EventType.CANCELLED) or status == JobStatus.CANCELED:
+    if ending is not None and ending.type == EventType.CANCELLED:
         return JobResult(status=ResultStatus.CANCELED, text=text)
-    if status in (JobStatus.FAILED, JobStatus.STOPPED):
-        return JobResult(status=ResultStatus.FAILED, text=text, error={
-            "code": "generation_failed", "message": "the job failed in its worker (it may have died)"})
     return JobResult(status=ResultStatus.FAILED, error={
         "code": "result_expired", "message": "the job's result expired before it was recorded"})

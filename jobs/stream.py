@@ -107,3 +107,10 @@ class StreamReader:
         events = [_decode(entry_id, fields) for entry_id, fields in reply[0][1]]
         self.last_id = events[-1].id
         return events
+
+    def read_all(self) -> list[Event]:
+        """Every event written so far (a finished job's whole stream), without waiting."""
+        events: list[Event] = []
+        while batch := self.read():
+            events += batch
+        return events
