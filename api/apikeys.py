@@ -27,7 +27,7 @@ from flask import Flask, current_app, request
 
 from jobs.settings import Settings
 
-from .auth import is_loopback
+from .auth import bearer_token, is_loopback
 from .errors import APIError
 
 log = logging.getLogger("mis.api")
@@ -110,9 +110,8 @@ def require_api_key() -> None:
         raise APIError(403, "the API is disabled: the server is bound beyond loopback and no API keys are set; "
                        "set API_KEYS or API_KEYS_FILE, or bind to loopback (HOST=127.0.0.1)",
                        code="api_keys_required")
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    value = value.strip()
-    if scheme.lower() != "bearer" or not value:
+    value = (bearer_token() or "").strip()
+    if not value:
         raise APIError(401, "this endpoint needs an API key: Authorization: Bearer <key>",
                        code="missing_api_key", headers={"WWW-Authenticate": "Bearer"})
     if not ring.matches(value):

@@ -63,11 +63,18 @@ def require_admin() -> None:
                        code="admin_disabled")
 
 
+def bearer_token() -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, else None."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return value if scheme.lower() == "bearer" and value else None
+
+
 def _presented_token() -> str | None:
     """The token from `Bearer <token>`, or the password of HTTP Basic credentials."""
+    token = bearer_token()
+    if token is not None:
+        return token
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and value:
-        return value
     if scheme.lower() == "basic" and value:
         try:
             _, _, password = base64.b64decode(value, validate=True).decode().partition(":")
