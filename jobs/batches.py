@@ -20,12 +20,12 @@ import time
 from enum import StrEnum
 
 import redis
-from rq import Queue, Retry, get_current_job
+from rq import Queue, Retry
 from rq.exceptions import InvalidJobOperation
 from rq.job import Dependency, Job, JobStatus
 
 from . import files, records
-from .done import Done
+from .done import Done, job_context
 from .keys import Keys, Kind, Priority, queue_name
 from .payloads import ChatJob
 from .queues import CHAT_FUNC, batch_lifetimes, cancel_job, fetch_job, new_job_id
@@ -70,8 +70,7 @@ def enqueue_finalize(conn: redis.Redis, settings: Settings, batch_id: str, kind:
 
 def finalize(payload: dict) -> Done:
     """Job function: every line job has ended; write the output and error files."""
-    settings = Settings()
-    conn, keys = get_current_job().connection, Keys(settings.key_prefix)
+    conn, keys, settings = job_context()
     record = load(conn, keys, payload["id"])
     if record is None or record["status"] != BatchStatus.IN_PROGRESS:
         return Done()  # cancelled: the cancel wrote the files

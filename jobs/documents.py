@@ -23,12 +23,12 @@ from enum import StrEnum
 
 import redis
 from pydantic import BaseModel, Field
-from rq import Queue, Retry, get_current_job
+from rq import Queue, Retry
 from rq.exceptions import InvalidJobOperation
 from rq.job import Dependency
 
 from . import records
-from .done import Done
+from .done import Done, job_context
 from .keys import Keys, Kind, Priority, queue_name
 from .payloads import ChatJob, ChatMessage, ImagePart, TextPart
 from .queues import CHAT_FUNC, batch_lifetimes, cancel_job, fetch_job, new_job_id
@@ -75,11 +75,6 @@ class DocumentJob(BaseModel):
 
 class PageResult(JobResult):
     page: int
-
-
-def _conn_keys() -> tuple[redis.Redis, Keys, Settings]:
-    settings = Settings()
-    return get_current_job().connection, Keys(settings.key_prefix), settings
 
 
 # ---- the record -----------------------------------------------------------------------------
@@ -157,7 +152,7 @@ def _page(number: int, result: JobResult) -> PageResult:
 
 def aggregate(payload: dict) -> Done:
     """Job function: every page job has ended; copy their outcomes into the record."""
-    conn, keys, settings = _conn_keys()
+    conn, keys, settings = job_context()
     record = load(conn, keys, payload["id"])
     if record is None or record["status"] in TERMINAL:
         return Done()
@@ -191,7 +186,7 @@ def _enqueue_combine(conn, keys: Keys, settings: Settings, doc: DocumentJob, pag
 
 def combined(payload: dict) -> Done:
     """Job function: the combine step ended; record it and end the document."""
-    conn, keys, _ = _conn_keys()
+    conn, keys, _ = job_context()
     record = load(conn, keys, payload["id"])
     if record is None or record["status"] in TERMINAL:
         return Done()

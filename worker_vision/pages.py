@@ -13,14 +13,12 @@ import io
 import math
 
 import pypdfium2 as pdfium
-from rq import get_current_job
 
 from jobs import blobs, documents
 from jobs.documents import DocStatus, DocumentJob
-from jobs.done import Done
+from jobs.done import Done, job_context
 from jobs.keys import Keys
 from jobs.payloads import ImagePart
-from jobs.settings import Settings
 
 POINTS_PER_INCH = 72
 
@@ -28,8 +26,7 @@ POINTS_PER_INCH = 72
 def render(payload: dict) -> Done:
     """Job function: render the document's pages to blobs and enqueue one job per page."""
     doc = DocumentJob.model_validate(payload)
-    settings = Settings()
-    conn, keys = get_current_job().connection, Keys(settings.key_prefix)
+    conn, keys, settings = job_context()
     if documents.status_of(conn, keys, doc.id) != DocStatus.QUEUED:
         return Done()  # cancelled (or rendered already by an earlier attempt)
     if not documents.set_status(conn, keys, doc.id, DocStatus.RENDERING):
