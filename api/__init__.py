@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import redis
 from flask import Flask
 
-from jobs.connection import connect
-from jobs.keys import Keys
-from jobs.settings import Settings
+from contract.connection import connect
+from contract.keys import Keys
+from contract.settings import Settings
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The admin API (`/admin/*`, behind `api.auth.require_admin`): health, status, load, unload.
 
 The API never starts or stops processes itself: `load` sends commands that managers (one per
-machine and venv, jobs/manager.py) take from a Redis stream, and `unload` sets a flag the
+machine and venv, managers/manager.py) take from a Redis stream, and `unload` sets a flag the
 model's workers read in their heartbeat. Both then watch the worker registry and answer when
 the model is live (or gone), or with 202 and a link to follow once `wait` seconds pass.
 """
@@ -13,11 +13,13 @@ from flask import Blueprint, current_app, jsonify, request, url_for
 from rq import Queue
 from rq.registry import FailedJobRegistry
 
-from jobs import commands, registry
-from jobs.keys import Kind, Priority
-from jobs.manager import live_managers
-from jobs.modelref import InvalidModelRef, ModelRef, guess_kind, parse_model_ref
-from jobs.reasons import safe_text
+from contract import commands
+
+from contract import registry
+from contract.keys import Kind, Priority
+from managers.manager import live_managers
+from contract.modelref import InvalidModelRef, ModelRef, guess_kind, parse_model_ref
+from contract.reasons import safe_text
 
 from .auth import require_admin
 from .errors import APIError

@@ -25,7 +25,7 @@ import threading
 
 from flask import Flask, current_app, request
 
-from jobs.settings import Settings
+from contract.settings import Settings
 
 from .auth import bearer_token, is_loopback
 from .errors import APIError

@@ -17,7 +17,7 @@ import logging
 
 from flask import current_app, request
 
-from jobs.settings import Settings
+from contract.settings import Settings
 
 from .errors import APIError
 

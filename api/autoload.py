@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import redis
 
-from jobs import commands
-from jobs.keys import Keys, Kind
-from jobs.manager import live_managers
-from jobs.modelref import InvalidModelRef, guess_kind, parse_model_ref
-from jobs.settings import Settings
+from contract import commands
+from contract.keys import Keys, Kind
+from managers.manager import live_managers
+from contract.modelref import InvalidModelRef, guess_kind, parse_model_ref
+from contract.settings import Settings
 
 PENDING = "pending"
 

@@ -6,7 +6,7 @@ The input file is validated here, line by line, with the same request model as
 with a malformed line makes a batch that is `failed` with the lines' `errors`, as OpenAI's
 validation does. A line for a model nobody serves (and none can load) runs no job and goes to
 the error file. Every other line is one chat job on its model's batch queue; the work is
-jobs/batches.py.
+work/batches.py.
 """
 from __future__ import annotations
 
@@ -16,8 +16,12 @@ import uuid
 from flask import Blueprint, current_app, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from jobs import batches, files, records
-from jobs.batches import BatchStatus
+from work import batches
+
+from work import files
+
+from work import records
+from work.batches import BatchStatus
 
 from .errors import APIError, from_validation_error
 from .files import not_found as file_not_found

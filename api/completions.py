@@ -5,7 +5,7 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from jobs.stream import Event, EventType
+from contract.stream import Event, EventType
 
 from .errors import APIError
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from flask import Flask, request
 
-from jobs.settings import Settings
+from contract.settings import Settings
 
 from .auth import require_admin
 

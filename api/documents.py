@@ -9,7 +9,7 @@
 The API only checks what it is sent: size (MAX_DOCUMENT_BYTES → 413), that a PDF opens
 (corrupt or encrypted → 400) and how many pages it has (MAX_DOCUMENT_PAGES), with pypdfium2,
 which opens a document without rendering it. Rendering runs in a job of the vision worker
-(worker_vision/pages.py); the work itself is jobs/documents.py.
+(worker_vision/pages.py); the work itself is work/documents.py.
 """
 from __future__ import annotations
 
@@ -21,11 +21,13 @@ import pypdfium2 as pdfium
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from jobs import blobs, documents
-from jobs.documents import DocStatus, DocumentJob
-from jobs.keys import Kind
-from jobs.payloads import ImagePart
-from jobs.results import ResultStatus
+from contract import blobs
+
+from work import documents
+from work.documents import DocStatus, DocumentJob
+from contract.keys import Kind
+from contract.payloads import ImagePart
+from contract.results import ResultStatus
 
 from . import images
 from .errors import APIError

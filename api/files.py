@@ -1,11 +1,11 @@
 """`/v1/files` of the Batch API: `POST` (multipart `file` + `purpose=batch`), `GET /<id>`,
-`GET /<id>/content`. Files live in Redis (jobs/files.py) for RESULTS_TTL; an upload may be
+`GET /<id>/content`. Files live in Redis (work/files.py) for RESULTS_TTL; an upload may be
 at most MAX_FILE_BYTES."""
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from jobs import files
+from work import files
 
 from .errors import APIError
 

@@ -3,7 +3,7 @@
 gevent because every streaming client holds a request open for the whole generation:
 FACTS.md measured 1,000 open SSE streams in 164 MB with gevent against 220 MB for gthread.
 """
-from jobs.settings import Settings
+from contract.settings import Settings
 
 _settings = Settings()
 

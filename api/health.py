@@ -6,7 +6,7 @@ import time
 import redis
 from flask import Blueprint, current_app, jsonify
 
-from jobs import registry
+from contract import registry
 
 bp = Blueprint("health", __name__)
 

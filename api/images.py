@@ -25,10 +25,10 @@ from urllib.parse import urlsplit
 import redis
 from PIL import Image
 
-from jobs import blobs
-from jobs.keys import Keys
-from jobs.payloads import ImagePart
-from jobs.settings import Settings
+from contract import blobs
+from contract.keys import Keys
+from contract.payloads import ImagePart
+from contract.settings import Settings
 
 from .errors import APIError
 

@@ -38,9 +38,9 @@ from rq.registry import (
     StartedJobRegistry,
 )
 
-from jobs import registry
-from jobs.keys import Keys, Kind, Priority
-from jobs.stream import Event, EventType
+from contract import registry
+from contract.keys import Keys, Kind, Priority
+from contract.stream import Event, EventType
 
 from .auth import require_admin
 

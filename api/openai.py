@@ -21,11 +21,11 @@ from flask import (
     stream_with_context,
 )
 
-from jobs import registry
-from jobs.keys import Kind, Priority
-from jobs.payloads import ChatJob
-from jobs.queues import QueueFull, enqueue_chat, new_job_id
-from jobs.stream import Event, EventType
+from contract import registry
+from contract.keys import Kind, Priority
+from contract.payloads import ChatJob
+from contract.queues import QueueFull, enqueue_chat, new_job_id
+from contract.stream import Event, EventType
 
 from . import autoload, images, request_id, stored
 from .completions import SSE_DONE, SSE_KEEPALIVE, Completion, error_from_event, sse

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
 
-from jobs.commands import CommandStatus
-from jobs.payloads import TokenLogprob, Usage
-from jobs.registry import ManagerInfo, WorkerState
-from jobs.settings import Settings
+from contract.commands import CommandStatus
+from contract.payloads import TokenLogprob, Usage
+from contract.registry import ManagerInfo, WorkerState
+from contract.settings import Settings
 
 from .schemas import MAX_TOP_LOGPROBS, TOKEN_ID, ChatCompletionRequest
 

@@ -3,10 +3,10 @@ Batch API (api/files.py, api/batches.py). `api.openapi.build` merges these paths
 schemas into the one document."""
 from __future__ import annotations
 
-from jobs.batches import BatchStatus
-from jobs.documents import DocStatus
-from jobs.results import ResultStatus
-from jobs.settings import Settings
+from work.batches import BatchStatus
+from work.documents import DocStatus
+from contract.results import ResultStatus
+from contract.settings import Settings
 
 from .documents import DocumentRequest
 from .openapi import INT, STR, _operation, _param, array, errors, json_response, nullable, obj, ref

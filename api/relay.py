@@ -15,11 +15,11 @@ from collections.abc import Iterator
 import redis
 from rq.job import JobStatus
 
-from jobs import registry
-from jobs.keys import Keys
-from jobs.queues import cancel_job, fetch_job, reap_orphaned_job
-from jobs.settings import Settings
-from jobs.stream import Event, EventType, StreamReader
+from contract import registry
+from contract.keys import Keys
+from contract.queues import cancel_job, fetch_job, reap_orphaned_job
+from contract.settings import Settings
+from contract.stream import Event, EventType, StreamReader
 
 from . import autoload
 

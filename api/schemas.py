@@ -22,9 +22,9 @@ from pydantic import (
     model_validator,
 )
 
-from jobs import payloads
-from jobs.payloads import ChatMessage, SamplingParams
-from jobs.settings import Settings
+from contract import payloads
+from contract.payloads import ChatMessage, SamplingParams
+from contract.settings import Settings
 
 MAX_TOP_LOGPROBS = 20
 """OpenAI's limit; each costs a decode of one token per generated token."""

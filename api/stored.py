@@ -1,7 +1,7 @@
 """`GET /v1/chat/completions/<id>`: a chat completion read back after its request ended.
 
 A chat job's worker writes the whole answer to the job's token stream, which is kept
-`RESULT_TTL` after the job ends (jobs/stream.py), and the job's rq record keeps its payload.
+`RESULT_TTL` after the job ends (contract/stream.py), and the job's rq record keeps its payload.
 A client whose connection broke, or whose API process was restarted or killed, can fetch
 the answer by the `id` it was given (`chatcmpl-<job id>`, also the `X-Request-Id` header),
 shaped as OpenAI's stored-completion retrieval (a `chat.completion` object). Only the API
@@ -18,17 +18,17 @@ import re
 
 import redis
 
-from jobs.keys import Keys
-from jobs.queues import CHAT_FUNC, fetch_job
-from jobs.results import ending_without_event
-from jobs.stream import EventType, StreamReader
+from contract.keys import Keys
+from contract.queues import CHAT_FUNC, fetch_job
+from contract.results import ending_without_event
+from contract.stream import EventType, StreamReader
 
 from .completions import Completion, error_from_event
 from .errors import APIError
 
 ID_PREFIX = "chatcmpl-"
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
-"""jobs.queues.new_job_id: uuid4 hex. Anything else is no completion of ours."""
+"""contract.queues.new_job_id: uuid4 hex. Anything else is no completion of ours."""
 
 
 def stored_completion(conn: redis.Redis, keys: Keys, completion_id: str) -> dict:

@@ -147,8 +147,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    from jobs.modelref import parse_model_ref
-    from jobs.settings import Settings
+    from contract.modelref import parse_model_ref
+    from contract.settings import Settings
 
     with bench_stack() as (stack, url, env):
         model_dir = parse_model_ref(args.model, Settings(models_dir=env["MODELS_DIR"]).model_roots).local_path

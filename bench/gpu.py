@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, bench_stack, device_name, write_result  # noqa: E402
 from concurrency import TOPICS, compare_levels, decode_rate, start_mlx_lm_server, summarize  # noqa: E402
 
-from jobs.settings import Settings  # noqa: E402
+from contract.settings import Settings  # noqa: E402
 
 BASE = {"model_type": "qwen2", "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
         "max_position_embeddings": 32768, "hidden_act": "silu"}
@@ -59,8 +59,8 @@ def prompt(round_no: int, i: int) -> str:
 
 def in_process(model_dir: Path, levels: list[int], max_tokens: int, rounds: int) -> list[dict]:
     """Our engine without the network: jobs added at once, stepped until all are done."""
-    from jobs.payloads import ChatJob, ChatMessage, SamplingParams
-    from jobs.settings import Settings
+    from contract.payloads import ChatJob, ChatMessage, SamplingParams
+    from contract.settings import Settings
     from worker_text.engine import TextEngine
     from worker_text.loading import load_text_model
 

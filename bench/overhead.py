@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, bench_stack, device_name, write_result  # noqa: E402
 
-from jobs.settings import Settings  # noqa: E402
+from contract.settings import Settings  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "Tell me a long story about a lighthouse keeper and a storm."}]
 
@@ -75,7 +75,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    from jobs.payloads import ChatJob
+    from contract.payloads import ChatJob
     from worker_text.loading import load_text_model
 
     with bench_stack() as (stack, url, env):

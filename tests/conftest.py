@@ -9,7 +9,7 @@ import openai
 import pytest
 import redis
 
-from jobs.keys import Keys
+from contract.keys import Keys
 
 from .support import ROOT, RedisServer, Stack, free_port
 

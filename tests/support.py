@@ -14,9 +14,9 @@ import openai
 import redis
 import requests
 
-from jobs.keys import Keys
-from jobs.redis_server import server_argv
-from jobs.registry import WorkerState, live_workers
+from contract.keys import Keys
+from contract.redis_server import server_argv
+from contract.registry import WorkerState, live_workers
 
 ROOT = Path(__file__).resolve().parent.parent
 VISION_PYTHON = ROOT / ".venv-vision" / "bin" / "python"

@@ -7,7 +7,7 @@ import sys
 import pytest
 import requests
 
-from jobs.manager import live_managers
+from managers.manager import live_managers
 
 from .support import alias, say_hi, wait_until
 

@@ -12,7 +12,7 @@ import requests
 from pydantic import ValidationError
 
 import api
-from jobs.settings import Settings
+from contract.settings import Settings
 
 from .support import HI, client_for
 

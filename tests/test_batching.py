@@ -11,10 +11,10 @@ import pytest
 from rq import Queue
 from rq.job import Job, JobStatus
 
-from jobs.keys import Priority
-from jobs.payloads import ChatJob, ChatMessage, SamplingParams
-from jobs.queues import cancel_job, enqueue_chat
-from jobs.settings import Settings
+from contract.keys import Priority
+from contract.payloads import ChatJob, ChatMessage, SamplingParams
+from contract.queues import cancel_job, enqueue_chat
+from contract.settings import Settings
 
 from .support import alias, client_for, wait_until
 

@@ -10,7 +10,7 @@ from rq import Queue
 from rq.job import Job, JobStatus
 from rq.registry import CanceledJobRegistry
 
-from jobs.stream import EventType, StreamReader
+from contract.stream import EventType, StreamReader
 
 from .support import alias, wait_until
 

@@ -14,7 +14,7 @@ import pytest
 import requests
 from rq.job import Job
 
-from jobs import documents
+from work import documents
 
 from .pdfs import encrypted_pdf, make_pdf
 from .support import ROOT, VISION_PYTHON, alias, wait_until

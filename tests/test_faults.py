@@ -19,9 +19,9 @@ import requests
 from rq import Queue
 from rq.job import Job, JobStatus
 
-from jobs.keys import Keys
-from jobs.redis_server import server_argv
-from jobs.registry import live_workers
+from contract.keys import Keys
+from contract.redis_server import server_argv
+from contract.registry import live_workers
 
 from .support import HI, Proc, RedisServer, Stack, alias, free_port, say_hi, wait_until
 

@@ -8,7 +8,7 @@ import pytest
 from mlx_lm import load
 from mlx_lm.generate import BatchGenerator
 
-from jobs.settings import Settings
+from contract.settings import Settings
 from worker_text.flat_decode import (
     FlatDecodeQuantizedEmbedding,
     FlatDecodeQuantizedLinear,

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 import api
-from jobs.settings import Settings
+from contract.settings import Settings
 
 from .support import ROOT, free_port, wait_until
 from .test_errors import GOOD

@@ -11,19 +11,19 @@ import time
 import pytest
 from rq.job import Job, JobStatus
 
-from jobs.batching import ADMIT_WAIT
-from jobs.commands import (
+from runtime.batching import ADMIT_WAIT
+from contract.commands import (
     CommandState,
     LoadCommand,
     command_status,
     request_unload,
     send_load,
 )
-from jobs.keys import Kind
-from jobs.placement import machine_memory, place
-from jobs.registry import ManagerInfo, WorkerState, live_managers, live_workers
-from jobs.settings import Settings
-from jobs.stream import EventType, StreamReader
+from contract.keys import Kind
+from managers.placement import machine_memory, place
+from contract.registry import ManagerInfo, WorkerState, live_managers, live_workers
+from contract.settings import Settings
+from contract.stream import EventType, StreamReader
 
 from .support import alias, say_hi, wait_until
 from .test_cancel import open_stream, read_until

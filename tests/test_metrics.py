@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import api
 from api import metrics
-from jobs.settings import Settings
+from contract.settings import Settings
 
 from .support import HI, client_for, free_port
 

@@ -24,7 +24,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from api.openapi import build
-from jobs.settings import Settings
+from contract.settings import Settings
 
 EXAMPLES = 30
 """Generated examples per operation (the coverage phase adds its boundary cases)."""

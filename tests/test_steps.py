@@ -2,10 +2,10 @@
 cancel flags come back, and an interrupted step never leaves a stale reply behind."""
 from __future__ import annotations
 
-from jobs.cancel import request_cancel
-from jobs.settings import Settings
-from jobs.steps import StepSender
-from jobs.stream import EventType, StreamReader
+from contract.cancel import request_cancel
+from contract.settings import Settings
+from runtime.steps import StepSender
+from contract.stream import EventType, StreamReader
 
 
 def test_steps_land_in_order_and_cancel_flags_come_back_one_step_later(conn, keys):

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.modelref import InvalidModelRef, parse_model_ref
-from jobs.stops import StopMatcher
+from contract.modelref import InvalidModelRef, parse_model_ref
+from runtime.stops import StopMatcher
 
 
 @pytest.fixture

@@ -25,9 +25,9 @@ start = time.perf_counter()
 import mlx.core as mx
 from mlx_vlm.generate import stream_generate
 
-from jobs.engine_loop import JobRejected
-from jobs.modelref import ModelLoadError
-from jobs.settings import Settings
+from runtime.engine_loop import JobRejected
+from contract.modelref import ModelLoadError
+from contract.settings import Settings
 from worker_vision import engine as vision_engine
 from worker_vision import jobs as vision_jobs
 from worker_vision.engine import TextStream, VisionEngine

@@ -16,7 +16,7 @@ import requests
 from rq import Queue
 from rq.job import Job, JobStatus
 
-from jobs.registry import WorkerState
+from contract.registry import WorkerState
 
 from .support import HI, ROOT, alias, say_hi, wait_until
 

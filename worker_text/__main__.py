@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import sys
 
-from jobs.keys import Kind
-from jobs.settings import Settings
-from jobs.worker_cli import run_worker
+from contract.keys import Kind
+from contract.settings import Settings
+from runtime.cli import run_worker
 
 
 def make_engine(model: str, settings: Settings, capacity: int):

@@ -1,7 +1,7 @@
 """Text generation over mlx-lm: chat templating, sampling, stop sequences, logprobs.
 
 No Redis here: `TextEngine` turns admitted `ChatJob`s into stream events, one engine step
-at a time, for the engine thread of jobs/batching.py to send. Text is only released once it
+at a time, for the engine thread of runtime/batching.py to send. Text is only released once it
 can no longer turn out to be the start of a stop sequence, so a stop string never reaches
 the client, even split across tokens.
 """
@@ -21,17 +21,17 @@ from mlx_lm.sample_utils import (
     make_sampler,
 )
 
-from jobs.engine_loop import JobRejected
-from jobs.payloads import (
+from runtime.engine_loop import JobRejected
+from contract.payloads import (
     ChatJob,
     PromptTokensDetails,
     SamplingParams,
     TokenLogprob,
     Usage,
 )
-from jobs.steps import StepEvent
-from jobs.stops import StopMatcher
-from jobs.stream import EventType
+from runtime.steps import StepEvent
+from runtime.stops import StopMatcher
+from contract.stream import EventType
 
 PROMPT_CACHE_ENTRIES = 64
 """Most sequences the prompt cache keeps (its byte bound usually binds first)."""
@@ -85,7 +85,7 @@ class _Sequence:
 
 
 class TextEngine:
-    """The text worker's engine (jobs.batching.Engine) over mlx-lm's `BatchGenerator`.
+    """The text worker's engine (runtime.batching.Engine) over mlx-lm's `BatchGenerator`.
 
     Each job brings its own sampler, logits processors, stop strings and token limit.
     Prompts reuse the KV cache of their longest known prefix from an LRU bounded in bytes
@@ -114,7 +114,7 @@ class TextEngine:
         if self._generator is None:
             self._generator = BatchGenerator(
                 self.text_model.model, stream=mx.default_stream(mx.default_device()),
-                # Interactive jobs may join while batch work fills every slot (jobs/batching.py).
+                # Interactive jobs may join while batch work fills every slot (runtime/batching.py).
                 completion_batch_size=2 * self.capacity, prefill_batch_size=self.capacity)
         return self._generator
 

@@ -1,14 +1,14 @@
 """Model resolution and loading for the text worker.
 
-A reference has been checked by `jobs.modelref` (the same check the API applies) and becomes
+A reference has been checked by `contract.modelref` (the same check the API applies) and becomes
 a directory there (`resolve`); here it is loaded with mlx-lm.
 """
 from __future__ import annotations
 
 import json
 
-from jobs.modelref import ModelLoadError, parse_model_ref, resolve
-from jobs.settings import Settings
+from contract.modelref import ModelLoadError, parse_model_ref, resolve
+from contract.settings import Settings
 
 from .engine import TextModel
 from .flat_decode import flatten_decode

@@ -18,7 +18,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from jobs.settings import Settings
+from contract.settings import Settings
 
 from .gguf import GGUFImportError, import_gguf
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import sys
 
-from jobs.keys import Kind
-from jobs.settings import Settings
-from jobs.worker_cli import run_worker
+from contract.keys import Kind
+from contract.settings import Settings
+from runtime.cli import run_worker
 
 DEFAULT_CAPACITY = 4
 """Jobs interleaved at once: a step advances each by one token with its own forward pass,

@@ -1,7 +1,7 @@
 """Chat over text and images with mlx-vlm: prompts, sampling, stop strings, logprobs.
 
 No Redis here: `VisionEngine` turns admitted `VisionRequest`s into stream events, one engine
-step at a time, for the engine thread of jobs/batching.py to send.
+step at a time, for the engine thread of runtime/batching.py to send.
 
 Concurrency without a shared batch: every admitted job has its own KV cache and its own
 decoding state, and `step()` advances EVERY running job by one token, round-robin, one
@@ -22,7 +22,7 @@ greedy output is the same alone or interleaved, and the same as `generate_step`'
 Image encoding and prefill run in `add()`: a failure there ends that job alone.
 
 Text is only released once it can no longer turn out to be the start of a stop string
-(jobs/stops.py), so a stop string never reaches the client, even split across tokens.
+(runtime/stops.py), so a stop string never reaches the client, even split across tokens.
 
 MLX streams: the engine is created in the main thread, but all its MLX work runs in the
 engine thread, on that thread's default stream. mlx-vlm's module-level `generation_stream`
@@ -40,11 +40,11 @@ from mlx_vlm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_log
 from mlx_vlm.tokenizer_utils import BPEStreamingDetokenizer, make_streaming_detokenizer
 from mlx_vlm.utils import prepare_inputs, should_add_special_tokens
 
-from jobs.engine_loop import JobRejected
-from jobs.payloads import ChatJob, PromptTokensDetails, SamplingParams, TokenLogprob, Usage
-from jobs.steps import StepEvent
-from jobs.stops import StopMatcher
-from jobs.stream import EventType
+from runtime.engine_loop import JobRejected
+from contract.payloads import ChatJob, PromptTokensDetails, SamplingParams, TokenLogprob, Usage
+from runtime.steps import StepEvent
+from runtime.stops import StopMatcher
+from contract.stream import EventType
 
 from .jobs import VisionRequest
 from .loading import VisionModel
@@ -113,7 +113,7 @@ class _Sequence:
 
 
 class VisionEngine:
-    """The vision worker's engine (jobs.engine_loop.Engine) over mlx-vlm models.
+    """The vision worker's engine (runtime.engine_loop.Engine) over mlx-vlm models.
     Only the engine thread may call it."""
 
     def __init__(self, vision_model: VisionModel, max_images: int = MAX_IMAGES):

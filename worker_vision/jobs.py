@@ -1,6 +1,6 @@
 """rq job functions of the vision worker (enqueued by dotted path from the API).
 
-A batching worker (jobs/batching.py) calls a job function in its main thread when it admits
+A batching worker (runtime/batching.py) calls a job function in its main thread when it admits
 the job, with rq's `get_current_job()` answering: the function checks the payload, fetches
 the job's images from the blob store and decodes them, and returns the request its engine
 runs. Decoding here keeps Redis round trips and PIL work off the engine thread, which
@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from PIL import Image
 from rq import get_current_job
 
-from jobs import blobs
-from jobs.keys import Keys
-from jobs.payloads import ChatJob
-from jobs.settings import Settings
+from contract import blobs
+from contract.keys import Keys
+from contract.payloads import ChatJob
+from contract.settings import Settings
 
 
 @dataclass

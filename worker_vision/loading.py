@@ -1,6 +1,6 @@
 """Model resolution and loading for the vision worker.
 
-A reference has been checked by `jobs.modelref` (the same check the API applies) and becomes
+A reference has been checked by `contract.modelref` (the same check the API applies) and becomes
 a directory there (`resolve`); here its config is checked before mlx-vlm loads it, so a
 model this worker cannot serve fails its load with a clear reason (the worker stays up in
 state `error` with that reason in the registry) instead of failing every request.
@@ -11,8 +11,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jobs.modelref import ModelLoadError, parse_model_ref, resolve
-from jobs.settings import Settings
+from contract.modelref import ModelLoadError, parse_model_ref, resolve
+from contract.settings import Settings
 
 SUPPORTED_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
 """mlx-vlm architectures whose per-sequence state the engine keeps itself. Qwen-VL language

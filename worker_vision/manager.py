@@ -1,11 +1,11 @@
 """`python -m worker_vision.manager [--preload MODEL]`: starts and supervises this machine's
-vision workers, taking load commands from Redis (see jobs/manager.py)."""
+vision workers, taking load commands from Redis (see managers/manager.py)."""
 from __future__ import annotations
 
 import sys
 
-from jobs.keys import Kind
-from jobs.manager import main
+from contract.keys import Kind
+from managers.manager import main
 
 if __name__ == "__main__":
     sys.exit(main(Kind.VISION))

@@ -1,10 +1,10 @@
 """Rendering a document's pages with pypdfium2, in a job of the vision worker (never in the
-API's request): the render job of jobs/documents.py.
+API's request): the render job of work/documents.py.
 
 Each selected page becomes a PNG in the blob store at the document's dpi, scaled down when
 it would exceed MAX_IMAGE_PIXELS (a poster-sized page at 300 dpi), and the pages are then
 fanned out as chat jobs (`documents.fan_out`). Rendering runs in the worker's admission
-thread (jobs/done.py): 7–47 ms a page at 150 dpi, so a 200-page document holds admission for
+thread (runtime/done.py): 7–47 ms a page at 150 dpi, so a 200-page document holds admission for
 seconds; running jobs keep generating meanwhile.
 """
 from __future__ import annotations
@@ -14,11 +14,13 @@ import math
 
 import pypdfium2 as pdfium
 
-from jobs import blobs, documents
-from jobs.documents import DocStatus, DocumentJob
-from jobs.done import Done, job_context
-from jobs.keys import Keys
-from jobs.payloads import ImagePart
+from contract import blobs
+
+from work import documents
+from work.documents import DocStatus, DocumentJob
+from runtime.done import Done, job_context
+from contract.keys import Keys
+from contract.payloads import ImagePart
 
 POINTS_PER_INCH = 72
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import redis
 
-from .keys import Keys
-from .settings import Settings
-from .stream import EventType, entry_commands
+from contract.keys import Keys
+from contract.settings import Settings
+from contract.stream import EventType, entry_commands
 
 StepEvent = tuple[str, EventType, dict]
 """(job id, event type, data) for one stream entry."""

@@ -1,6 +1,6 @@
 """The model worker process: loads one model, registers it, then serves its queues.
 
-Around the batching rq worker (jobs/batching.py) this adds what rq lacks:
+Around the batching rq worker (runtime/batching.py) this adds what rq lacks:
 - a heartbeat thread that keeps our registry entry (model, kind, state, load, counters)
   fresh, so the API can tell live models and notice a worker that died mid-job, and keeps
   rq's records of the running executions alive;
@@ -8,7 +8,7 @@ Around the batching rq worker (jobs/batching.py) this adds what rq lacks:
   reason in the registry and the log, retrying with back-off;
 - a restart of rq's loop when Redis went away under it;
 - stops the worker decides itself, in the heartbeat: an unload request for its model
-  (jobs.commands.request_unload), an idle keep-alive that ran out, or the manager that
+  (contract.commands.request_unload), an idle keep-alive that ran out, or the manager that
   started it gone. They take the warm-shutdown path of SIGTERM and exit 0, which tells a
   manager not to restart the worker.
 """
@@ -28,17 +28,17 @@ import redis
 from rq import Queue
 from rq.exceptions import StopRequested
 
-from . import registry
-from .batching import BatchingWorker
-from .cancel import request_cancel
-from .commands import read_unload
-from .connection import connect, wait_for_redis
-from .engine_loop import Engine, EngineLoop, Outcome, Slots
-from .keys import Keys, Kind, queue_names
-from .reasons import safe_reason
-from .registry import WorkerInfo, WorkerState
-from .settings import Settings
-from .steps import StepSender
+from contract import registry
+from runtime.batching import BatchingWorker
+from contract.cancel import request_cancel
+from contract.commands import read_unload
+from contract.connection import connect, wait_for_redis
+from runtime.engine_loop import Engine, EngineLoop, Outcome, Slots
+from contract.keys import Keys, Kind, queue_names
+from contract.reasons import safe_reason
+from contract.registry import WorkerInfo, WorkerState
+from contract.settings import Settings
+from runtime.steps import StepSender
 
 log = logging.getLogger("mis.worker")
 
@@ -149,7 +149,7 @@ def serve(
 ) -> int:
     """Register, load the model (retrying on failure), then admit jobs into its engine until
     SIGTERM/SIGINT, an unload or `keep_alive` idle seconds (-1: never). `load` returns the
-    engine (jobs.batching.Engine). Returns the exit code."""
+    engine (runtime.batching.Engine). Returns the exit code."""
     conn = connect(settings)
     keys = Keys(settings.key_prefix)
     info = WorkerInfo(

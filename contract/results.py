@@ -13,9 +13,9 @@ import redis
 from pydantic import BaseModel
 from rq.job import Job, JobStatus
 
-from .keys import Keys
-from .queues import fetch_job
-from .stream import Event, EventType, StreamReader
+from contract.keys import Keys
+from contract.queues import fetch_job
+from contract.stream import Event, EventType, StreamReader
 
 
 class ResultStatus(StrEnum):

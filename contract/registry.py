@@ -1,6 +1,6 @@
 """The worker registry: one Redis hash per worker, refreshed by its heartbeat with a TTL.
 
-Managers (jobs/manager.py) publish entries the same way, under `manager:<name>` and the
+Managers (managers/manager.py) publish entries the same way, under `manager:<name>` and the
 `managers` index: their machine's memory and the workers they run.
 
 It is how the API learns which models are live (`/v1/models`), which worker holds a job
@@ -16,7 +16,7 @@ from enum import StrEnum
 import redis
 from pydantic import BaseModel
 
-from .keys import Keys, Kind
+from contract.keys import Keys, Kind
 
 
 class WorkerState(StrEnum):
@@ -111,7 +111,7 @@ class ManagedWorker(BaseModel):
 
 
 class ManagerInfo(BaseModel):
-    """One manager (jobs/manager.py): its machine's memory and the workers it runs."""
+    """One manager (managers/manager.py): its machine's memory and the workers it runs."""
 
     name: str
     kind: Kind

@@ -9,7 +9,7 @@ import time
 
 import redis
 
-from .settings import Settings
+from contract.settings import Settings
 
 
 def connect(settings: Settings, **overrides) -> redis.Redis:

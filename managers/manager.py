@@ -1,8 +1,8 @@
 """Managers: one per machine and venv, starting and supervising that machine's workers.
 
-A manager takes load commands from its kind's command stream (jobs/commands.py), decides
+A manager takes load commands from its kind's command stream (contract/commands.py), decides
 whether this machine is where the model should go (it fits in the free memory, and no other
-live manager is a better place: jobs/placement.py), starts
+live manager is a better place: managers/placement.py), starts
 `python -m worker_<kind>` with the same interpreter, and follows the command to `done` when
 the worker's registry entry says it serves, or `failed` when it exits first. A worker that
 crashes is restarted with back-off; one that exits 0 stopped on purpose (unload, idle
@@ -27,8 +27,8 @@ from pathlib import Path
 import redis
 from pydantic import ValidationError
 
-from . import registry
-from .commands import (
+from contract import registry
+from contract.commands import (
     GROUP,
     CommandState,
     LoadCommand,
@@ -37,12 +37,12 @@ from .commands import (
     read_unload,
     update_status,
 )
-from .connection import connect
-from .keys import Keys, Kind
-from .modelref import InvalidModelRef, parse_model_ref
-from .placement import estimate_bytes, machine_memory, place
-from .reasons import safe_text
-from .registry import (
+from contract.connection import connect
+from contract.keys import Keys, Kind
+from contract.modelref import InvalidModelRef, parse_model_ref
+from managers.placement import estimate_bytes, machine_memory, place
+from contract.reasons import safe_text
+from contract.registry import (
     ManagedState,
     ManagedWorker,
     ManagerInfo,
@@ -51,7 +51,7 @@ from .registry import (
     publish_manager,
     remove_manager,
 )
-from .settings import Settings
+from contract.settings import Settings
 
 log = logging.getLogger("mis.manager")
 

@@ -9,7 +9,7 @@ The API validates the input file and enqueues the lines (api/batches.py); each l
 ordinary chat job on its model's batch queue (`Retry(max=2)`, like document pages). The
 record (`Keys.batch`, RESULTS_TTL) holds the Batch object's fields and each line's
 `custom_id` with its job id, or the error that kept it from running (a model nobody serves).
-`finalize` — a bookkeeping job (jobs/done.py) any batching worker runs — reads every line's
+`finalize` — a bookkeeping job (runtime/done.py) any batching worker runs — reads every line's
 outcome from its job's stream and writes the output and error files in OpenAI's format:
 `{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error"}`.
 """
@@ -24,15 +24,16 @@ from rq import Queue, Retry
 from rq.exceptions import InvalidJobOperation
 from rq.job import Dependency, Job, JobStatus
 
-from . import files, records
-from .done import Done, job_context
-from .keys import Keys, Kind, Priority, queue_name
-from .payloads import ChatJob
-from .queues import CHAT_FUNC, batch_lifetimes, cancel_job, fetch_job, new_job_id
-from .results import ResultStatus, read_result
-from .settings import Settings
+from work import files
+from work import records
+from runtime.done import Done, job_context
+from contract.keys import Keys, Kind, Priority, queue_name
+from contract.payloads import ChatJob
+from contract.queues import CHAT_FUNC, batch_lifetimes, cancel_job, fetch_job, new_job_id
+from contract.results import ResultStatus, read_result
+from contract.settings import Settings
 
-FINALIZE_FUNC = "jobs.batches.finalize"
+FINALIZE_FUNC = "work.batches.finalize"
 LINE_RETRIES = 2
 """Extra attempts per line (a dead worker, a failed generation), as for document pages."""
 

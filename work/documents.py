@@ -13,7 +13,7 @@ status, the page numbers and their job ids, and, once `aggregate` ran, every pag
 (`pages`) copied from the page jobs' streams, which expire an hour after each job. Page jobs
 are ordinary vision chat jobs on the model's batch queue with `Retry(max=2)`: a page whose
 worker died or that failed goes back to its queue twice before it counts as failed.
-`aggregate` and `combined` are bookkeeping jobs (jobs/done.py) that any batching worker runs.
+`aggregate` and `combined` are bookkeeping jobs (runtime/done.py) that any batching worker runs.
 """
 from __future__ import annotations
 
@@ -27,17 +27,17 @@ from rq import Queue, Retry
 from rq.exceptions import InvalidJobOperation
 from rq.job import Dependency
 
-from . import records
-from .done import Done, job_context
-from .keys import Keys, Kind, Priority, queue_name
-from .payloads import ChatJob, ChatMessage, ImagePart, TextPart
-from .queues import CHAT_FUNC, batch_lifetimes, cancel_job, fetch_job, new_job_id
-from .results import FINAL, JobResult, ResultStatus, read_result
-from .settings import Settings
+from work import records
+from runtime.done import Done, job_context
+from contract.keys import Keys, Kind, Priority, queue_name
+from contract.payloads import ChatJob, ChatMessage, ImagePart, TextPart
+from contract.queues import CHAT_FUNC, batch_lifetimes, cancel_job, fetch_job, new_job_id
+from contract.results import FINAL, JobResult, ResultStatus, read_result
+from contract.settings import Settings
 
 RENDER_FUNC = "worker_vision.pages.render"
-AGGREGATE_FUNC = "jobs.documents.aggregate"
-COMBINED_FUNC = "jobs.documents.combined"
+AGGREGATE_FUNC = "work.documents.aggregate"
+COMBINED_FUNC = "work.documents.combined"
 PAGE_RETRIES = 2
 """Extra attempts per page (a dead worker, a failed generation) before the page fails."""
 
@@ -85,7 +85,7 @@ def create(conn: redis.Redis, keys: Keys, settings: Settings, doc: DocumentJob, 
 
 
 def set_status(conn: redis.Redis, keys: Keys, doc_id: str, status: DocStatus, **fields) -> bool:
-    """The one writer of a document's status (jobs/records.py); `fields` are written with it.
+    """The one writer of a document's status (work/records.py); `fields` are written with it.
     False when the document has ended already (or expired): nothing was written."""
     return records.write_status(conn, keys.document(doc_id), status.value, TERMINAL, **fields)
 

@@ -17,7 +17,7 @@ from enum import StrEnum
 import redis
 from pydantic import BaseModel, Field
 
-from .keys import Keys, Kind
+from contract.keys import Keys, Kind
 
 GROUP = "managers"
 """The consumer group every manager of a kind reads the command stream through."""

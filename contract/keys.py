@@ -40,7 +40,7 @@ class Keys:
 
     def document(self, doc_id: str) -> str:
         """Hash of one document: its request, status, page jobs and per-page results
-        (jobs/documents.py), kept RESULTS_TTL."""
+        (work/documents.py), kept RESULTS_TTL."""
         return f"{self.prefix}document:{doc_id}"
 
     def file(self, file_id: str) -> str:
@@ -48,7 +48,7 @@ class Keys:
         return f"{self.prefix}file:{file_id}"
 
     def batch(self, batch_id: str) -> str:
-        """Hash of one batch of the Batch API (jobs/batches.py), kept RESULTS_TTL."""
+        """Hash of one batch of the Batch API (work/batches.py), kept RESULTS_TTL."""
         return f"{self.prefix}batch:{batch_id}"
 
     def autoload(self, model_id: str) -> str:
@@ -69,7 +69,7 @@ class Keys:
         return f"{self.prefix}commands:{kind}"
 
     def command(self, command_id: str) -> str:
-        """Status hash of one command (jobs.commands.CommandStatus), with a TTL."""
+        """Status hash of one command (contract.commands.CommandStatus), with a TTL."""
         return f"{self.prefix}command:{command_id}"
 
     def manager(self, name: str) -> str:

@@ -6,10 +6,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .commands import LoadCommand
-from .modelref import HUB_PATTERNS, ModelRef
-from .registry import ManagerInfo
-from .settings import Settings
+from contract.commands import LoadCommand
+from contract.modelref import HUB_PATTERNS, ModelRef
+from contract.registry import ManagerInfo
+from contract.settings import Settings
 
 HEADROOM = 0.9
 """A model must fit in this share of the available memory."""

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .keys import Kind
+from contract.keys import Kind
 
 MAX_REF_LENGTH = 256
 UNFINISHED_SUFFIXES = (".partial", ".old")

@@ -7,9 +7,9 @@ rq has no concurrent worker, so this module builds one from rq's own parts:
   job (`prepare_execution` puts it in the started registry, `prepare_job_execution` marks
   it `started`), calls the job function, which only validates the payload and returns the
   engine's request, and hands that to the engine thread;
-- the **engine thread** (`EngineLoop` in jobs/engine_loop.py) owns the model: each
+- the **engine thread** (`EngineLoop` in runtime/engine_loop.py) owns the model: each
   step it takes newly admitted jobs into the running batch, advances every job by one step,
-  and writes all their stream entries in one pipelined round trip (jobs/steps.py) that also
+  and writes all their stream entries in one pipelined round trip (runtime/steps.py) that also
   reads their cancel flags;
 - a **recorder thread** writes each ended job's outcome to rq with rq's own finalizers
   (`finished` with its result, `failed` with the reason, or `canceled`), off the engine's
@@ -40,9 +40,9 @@ from rq.job import Job, _current_job
 from rq.timeouts import TimerDeathPenalty
 from rq.utils import now
 
-from .done import Done
-from .engine_loop import Admission, EngineLoop, Outcome, Slots
-from .keys import Keys, Priority
+from runtime.done import Done
+from runtime.engine_loop import Admission, EngineLoop, Outcome, Slots
+from contract.keys import Keys, Priority
 
 log = logging.getLogger("mis.batching")
 
@@ -135,7 +135,7 @@ class BatchingWorker(SimpleWorker):
             except Exception as exc:  # the payload failed validation
                 log.warning("job %s refused: %s", job.id, exc)
                 admission.refusal = exc
-            if isinstance(admission.request, Done):  # bookkeeping, done already (jobs/done.py)
+            if isinstance(admission.request, Done):  # bookkeeping, done already (runtime/done.py)
                 self._finish_now(admission)
                 return
         self.slots.take(priority)

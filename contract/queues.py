@@ -13,11 +13,11 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
-from .cancel import request_cancel
-from .keys import Keys, Kind, Priority, queue_name
-from .payloads import ChatJob
-from .settings import Settings
-from .stream import StreamWriter
+from contract.cancel import request_cancel
+from contract.keys import Keys, Kind, Priority, queue_name
+from contract.payloads import ChatJob
+from contract.settings import Settings
+from contract.stream import StreamWriter
 
 CHAT_FUNC = {Kind.TEXT: "worker_text.jobs.chat", Kind.VISION: "worker_vision.jobs.chat"}
 
@@ -92,7 +92,7 @@ def cancel_job(conn: redis.Redis, settings: Settings, job_id: str) -> None:
 def reap_orphaned_job(conn: redis.Redis, job: Job) -> None:
     """Fail (or requeue, with retries left) a started job whose worker is known to be dead,
     as rq's abandoned-job cleanup does once the job's execution expires. Its execution
-    expires with the worker's heartbeat (jobs/batching.py), so everything in the started
+    expires with the worker's heartbeat (runtime/batching.py), so everything in the started
     registry that expires no later than it is abandoned too; cutting at its own score
     (the worker's clock, not ours) touches no live worker's job."""
     registry = StartedJobRegistry(job.origin, connection=conn)

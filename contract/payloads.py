@@ -27,7 +27,7 @@ class TextPart(BaseModel):
 
 
 class ImagePart(BaseModel):
-    """An image the API validated and stored in the blob store (jobs/blobs.py)."""
+    """An image the API validated and stored in the blob store (contract/blobs.py)."""
 
     model_config = ConfigDict(extra="forbid")
 

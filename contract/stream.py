@@ -14,7 +14,7 @@ from enum import StrEnum
 
 import redis
 
-from .keys import Keys
+from contract.keys import Keys
 
 
 class EventType(StrEnum):
@@ -70,7 +70,7 @@ def entry_commands(key: str, event_type: EventType, data: dict, *, maxlen: int, 
 class StreamWriter:
     """Appends events to one job's stream, one round trip each (or on a given pipeline).
     For writers outside a worker (the API ending a job cancelled while queued); workers
-    write through `jobs.steps.StepSender`."""
+    write through `runtime.steps.StepSender`."""
 
     def __init__(self, conn: redis.Redis, keys: Keys, job_id: str, *, maxlen: int, ttl: int):
         self.conn = conn

@@ -1,6 +1,6 @@
 """`Done`: what a job function returns when its job needs no engine.
 
-A batching worker's job functions normally return an engine request (jobs/batching.py). Some
+A batching worker's job functions normally return an engine request (runtime/batching.py). Some
 jobs are bookkeeping: rendering a document's pages and fanning them out, assembling a
 document's or a batch's results once their page/line jobs ended. Their job function does
 the work when it is called and returns `Done(value)`; the worker then finalizes the job at
@@ -15,8 +15,8 @@ from typing import Any
 import redis
 from rq import get_current_job
 
-from .keys import Keys
-from .settings import Settings
+from contract.keys import Keys
+from contract.settings import Settings
 
 
 @dataclass(frozen=True)
