@@ -3,23 +3,11 @@ only through Redis (queues, token streams, the worker registry)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
-import redis
 from flask import Flask
 
-from contract.connection import connect
-from contract.keys import Keys
+from contract.context import Context
 from contract.settings import Settings
-
-
-@dataclass
-class Extension:
-    """Shared clients of one app, kept in `app.extensions["mis"]` so tests can build their own."""
-
-    settings: Settings
-    conn: redis.Redis
-    keys: Keys
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -27,17 +15,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
-    app.extensions["mis"] = Extension(settings=settings, conn=connect(settings),
-                                      keys=Keys(settings.key_prefix))
+    # The one Context (connection, keys, settings) every view and hook reads.
+    app.extensions["mis"] = Context.connect(settings)
     logging.getLogger("mis").setLevel(logging.INFO)
 
-    from . import admin, apikeys, batches, documents, errors, files, health, openai, openapi, request_id
+    from . import admin, apikeys, batches, chat, documents, errors, files, health, models, openapi, request_id
 
     errors.init_app(app)
     request_id.init_app(app)  # first: the hooks after it log and answer with the request's id
     apikeys.init_app(app, settings)
     app.register_blueprint(health.bp)
-    app.register_blueprint(openai.bp)
+    app.register_blueprint(models.bp)
+    app.register_blueprint(chat.bp)
     app.register_blueprint(documents.bp)
     app.register_blueprint(files.bp)
     app.register_blueprint(batches.bp)

@@ -13,13 +13,11 @@ from flask import Blueprint, current_app, jsonify, request, url_for
 from rq import Queue
 from rq.registry import FailedJobRegistry
 
-from contract import commands
-
-from contract import registry
-from contract.keys import Kind, Priority
-from managers.manager import live_managers
+from contract import commands, registry
+from contract.keys import Kind, parse_queue_name
 from contract.modelref import InvalidModelRef, ModelRef, guess_kind, parse_model_ref
 from contract.reasons import safe_text
+from contract.registry import live_managers
 
 from .auth import require_admin
 from .errors import APIError
@@ -72,10 +70,10 @@ def _queues(conn) -> list[tuple[dict, Queue]]:
     """Our queues (`<kind>:<model>:<priority>`) with their depth and running jobs."""
     found = []
     for queue in Queue.all(connection=conn):
-        kind, _, rest = queue.name.partition(":")
-        model, _, priority = rest.rpartition(":")
-        if kind not in set(Kind) or priority not in set(Priority):
+        parsed = parse_queue_name(queue.name)
+        if parsed is None:
             continue
+        kind, model, priority = parsed
         found.append(({"name": queue.name, "model": model, "kind": kind, "priority": priority,
                        "queued": queue.count, "running": len(queue.started_job_registry)}, queue))
     return sorted(found, key=lambda pair: pair[0]["name"])

@@ -9,17 +9,18 @@ from __future__ import annotations
 import redis
 
 from contract import commands
+from contract.context import Context
 from contract.keys import Keys, Kind
-from managers.manager import live_managers
 from contract.modelref import InvalidModelRef, guess_kind, parse_model_ref
-from contract.settings import Settings
+from contract.registry import live_managers
 
 PENDING = "pending"
 
 
-def start(conn: redis.Redis, keys: Keys, settings: Settings, model: str) -> Kind | None:
+def start(ctx: Context, model: str) -> Kind | None:
     """The kind of the model whose load is now under way, or None when it cannot be loaded
     on demand (auto-load off, an invalid reference, no manager of its kind)."""
+    conn, keys, settings = ctx.conn, ctx.keys, ctx.settings
     if not settings.auto_load:
         return None
     try:

@@ -13,19 +13,14 @@ from __future__ import annotations
 import time
 import uuid
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, jsonify
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from work import batches
-
-from work import files
-
-from work import records
+from work import batches, files
 from work.batches import BatchStatus
 
-from .errors import APIError, from_validation_error
-from .files import not_found as file_not_found
-from .openai import chat_payload
+from .errors import APIError, file_not_found, from_validation_error
+from .intake import chat_payload, json_body
 from .schemas import ChatCompletionRequest
 
 bp = Blueprint("batches", __name__, url_prefix="/v1")
@@ -56,10 +51,7 @@ class BatchLine(BaseModel):
 @bp.post("/batches")
 def create_batch():
     ext = current_app.extensions["mis"]
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise APIError(400, "the request body must be a JSON object", code="invalid_json")
-    req = BatchRequest.model_validate(body)
+    req = BatchRequest.model_validate(json_body())
     if req.endpoint != ENDPOINT:
         raise APIError(400, f"endpoint must be {ENDPOINT} (the only one batches run here)",
                        param="endpoint", code="invalid_value")
@@ -73,28 +65,27 @@ def create_batch():
     meta = {"endpoint": req.endpoint, "input_file_id": req.input_file_id, "completion_window": "24h",
             "created_at": now, "expires_at": now + ext.settings.batch_queued_ttl, "metadata": req.metadata}
     parsed, errors = _parse(content, ext.settings)
-    key = ext.keys.batch(batch_id)
     if errors:
-        records.create(ext.conn, key, BatchStatus.FAILED.value, ext.settings.results_ttl, meta=meta, lines=[],
+        batches.create(ext, batch_id, BatchStatus.FAILED, meta=meta, lines=[],
                        errors={"object": "list", "data": errors[:MAX_LINE_ERRORS]})
         return jsonify(_view(batch_id))
     lines, queued = [], []
     for custom_id, chat in parsed:
         try:
-            kind, payload = chat_payload(chat, ext, image_ttl=ext.settings.batch_queued_ttl + ext.settings.job_timeout)
+            kind, payload = chat_payload(ext, chat, image_ttl=ext.settings.batch_queued_ttl + ext.settings.job_timeout)
         except APIError as exc:
             lines.append({"custom_id": custom_id, "job_id": None, "error": {
                 "status": exc.status, "code": exc.code, "message": exc.message, "param": exc.param, "type": exc.type}})
             continue
-        job_id = batches.enqueue_line(ext.conn, ext.settings, payload, kind)
+        job_id = batches.enqueue_line(ext, payload, kind)
         lines.append({"custom_id": custom_id, "job_id": job_id, "model": payload.model})
         queued.append((kind, payload.model, job_id))
-    records.create(ext.conn, key, BatchStatus.IN_PROGRESS.value, ext.settings.results_ttl, meta=meta, lines=lines)
+    batches.create(ext, batch_id, BatchStatus.IN_PROGRESS, meta=meta, lines=lines)
     if queued:
         kind, model, _ = queued[0]
-        batches.enqueue_finalize(ext.conn, ext.settings, batch_id, kind, model, [j for _, _, j in queued])
-    elif batches.set_status(ext.conn, ext.keys, batch_id, BatchStatus.FINALIZING):
-        batches.finish(ext.conn, ext.settings, batch_id, BatchStatus.COMPLETED)
+        batches.enqueue_finalize(ext, batch_id, kind, model, [j for _, _, j in queued])
+    elif batches.set_status(ext, batch_id, BatchStatus.FINALIZING):
+        batches.finish(ext, batch_id, BatchStatus.COMPLETED)
     return jsonify(_view(batch_id))
 
 
@@ -107,7 +98,7 @@ def get_batch(batch_id: str):
 def cancel_batch(batch_id: str):
     ext = current_app.extensions["mis"]
     _record(batch_id)
-    batches.cancel(ext.conn, ext.settings, batch_id)
+    batches.cancel(ext, batch_id)
     return jsonify(_view(batch_id))
 
 
@@ -152,7 +143,7 @@ def _parse(content: bytes, settings) -> tuple[list[tuple[str, ChatCompletionRequ
 
 def _record(batch_id: str) -> dict:
     ext = current_app.extensions["mis"]
-    record = batches.load(ext.conn, ext.keys, batch_id) if batch_id.startswith(ID_PREFIX) else None
+    record = batches.load(ext, batch_id) if batch_id.startswith(ID_PREFIX) else None
     if record is None:
         raise APIError(404, f"no batch {batch_id!r} is kept here (unknown, or expired)", param="batch_id",
                        code="batch_not_found")

@@ -76,7 +76,7 @@ def submit(client: Client, args) -> dict:
     for name in ("prompt", "pages", "combine", "combine_model"):
         if getattr(args, name):
             fields[name] = getattr(args, name)
-    handles = [open(path, "rb") for path in args.files]
+    handles = [open(path, "rb") for path in args.files]  # noqa: SIM115 -- closed in the finally below, after the upload
     try:
         uploads = [("file", (Path(p).name, h, mimetypes.guess_type(p)[0] or "application/octet-stream"))
                    for p, h in zip(args.files, handles, strict=True)]

@@ -19,49 +19,21 @@ import uuid
 
 import pypdfium2 as pdfium
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from contract import blobs
-
-from work import documents
-from work.documents import DocStatus, DocumentJob
 from contract.keys import Kind
 from contract.payloads import ImagePart
 from contract.results import ResultStatus
+from work import documents
+from work.documents import DocStatus, DocumentJob
 
 from . import images
 from .errors import APIError
-from .openai import route
-from .schemas import limit
+from .intake import route
+from .schemas import DocumentRequest
 
 bp = Blueprint("documents", __name__, url_prefix="/v1")
 ID_PREFIX = "doc_"
-DEFAULT_PROMPT = "Transcribe the text of this page as Markdown."
-
-
-class DocumentRequest(BaseModel):
-    """The fields of a document request (multipart form fields, or the JSON body)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    model: str = Field(min_length=1, max_length=256)
-    prompt: str = Field(DEFAULT_PROMPT, min_length=1, max_length=20_000)
-    pages: str | None = Field(None, max_length=1000, description='pages to read, e.g. "1-3,7" (default: all)')
-    dpi: int = Field(150, ge=36)
-    max_tokens: int = Field(512, ge=1, le=32768)
-    combine: str | None = Field(None, min_length=1, max_length=20_000)
-    combine_model: str | None = Field(None, min_length=1, max_length=256)
-    combine_max_tokens: int = Field(512, ge=1, le=32768)
-    document: str | None = Field(None, description="JSON only: the PDF, base64")
-    images: list[str] | None = Field(None, description="JSON only: page images, base64 or data URIs")
-
-    @field_validator("dpi")
-    @classmethod
-    def _dpi(cls, value, info: ValidationInfo):
-        most = limit(info, "max_dpi")
-        if value > most:
-            raise ValueError(f"at most {most} (MAX_DPI)")
-        return value
 
 
 def parse_pages(spec: str | None, total: int) -> list[int]:
@@ -86,13 +58,13 @@ def create_document():
     settings = ext.settings
     fields, uploads = _read_request(settings.max_document_bytes)
     req = DocumentRequest.model_validate(fields, context={"settings": settings})
-    kind, _ = route(req.model)
+    kind, _ = route(ext, req.model)
     if kind != Kind.VISION:
         raise _bad(f"model {req.model!r} is a text model; documents need a vision model", "model")
     combine_model, combine_kind = None, Kind.TEXT
     if req.combine:
         combine_model = req.combine_model or settings.text_model
-        combine_kind, _ = route(combine_model)
+        combine_kind, _ = route(ext, combine_model)
     if not uploads:
         raise _bad("send a PDF or page images (multipart field `file`, or `document`/`images` in JSON)", "file")
     doc_id = ID_PREFIX + uuid.uuid4().hex
@@ -106,15 +78,15 @@ def create_document():
         numbers = parse_pages(req.pages, _count_pdf_pages(uploads[0]))
         _check_page_count(len(numbers), settings.max_document_pages)
         doc = DocumentJob(page_numbers=numbers, source_blob=blobs.put(ext.conn, ext.keys, uploads[0], ttl), **common)
-        documents.create(ext.conn, ext.keys, settings, doc, DocStatus.QUEUED)
-        documents.enqueue_render(ext.conn, settings, doc)
+        documents.create(ext, doc, DocStatus.QUEUED)
+        documents.enqueue_render(ext, doc)
     else:
         numbers = parse_pages(req.pages, len(uploads))
         _check_page_count(len(numbers), settings.max_document_pages)
         parts = [_store_image(uploads[n - 1], ext, ttl) for n in numbers]
         doc = DocumentJob(page_numbers=numbers, **common)
-        documents.create(ext.conn, ext.keys, settings, doc, DocStatus.RUNNING)
-        documents.fan_out(ext.conn, settings, doc, parts)
+        documents.create(ext, doc, DocStatus.RUNNING)
+        documents.fan_out(ext, doc, parts)
     response = jsonify(_view(doc_id))
     response.status_code = 202
     response.headers["Location"] = url_for("documents.get_document", doc_id=doc_id)
@@ -133,7 +105,7 @@ def get_result(doc_id: str):
     if record["status"] not in documents.TERMINAL:
         raise APIError(409, f"document {doc_id!r} is {record['status']}; its result is not ready",
                        code="document_in_progress", headers={"Retry-After": "2"})
-    pages = documents.page_results(ext.conn, ext.keys, record)
+    pages = documents.page_results(ext, record)
     combined = record.get("combined")
     fmt = request.args.get("format", "json")
     if fmt == "markdown":
@@ -153,7 +125,7 @@ def get_result(doc_id: str):
 def cancel_document(doc_id: str):
     ext = current_app.extensions["mis"]
     _record(doc_id)
-    documents.cancel(ext.conn, ext.settings, doc_id)
+    documents.cancel(ext, doc_id)
     return jsonify(_view(doc_id))
 
 
@@ -161,7 +133,7 @@ def cancel_document(doc_id: str):
 
 def _record(doc_id: str) -> dict:
     ext = current_app.extensions["mis"]
-    record = documents.load(ext.conn, ext.keys, doc_id) if doc_id.startswith(ID_PREFIX) else None
+    record = documents.load(ext, doc_id) if doc_id.startswith(ID_PREFIX) else None
     if record is None:
         raise APIError(404, f"no document {doc_id!r} is kept here (unknown, or expired)",
                        param="document_id", code="document_not_found")
@@ -171,7 +143,7 @@ def _record(doc_id: str) -> dict:
 def _view(doc_id: str) -> dict:
     ext = current_app.extensions["mis"]
     record = _record(doc_id)
-    pages = documents.page_results(ext.conn, ext.keys, record)
+    pages = documents.page_results(ext, record)
     done = sum(p.status in (ResultStatus.COMPLETED, ResultStatus.FAILED) for p in pages)
     doc: DocumentJob = record["meta"]
     return {

@@ -103,3 +103,8 @@ def init_app(app: Flask) -> None:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return _render(APIError(500, f"internal server error (request id {request_id.current()})",
                                 error_type="api_error", code="internal_error"))
+
+
+def file_not_found(file_id: str) -> APIError:
+    return APIError(404, f"no file {file_id!r} is kept here (unknown, or expired)", param="file_id",
+                    code="file_not_found")

@@ -7,7 +7,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from work import files
 
-from .errors import APIError
+from .errors import APIError, file_not_found
 
 bp = Blueprint("files", __name__, url_prefix="/v1")
 PURPOSES = ("batch",)
@@ -39,7 +39,7 @@ def get_file(file_id: str):
     ext = current_app.extensions["mis"]
     info = files.info(ext.conn, ext.keys, file_id)
     if info is None:
-        raise not_found(file_id)
+        raise file_not_found(file_id)
     return jsonify(info)
 
 
@@ -48,10 +48,5 @@ def get_file_content(file_id: str):
     ext = current_app.extensions["mis"]
     data = files.content(ext.conn, ext.keys, file_id)
     if data is None:
-        raise not_found(file_id)
+        raise file_not_found(file_id)
     return Response(data, mimetype="application/octet-stream")
-
-
-def not_found(file_id: str) -> APIError:
-    return APIError(404, f"no file {file_id!r} is kept here (unknown, or expired)", param="file_id",
-                    code="file_not_found")

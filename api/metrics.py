@@ -39,7 +39,7 @@ from rq.registry import (
 )
 
 from contract import registry
-from contract.keys import Keys, Kind, Priority
+from contract.keys import Keys, parse_queue_name
 from contract.stream import Event, EventType
 
 from .auth import require_admin
@@ -217,18 +217,9 @@ class RedisCollector:
                 jobs.add_metric([queue.name, state], next(replies))
             parsed = parse_queue_name(queue.name)
             if parsed:
-                depth.add_metric(list(parsed), queued)
+                kind, model, priority = parsed
+                depth.add_metric([model, kind, priority], queued)
         return depth, jobs
-
-
-def parse_queue_name(name: str) -> tuple[str, str, str] | None:
-    """(model, kind, priority) of one of our queues (`text:<model>:interactive`; model ids may
-    hold `/` or `:`), or None for another application's queue."""
-    kind, _, rest = name.partition(":")
-    model, _, priority = rest.rpartition(":")
-    if kind not in {k.value for k in Kind} or priority not in {p.value for p in Priority} or not model:
-        return None
-    return model, kind, priority
 
 
 def _decode(raw: dict) -> dict[tuple, float]:

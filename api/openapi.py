@@ -17,12 +17,27 @@ from contract.payloads import TokenLogprob, Usage
 from contract.registry import ManagerInfo, WorkerState
 from contract.settings import Settings
 
+from . import openapi_jobs
+from .openapi_builders import (
+    BOOL,
+    ERROR_TEXT,
+    INT,
+    NUM,
+    REF,
+    REQUEST_ID,
+    STR,
+    array,
+    errors,
+    json_response,
+    nullable,
+    obj,
+    operation,
+    param,
+    ref,
+)
 from .schemas import MAX_TOP_LOGPROBS, TOKEN_ID, ChatCompletionRequest
 
 bp = Blueprint("openapi", __name__)
-
-REF = "#/components/schemas/{model}"
-
 
 @bp.get("/openapi.json")
 def openapi_json():
@@ -30,56 +45,6 @@ def openapi_json():
     if "mis_openapi" not in ext:  # built once per app: settings do not change while it runs
         ext["mis_openapi"] = build(ext["mis"].settings)
     return jsonify(ext["mis_openapi"])
-
-
-# ---- small builders -----------------------------------------------------------------------
-
-def ref(name: str) -> dict:
-    return {"$ref": REF.format(model=name)}
-
-
-def obj(required: list[str] | None = None, **properties) -> dict:
-    schema = {"type": "object", "properties": properties}
-    if required:
-        schema["required"] = required
-    return schema
-
-
-def array(items: dict) -> dict:
-    return {"type": "array", "items": items}
-
-
-def nullable(schema: dict) -> dict:
-    return {"anyOf": [schema, {"type": "null"}]}
-
-
-STR, INT, NUM, BOOL = {"type": "string"}, {"type": "integer"}, {"type": "number"}, {"type": "boolean"}
-REQUEST_ID = {"X-Request-Id": {"$ref": "#/components/headers/RequestId"}}
-
-
-def json_response(description: str, schema: dict) -> dict:
-    return {"description": description, "headers": REQUEST_ID,
-            "content": {"application/json": {"schema": schema}}}
-
-
-ERROR_TEXT = {
-    400: "Invalid request: a field is missing, mistyped or out of range (`param` names it), the "
-         "body is not JSON, or the prompt does not fit the model's context (`context_length_exceeded`)",
-    401: "Missing or invalid credentials",
-    403: "Credentials are not enough, or this surface is disabled on this bind",
-    404: "No such model, command, completion, document, file or batch",
-    409: "The completion or document is not finished yet",
-    413: "Request body larger than MAX_BODY_BYTES, or a document or file over its limit",
-    415: "The body's media type is not one this endpoint takes",
-    429: "The model's queue is full; see Retry-After",
-    500: "The server or the worker failed (the log has the details under the request id)",
-    503: "Redis unreachable, model loading or unavailable, worker gone",
-    504: "Generation ran past JOB_TIMEOUT",
-}
-
-
-def errors(*statuses: int) -> dict:
-    return {str(s): {"$ref": f"#/components/responses/Error{s}"} for s in statuses}
 
 
 # ---- schemas of answers ---------------------------------------------------------------------
@@ -189,84 +154,65 @@ def _write_limits(request: dict, settings: Settings) -> None:
 
 # ---- the document ---------------------------------------------------------------------------
 
-def _operation(summary: str, responses: dict, *, tag: str, security: list, description: str = "",
-               parameters: list | None = None, body: dict | None = None) -> dict:
-    operation = {"summary": summary, "tags": [tag], "security": security, "responses": responses}
-    if description:
-        operation["description"] = description
-    if parameters:
-        operation["parameters"] = parameters
-    if body:
-        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
-    return operation
-
-
-def _param(name: str, where: str, schema: dict, description: str, required: bool = False) -> dict:
-    return {"name": name, "in": where, "required": required or where == "path", "schema": schema,
-            "description": description}
-
-
 def build(settings: Settings) -> dict:
     api_security = [{"apiKey": []}] if settings.api_keys_configured else [{}]
     admin_security = [{"adminToken": []}, {"adminBasic": []}] if settings.admin_token else [{}]
     v1 = dict(tag="OpenAI-compatible", security=api_security)
     adm = dict(tag="Admin", security=admin_security)
-    model_path = _param("model_path", "query", {"type": "string", "minLength": 1, "maxLength": 256},
+    model_path = param("model_path", "query", {"type": "string", "minLength": 1, "maxLength": 256},
                         "a directory name under MODELS_DIR or a Hugging Face repo id (org/name)", required=True)
-    wait = _param("wait", "query", {"type": "number", "minimum": 0, "maximum": 300},
+    wait = param("wait", "query", {"type": "number", "minimum": 0, "maximum": 300},
                   "seconds to wait for the outcome before answering 202 (default 60)")
     completion = {"description": "The completion, or its stream of chunks when `stream` is true",
                   "headers": REQUEST_ID,
                   "content": {"application/json": {"schema": ref("ChatCompletion")},
                               "text/event-stream": {"schema": ref("ChatCompletionEvent")}}}
     paths = {
-        "/v1/chat/completions": {"post": _operation(
+        "/v1/chat/completions": {"post": operation(
             "Create a chat completion", {"200": completion, **errors(400, 401, 403, 404, 413, 429, 500, 503, 504)},
             body=ref("ChatCompletionRequest"), description=(
                 "OpenAI's chat completions. With `stream: true` the answer is Server-Sent Events; a "
                 "request the model refuses (prompt longer than its context) is a 400 before the "
                 "stream starts, a failure mid-stream is a last `data: {\"error\": ...}` event."), **v1)},
-        "/v1/chat/completions/{completion_id}": {"get": _operation(
+        "/v1/chat/completions/{completion_id}": {"get": operation(
             "Read a finished chat completion back", {
                 "200": json_response("The completion", ref("ChatCompletion")),
                 **errors(400, 401, 403, 404, 409, 500, 503, 504)},
-            parameters=[_param("completion_id", "path", STR, "`chatcmpl-<id>` from a completion")], **v1)},
-        "/v1/models": {"get": _operation("List the models live workers serve", {
+            parameters=[param("completion_id", "path", STR, "`chatcmpl-<id>` from a completion")], **v1)},
+        "/v1/models": {"get": operation("List the models live workers serve", {
             "200": json_response("Models", ref("ModelList")), **errors(401, 403, 500, 503)}, **v1)},
-        "/v1/models/{model_id}": {"get": _operation("Describe one served model", {
+        "/v1/models/{model_id}": {"get": operation("Describe one served model", {
             "200": json_response("The model", ref("Model")), **errors(401, 403, 404, 500, 503)},
-            parameters=[_param("model_id", "path", STR, "a model id from /v1/models")], **v1)},
-        "/health": {"get": _operation("Liveness: Redis and the workers", {
+            parameters=[param("model_id", "path", STR, "a model id from /v1/models")], **v1)},
+        "/health": {"get": operation("Liveness: Redis and the workers", {
             "200": json_response("Redis answers (`degraded`: no worker serves)", ref("Health")),
             "503": json_response("Redis is unreachable", ref("Health"))}, tag="Service", security=[{}])},
-        "/openapi.json": {"get": _operation("This document", {
+        "/openapi.json": {"get": operation("This document", {
             "200": json_response("OpenAPI 3.1", {"type": "object"})}, tag="Service", security=[{}])},
-        "/admin/health": {"get": _operation("Workers with their memory, managers with theirs", {
+        "/admin/health": {"get": operation("Workers with their memory, managers with theirs", {
             "200": json_response("Health", ref("AdminHealth")), **errors(401, 403, 500, 503)}, **adm)},
-        "/admin/status": {"get": _operation("Workers, queues, rates and recent errors", {
+        "/admin/status": {"get": operation("Workers, queues, rates and recent errors", {
             "200": json_response("Status", ref("AdminStatus")), **errors(401, 403, 500, 503)}, **adm)},
-        "/admin/load": {"post": _operation("Load a model through a manager", {
+        "/admin/load": {"post": operation("Load a model through a manager", {
             "200": json_response("Loaded and serving", ref("LoadResult")),
             "202": json_response("Still loading after `wait`; follow the command links", ref("LoadResult")),
             **errors(400, 401, 403, 500, 503)}, parameters=[
-                model_path, _param("kind", "query", {"enum": ["text", "vision"]}, "guessed from the model if absent"),
-                _param("replicas", "query", {"type": "integer", "minimum": 1, "maximum": 16}, "default 1"),
-                _param("keep_alive", "query", {"type": "integer", "minimum": -1, "maximum": 604800},
+                model_path, param("kind", "query", {"enum": ["text", "vision"]}, "guessed from the model if absent"),
+                param("replicas", "query", {"type": "integer", "minimum": 1, "maximum": 16}, "default 1"),
+                param("keep_alive", "query", {"type": "integer", "minimum": -1, "maximum": 604800},
                        "idle seconds before the workers stop (-1: never)"), wait], **adm)},
-        "/admin/unload": {"post": _operation("Unload a model: its workers finish (or cancel) and exit", {
+        "/admin/unload": {"post": operation("Unload a model: its workers finish (or cancel) and exit", {
             "200": json_response("Gone", ref("UnloadResult")),
             "202": json_response("Still unloading after `wait`", ref("UnloadResult")),
             **errors(400, 401, 403, 404, 500, 503)}, parameters=[
-                model_path, _param("cancel", "query", {"type": "boolean"}, "cancel running jobs"), wait], **adm)},
-        "/admin/commands/{command_id}": {"get": _operation("A load command's state", {
+                model_path, param("cancel", "query", {"type": "boolean"}, "cancel running jobs"), wait], **adm)},
+        "/admin/commands/{command_id}": {"get": operation("A load command's state", {
             "200": json_response("The command", ref("CommandStatus")), **errors(401, 403, 404, 500, 503)},
-            parameters=[_param("command_id", "path", STR, "from /admin/load's 202")], **adm)},
-        "/metrics": {"get": _operation("Prometheus metrics", {
+            parameters=[param("command_id", "path", STR, "from /admin/load's 202")], **adm)},
+        "/metrics": {"get": operation("Prometheus metrics", {
             "200": {"description": "Text exposition format 0.0.4", "headers": REQUEST_ID,
                     "content": {"text/plain": {"schema": STR}}}, **errors(401, 403, 500)}, **adm)},
     }
-    from . import openapi_jobs  # imports this module's builders
-
     paths.update(openapi_jobs.paths(v1))
     return {
         "openapi": "3.1.0",

@@ -3,13 +3,13 @@ Batch API (api/files.py, api/batches.py). `api.openapi.build` merges these paths
 schemas into the one document."""
 from __future__ import annotations
 
-from work.batches import BatchStatus
-from work.documents import DocStatus
 from contract.results import ResultStatus
 from contract.settings import Settings
+from work.batches import BatchStatus
+from work.documents import DocStatus
 
-from .documents import DocumentRequest
-from .openapi import INT, STR, _operation, _param, array, errors, json_response, nullable, obj, ref
+from .openapi_builders import INT, STR, array, errors, json_response, nullable, obj, operation, param, ref
+from .schemas import DocumentRequest
 
 TIMES = ("in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled")
 
@@ -65,49 +65,49 @@ def schemas(settings: Settings) -> dict:
 
 
 def paths(v1: dict) -> dict:
-    doc_id = _param("doc_id", "path", STR, "`doc_<id>` from POST /v1/documents")
-    batch_id = _param("batch_id", "path", STR, "`batch_<id>` from POST /v1/batches")
-    file_id = _param("file_id", "path", STR, "`file-<id>` from POST /v1/files")
+    doc_id = param("doc_id", "path", STR, "`doc_<id>` from POST /v1/documents")
+    batch_id = param("batch_id", "path", STR, "`batch_<id>` from POST /v1/batches")
+    file_id = param("file_id", "path", STR, "`file-<id>` from POST /v1/files")
     document = json_response("The document's status", ref("Document"))
     upload = {"required": True, "content": {"multipart/form-data": {"schema": ref("DocumentUpload")},
                                             "application/json": {"schema": ref("DocumentRequest")}}}
-    create = _operation("Read a document page by page with a vision model", {
+    create = operation("Read a document page by page with a vision model", {
         "202": document, **errors(400, 401, 403, 404, 413, 415, 500, 503)}, description=(
             "A PDF (rendered in a worker) or page images; one job per page on the vision model's "
             "batch queue, then an optional `combine` step on a text model. See docs/DOCUMENTS.md."), **v1)
     create["requestBody"] = upload
-    file_create = _operation("Upload a Batch API input file (JSONL)", {
+    file_create = operation("Upload a Batch API input file (JSONL)", {
         "200": json_response("The file", ref("File")), **errors(400, 401, 403, 413, 415, 500, 503)}, **v1)
     file_create["requestBody"] = {"required": True, "content": {"multipart/form-data": {"schema": ref("FileUpload")}}}
     return {
         "/v1/documents": {"post": create},
         "/v1/documents/{doc_id}": {
-            "get": _operation("A document's status, pages done and per-page status", {
+            "get": operation("A document's status, pages done and per-page status", {
                 "200": document, **errors(401, 403, 404, 500, 503)}, parameters=[doc_id], **v1),
-            "delete": _operation("Cancel what is left of a document", {
+            "delete": operation("Cancel what is left of a document", {
                 "200": document, **errors(401, 403, 404, 500, 503)}, parameters=[doc_id], **v1)},
-        "/v1/documents/{doc_id}/result": {"get": _operation("A finished document's per-page results", {
+        "/v1/documents/{doc_id}/result": {"get": operation("A finished document's per-page results", {
             "200": {"description": "Per-page text and usage in page order (JSON), or Markdown",
                     "headers": json_response("", {})["headers"],
                     "content": {"application/json": {"schema": ref("DocumentResult")},
                                 "text/markdown": {"schema": STR}}},
             **errors(400, 401, 403, 404, 409, 500, 503)}, parameters=[
-                doc_id, _param("format", "query", {"enum": ["json", "markdown"]}, "default json")], **v1)},
+                doc_id, param("format", "query", {"enum": ["json", "markdown"]}, "default json")], **v1)},
         "/v1/files": {"post": file_create},
-        "/v1/files/{file_id}": {"get": _operation("A file's metadata", {
+        "/v1/files/{file_id}": {"get": operation("A file's metadata", {
             "200": json_response("The file", ref("File")), **errors(401, 403, 404, 500, 503)},
             parameters=[file_id], **v1)},
-        "/v1/files/{file_id}/content": {"get": _operation("A file's bytes (JSONL)", {
+        "/v1/files/{file_id}/content": {"get": operation("A file's bytes (JSONL)", {
             "200": {"description": "The file", "headers": json_response("", {})["headers"],
                     "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
             **errors(401, 403, 404, 500, 503)}, parameters=[file_id], **v1)},
-        "/v1/batches": {"post": _operation("Create a batch of chat completions from an input file", {
+        "/v1/batches": {"post": operation("Create a batch of chat completions from an input file", {
             "200": json_response("The batch", ref("Batch")), **errors(400, 401, 403, 404, 500, 503)},
             body=ref("BatchRequest"), **v1)},
-        "/v1/batches/{batch_id}": {"get": _operation("A batch's status and counts", {
+        "/v1/batches/{batch_id}": {"get": operation("A batch's status and counts", {
             "200": json_response("The batch", ref("Batch")), **errors(401, 403, 404, 500, 503)},
             parameters=[batch_id], **v1)},
-        "/v1/batches/{batch_id}/cancel": {"post": _operation("Cancel a batch", {
+        "/v1/batches/{batch_id}/cancel": {"post": operation("Cancel a batch", {
             "200": json_response("The batch", ref("Batch")), **errors(401, 403, 404, 500, 503)},
             parameters=[batch_id], **v1)},
     }

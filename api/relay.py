@@ -16,9 +16,9 @@ import redis
 from rq.job import JobStatus
 
 from contract import registry
-from contract.keys import Keys
+from contract.context import Context
 from contract.queues import cancel_job, fetch_job, reap_orphaned_job
-from contract.settings import Settings
+from contract.results import ending_without_event
 from contract.stream import Event, EventType, StreamReader
 
 from . import autoload
@@ -27,10 +27,10 @@ log = logging.getLogger("mis.api")
 
 
 class JobRelay:
-    def __init__(self, conn: redis.Redis, settings: Settings, job_id: str, model: str):
-        self.conn, self.settings, self.job_id, self.model = conn, settings, job_id, model
-        self.keys = Keys(settings.key_prefix)
-        self.reader = StreamReader(conn, self.keys, job_id)
+    def __init__(self, ctx: Context, job_id: str, model: str):
+        self.ctx, self.job_id, self.model = ctx, job_id, model
+        self.conn, self.keys, self.settings = ctx.conn, ctx.keys, ctx.settings
+        self.reader = StreamReader(ctx.conn, ctx.keys, job_id)
         self.finished = False
         """True once a terminal event has been yielded."""
         self.synthesized = False
@@ -50,7 +50,7 @@ class JobRelay:
             return
         log.info("cancelling job %s (its client is gone or it can no longer finish)", self.job_id)
         try:
-            cancel_job(self.conn, self.settings, self.job_id)
+            cancel_job(self.ctx, self.job_id)
         except redis.exceptions.RedisError:  # Redis is gone too; the job's TTLs clean up
             log.warning("could not cancel job %s", self.job_id, exc_info=True)
 
@@ -87,12 +87,10 @@ class JobRelay:
         return [problem]
 
     def _problem(self, job) -> Event | None:
+        ended = ending_without_event(job)
+        if ended is not None:
+            return ended
         status = job.get_status(refresh=False)
-        if status == JobStatus.FAILED:
-            return Event(EventType.ERROR, data={"code": "generation_failed",
-                                                "message": "the job failed in its worker"})
-        if status in (JobStatus.CANCELED, JobStatus.STOPPED):
-            return Event(EventType.CANCELLED, data={})
         if status == JobStatus.STARTED and job.worker_name and not registry.is_alive(
                 self.conn, self.keys, job.worker_name):
             reap_orphaned_job(self.conn, job)

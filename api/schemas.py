@@ -170,3 +170,31 @@ class ChatCompletionRequest(BaseModel):
             "logit_bias": {int(k): v for k, v in (self.logit_bias or {}).items()} or None,
         }
         return SamplingParams(**{k: v for k, v in given.items() if v is not None})
+
+
+DEFAULT_DOCUMENT_PROMPT = "Transcribe the text of this page as Markdown."
+
+
+class DocumentRequest(BaseModel):
+    """The fields of a document request (multipart form fields, or the JSON body)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1, max_length=256)
+    prompt: str = Field(DEFAULT_DOCUMENT_PROMPT, min_length=1, max_length=20_000)
+    pages: str | None = Field(None, max_length=1000, description='pages to read, e.g. "1-3,7" (default: all)')
+    dpi: int = Field(150, ge=36)
+    max_tokens: int = Field(512, ge=1, le=32768)
+    combine: str | None = Field(None, min_length=1, max_length=20_000)
+    combine_model: str | None = Field(None, min_length=1, max_length=256)
+    combine_max_tokens: int = Field(512, ge=1, le=32768)
+    document: str | None = Field(None, description="JSON only: the PDF, base64")
+    images: list[str] | None = Field(None, description="JSON only: page images, base64 or data URIs")
+
+    @field_validator("dpi")
+    @classmethod
+    def _dpi(cls, value, info: ValidationInfo):
+        most = limit(info, "max_dpi")
+        if value > most:
+            raise ValueError(f"at most {most} (MAX_DPI)")
+        return value

@@ -24,9 +24,9 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, bench_stack, device_name, write_result  # noqa: E402
+from common import RESULTS, bench_stack, device_name, write_result
 
-from tests.support import free_port, wait_until  # noqa: E402
+from tests.support import free_port, wait_until
 
 TOPICS = ["a lighthouse keeper", "a storm at sea", "a city at night", "a mountain village", "a old library",
           "a train journey", "a garden in spring", "a clockmaker", "a desert crossing", "a river town",

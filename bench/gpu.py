@@ -28,10 +28,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, ROOT, bench_stack, device_name, write_result  # noqa: E402
-from concurrency import TOPICS, compare_levels, decode_rate, start_mlx_lm_server, summarize  # noqa: E402
+from common import RESULTS, ROOT, bench_stack, device_name, write_result
+from concurrency import TOPICS, compare_levels, decode_rate, start_mlx_lm_server, summarize
 
-from contract.settings import Settings  # noqa: E402
+from contract.settings import Settings
 
 BASE = {"model_type": "qwen2", "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
         "max_position_embeddings": 32768, "hidden_act": "silu"}

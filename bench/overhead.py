@@ -21,9 +21,9 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, bench_stack, device_name, write_result  # noqa: E402
+from common import RESULTS, bench_stack, device_name, write_result
 
-from contract.settings import Settings  # noqa: E402
+from contract.settings import Settings
 
 PROMPT = [{"role": "user", "content": "Tell me a long story about a lighthouse keeper and a storm."}]
 

@@ -31,8 +31,8 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, bench_stack, write_result  # noqa: E402
-from concurrency import TOPICS, percentile  # noqa: E402
+from common import RESULTS, bench_stack, write_result
+from concurrency import TOPICS, percentile
 
 MB = 1024 * 1024
 

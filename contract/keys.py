@@ -112,6 +112,15 @@ def queue_name(kind: Kind, model_id: str, priority: Priority) -> str:
     return f"{kind}:{model_id}:{priority}"
 
 
+def parse_queue_name(name: str) -> tuple[Kind, str, Priority] | None:
+    """(kind, model id, priority) of one of our queue names; None for any other queue."""
+    kind, _, rest = name.partition(":")
+    model, _, priority = rest.rpartition(":")
+    if kind not in set(Kind) or priority not in set(Priority) or not model:
+        return None
+    return Kind(kind), model, Priority(priority)
+
+
 def queue_names(kind: Kind, model_id: str) -> list[str]:
     """A worker's queues, in the order it serves them."""
     return [queue_name(kind, model_id, p) for p in (Priority.INTERACTIVE, Priority.BATCH)]

@@ -1,29 +1,36 @@
-"""Putting jobs on rq queues and taking them off again.
+"""Putting jobs on rq queues and taking them off again: the one way to enqueue (`JobSpec` →
+`enqueue` / `enqueue_many`) and the one way to cancel (`cancel_job`).
 
 Jobs are enqueued by dotted path (`worker_text.jobs.chat`) so the API never imports worker
-code. Each job carries one keyword argument, `payload`, a JSON-clean dict.
+code. Each job carries one keyword argument, `payload`, a JSON-clean dict. A job's lifetimes
+follow its priority: interactive work may wait QUEUED_TTL in a queue bounded by the model's
+depth limit (429 beyond it); batch work (document pages, batch lines and their bookkeeping
+jobs) may wait BATCH_QUEUED_TTL in an unbounded queue. Outcomes are kept RESULT_TTL.
 """
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass, field
 
 import redis
-from rq import Queue
+from pydantic import BaseModel
+from rq import Queue, Retry
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
-from rq.job import Job, JobStatus
+from rq.job import Dependency, Job, JobStatus
 from rq.registry import StartedJobRegistry
 
-from contract.cancel import request_cancel
-from contract.keys import Keys, Kind, Priority, queue_name
+from contract.context import Context
+from contract.keys import Kind, Priority, queue_name
 from contract.payloads import ChatJob
-from contract.settings import Settings
 from contract.stream import StreamWriter
 
 CHAT_FUNC = {Kind.TEXT: "worker_text.jobs.chat", Kind.VISION: "worker_vision.jobs.chat"}
+WAITING = frozenset({JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED})
+"""rq statuses of a job that no worker has taken yet."""
 
 
 class QueueFull(Exception):
-    """The model's queue holds as many jobs as its limit allows."""
+    """The model's interactive queue holds as many jobs as its limit allows."""
 
     def __init__(self, depth: int):
         super().__init__(f"queue depth {depth}")
@@ -34,35 +41,58 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
-def enqueue_chat(
-    conn: redis.Redis,
-    settings: Settings,
-    payload: ChatJob,
-    *,
-    kind: Kind = Kind.TEXT,
-    priority: Priority = Priority.INTERACTIVE,
-    job_id: str | None = None,
-) -> Job:
-    queue = Queue(queue_name(kind, payload.model, priority), connection=conn)
-    depth = queue.count
-    if depth >= settings.queue_depth_limit(payload.model):
-        raise QueueFull(depth)
-    return queue.enqueue_call(
-        CHAT_FUNC[kind],
-        kwargs={"payload": payload.model_dump(mode="json")},
-        job_id=job_id or new_job_id(),
-        timeout=settings.job_timeout,
-        ttl=settings.queued_ttl,
-        result_ttl=settings.result_ttl,
-        failure_ttl=settings.result_ttl,
-    )
+@dataclass
+class JobSpec:
+    """One job to enqueue: what runs, on which model's queue, and what it waits for."""
+
+    func: str
+    """Dotted path of the job function (CHAT_FUNC[kind] for chat, a bookkeeping function)."""
+    payload: dict | BaseModel
+    kind: Kind
+    model: str
+    priority: Priority = Priority.INTERACTIVE
+    retries: int = 0
+    """Extra attempts when its worker dies or it fails (rq's Retry)."""
+    after: list[Job] = field(default_factory=list)
+    """Jobs that must end first, failed or not (a fan-in)."""
+    job_id: str = field(default_factory=new_job_id)
+
+    @classmethod
+    def chat(cls, payload: ChatJob, kind: Kind, **options) -> JobSpec:
+        return cls(CHAT_FUNC[kind], payload, kind, payload.model, **options)
+
+    @property
+    def queue(self) -> str:
+        return queue_name(self.kind, self.model, self.priority)
+
+    def options(self, ctx: Context) -> dict:
+        """rq's enqueue arguments for this job."""
+        s = ctx.settings
+        payload = self.payload.model_dump(mode="json") if isinstance(self.payload, BaseModel) else self.payload
+        waits = s.queued_ttl if self.priority == Priority.INTERACTIVE else s.batch_queued_ttl
+        return dict(kwargs={"payload": payload}, job_id=self.job_id, timeout=s.job_timeout, ttl=waits,
+                    result_ttl=s.result_ttl, failure_ttl=s.result_ttl,
+                    retry=Retry(max=self.retries) if self.retries else None,
+                    depends_on=Dependency(jobs=self.after, allow_failure=True) if self.after else None)
 
 
-def batch_lifetimes(settings: Settings) -> dict:
-    """rq lifetimes of batch-queue work (document pages, batch lines and their bookkeeping
-    jobs): they may wait BATCH_QUEUED_TTL for a free slot; outcomes are kept RESULT_TTL."""
-    return dict(timeout=settings.job_timeout, ttl=settings.batch_queued_ttl,
-                result_ttl=settings.result_ttl, failure_ttl=settings.result_ttl)
+def enqueue(ctx: Context, spec: JobSpec) -> Job:
+    """Put one job on its queue; an interactive queue at its depth limit raises QueueFull."""
+    queue = Queue(spec.queue, connection=ctx.conn)
+    if spec.priority == Priority.INTERACTIVE:
+        depth = queue.count
+        if depth >= ctx.settings.queue_depth_limit(spec.model):
+            raise QueueFull(depth)
+    return queue.enqueue_call(spec.func, **spec.options(ctx))
+
+
+def enqueue_many(ctx: Context, specs: list[JobSpec]) -> list[Job]:
+    """Jobs for one queue (batch work: no depth limit), in one round trip."""
+    if not specs:
+        return []
+    queue = Queue(specs[0].queue, connection=ctx.conn)
+    assert all(s.queue == queue.name for s in specs), "enqueue_many takes jobs of one queue"
+    return queue.enqueue_many([Queue.prepare_data(s.func, **s.options(ctx)) for s in specs])
 
 
 def fetch_job(conn: redis.Redis, job_id: str) -> Job | None:
@@ -72,21 +102,35 @@ def fetch_job(conn: redis.Redis, job_id: str) -> Job | None:
         return None
 
 
-def cancel_job(conn: redis.Redis, settings: Settings, job_id: str) -> None:
-    """Stop a job wherever it is. Queued: rq takes it off the queue and the stream is ended
-    here, since no worker will ever write it. Running: the flag makes its worker drop it
-    within one engine step, and the worker ends the stream."""
-    keys = Keys(settings.key_prefix)
-    request_cancel(conn, keys, job_id, settings.cancel_ttl)
-    job = fetch_job(conn, job_id)
-    if job is None or job.get_status(refresh=False) != JobStatus.QUEUED:
+def request_cancel(ctx: Context, job_id: str, pipeline=None) -> None:
+    """Set the job's cancel flag. Cancellation is cooperative (rq's stop-job command does
+    nothing to in-process workers): the worker running the job reads the flag every step."""
+    (pipeline if pipeline is not None else ctx.conn).set(ctx.keys.cancel(job_id), 1, ex=ctx.settings.cancel_ttl)
+
+
+def cancel_job(ctx: Context, job_id: str) -> None:
+    """Stop a job wherever it is. Waiting (queued, or deferred behind other jobs): rq takes
+    it off its queue, and a chat job's stream is ended here, since no worker will ever write
+    it. Running: the flag makes its worker drop it within one engine step, and the worker
+    ends the stream. Ended: nothing changes."""
+    request_cancel(ctx, job_id)
+    job = fetch_job(ctx.conn, job_id)
+    if job is None or job.get_status(refresh=False) not in WAITING:
         return
+    if mark_canceled(job) and job.func_name in CHAT_FUNC.values():
+        writer = StreamWriter(ctx.conn, ctx.keys, job_id, maxlen=ctx.settings.stream_maxlen,
+                              ttl=ctx.settings.result_ttl)
+        writer.cancelled(reason="cancelled while queued")
+
+
+def mark_canceled(job: Job) -> bool:
+    """rq's cancel (off its queue or registry, status canceled); False when someone else
+    (the API, or the worker recording its outcome) got there first."""
     try:
         job.cancel()
     except InvalidJobOperation:
-        return
-    writer = StreamWriter(conn, keys, job_id, maxlen=settings.stream_maxlen, ttl=settings.result_ttl)
-    writer.cancelled(reason="cancelled while queued")
+        return False
+    return True
 
 
 def reap_orphaned_job(conn: redis.Redis, job: Job) -> None:

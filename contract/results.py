@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from rq.job import Job, JobStatus
 
 from contract.keys import Keys
-from contract.queues import fetch_job
+from contract.queues import WAITING, fetch_job
 from contract.stream import Event, EventType, StreamReader
 
 
@@ -42,17 +42,18 @@ class JobResult(BaseModel):
         return self.status in FINAL
 
 
-_WAITING = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
-
-
 def ending_without_event(job: Job | None) -> Event | None:
-    """The ending of a job that rq ended without a terminal stream event (its worker died,
-    say, or it was cancelled while queued); None while it may still write one."""
+    """The one rule for a job that rq ended without a terminal stream event (its worker died,
+    or it was cancelled while queued): the ending its client gets. rq's FAILED is an error;
+    CANCELED and STOPPED (a stop asked for on purpose) are cancellations. None while the job
+    may still write its own ending, and for a job rq no longer knows (each caller says what
+    an expired job means to it). Used by the relay (api/relay.py), stored completions
+    (api/stored.py) and the results of documents and batches (read_result)."""
     status = job.get_status(refresh=False) if job is not None else None
-    if status in (JobStatus.FAILED, JobStatus.STOPPED):
+    if status == JobStatus.FAILED:
         return Event(EventType.ERROR, data={"code": "generation_failed",
                                             "message": "the job failed in its worker (it may have died)"})
-    if status == JobStatus.CANCELED:
+    if status in (JobStatus.CANCELED, JobStatus.STOPPED):
         return Event(EventType.CANCELLED)
     return None
 
@@ -60,7 +61,7 @@ def ending_without_event(job: Job | None) -> Event | None:
 def read_result(conn: redis.Redis, keys: Keys, job_id: str) -> JobResult:
     job = fetch_job(conn, job_id)
     status = job.get_status(refresh=False) if job is not None else None
-    if status in _WAITING:  # a retry puts a failed job back: its old stream is no answer yet
+    if status in WAITING:  # a retry puts a failed job back: its old stream is no answer yet
         return JobResult(status=ResultStatus.QUEUED)
     if status == JobStatus.STARTED:
         return JobResult(status=ResultStatus.RUNNING)

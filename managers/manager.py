@@ -37,10 +37,9 @@ from contract.commands import (
     read_unload,
     update_status,
 )
-from contract.connection import connect
-from contract.keys import Keys, Kind
+from contract.context import Context
+from contract.keys import Kind
 from contract.modelref import InvalidModelRef, parse_model_ref
-from managers.placement import estimate_bytes, machine_memory, place
 from contract.reasons import safe_text
 from contract.registry import (
     ManagedState,
@@ -52,6 +51,7 @@ from contract.registry import (
     remove_manager,
 )
 from contract.settings import Settings
+from managers.placement import estimate_bytes, machine_memory, place
 
 log = logging.getLogger("mis.manager")
 
@@ -94,8 +94,8 @@ class Manager:
     def __init__(self, settings: Settings, kind: Kind, *, name: str | None = None,
                  capacity: int | None = None):
         self.settings, self.kind, self.capacity = settings, kind, capacity
-        self.conn = connect(settings)
-        self.keys = Keys(settings.key_prefix)
+        self.ctx = Context.connect(settings)
+        self.conn, self.keys = self.ctx.conn, self.ctx.keys
         host = socket.gethostname()
         self.info = ManagerInfo(name=name or f"{kind}-manager.{host}.{os.getpid()}", kind=kind, host=host,
                                 pid=os.getpid(), started_at=time.time())

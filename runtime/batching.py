@@ -35,14 +35,15 @@ import time
 
 import redis
 from rq import Queue, SimpleWorker
-from rq.exceptions import DequeueTimeout, InvalidJobOperation, StopRequested
+from rq.exceptions import DequeueTimeout, StopRequested
 from rq.job import Job, _current_job
 from rq.timeouts import TimerDeathPenalty
 from rq.utils import now
 
-from runtime.done import Done
-from runtime.engine_loop import Admission, EngineLoop, Outcome, Slots
+from contract.done import Done
 from contract.keys import Keys, Priority
+from contract.queues import mark_canceled
+from runtime.engine_loop import Admission, EngineLoop, Outcome, Slots
 
 log = logging.getLogger("mis.batching")
 
@@ -135,7 +136,7 @@ class BatchingWorker(SimpleWorker):
             except Exception as exc:  # the payload failed validation
                 log.warning("job %s refused: %s", job.id, exc)
                 admission.refusal = exc
-            if isinstance(admission.request, Done):  # bookkeeping, done already (runtime/done.py)
+            if isinstance(admission.request, Done):  # bookkeeping, done already (contract/done.py)
                 self._finish_now(admission)
                 return
         self.slots.take(priority)
@@ -265,10 +266,7 @@ class BatchingWorker(SimpleWorker):
             with self.connection.pipeline() as pipe:
                 self.cleanup_execution(job, pipeline=pipe, execution=execution)
                 pipe.execute()
-            try:
-                job.cancel()
-            except InvalidJobOperation:
-                pass  # the API marked it canceled already
+            mark_canceled(job)  # False: the API marked it canceled already
         elif outcome.error is not None:
             exc = outcome.error
             self._finalize_failure(job, queue, execution, (type(exc), exc, exc.__traceback__))

@@ -23,16 +23,11 @@ from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
 from contract.keys import Priority
-from runtime.steps import StepEvent, StepSender
 from contract.stream import EventType
+from runtime.rejections import RequestRejected
+from runtime.steps import StepEvent, StepSender
 
 log = logging.getLogger("mis.engine")
-
-
-class JobRejected(Exception):
-    """An engine cannot serve this request; `code` and the message go to the client."""
-
-    code = "invalid_value"
 
 
 class Engine(Protocol):
@@ -43,7 +38,7 @@ class Engine(Protocol):
 
     def add(self, job_id: str, request: Any) -> dict:
         """Take a job into the batch; returns the data of its `start` event. Raises
-        JobRejected for a request this model cannot serve."""
+        RequestRejected for a request this model cannot serve."""
 
     def step(self) -> tuple[list[StepEvent], dict[str, dict]]:
         """Advance every job one step: their stream events, and the result (usage) of each
@@ -165,35 +160,41 @@ class EngineLoop(threading.Thread):
         return [j for j in self.running if j not in self.ending_ids]
 
     def _take_new(self, block: bool) -> None:
+        """Take every admission waiting in the inbox (waiting for the first one while idle)."""
+        taken = False
         while True:
             try:
                 admission = self.inbox.get(block=block and not self.draining, timeout=1.0 if block else None)
             except stdlib_queue.Empty:
-                return
+                break
             if admission is None:
                 self.draining = True
                 continue
-            block = False
-            job_id = admission.job.id
-            self.running[job_id] = admission
-            if admission.cancelled:
-                self._end(job_id, cancelled=True)
-                continue
-            if admission.refusal is not None:
-                self._refuse(job_id, admission.refusal)
-                continue
-            try:
-                start = self.engine.add(job_id, admission.request)
-            except JobRejected as exc:
-                self._end(job_id, error=exc, code=exc.code, message=str(exc))
-                continue
-            except Exception as exc:  # a bug or a model failure: the job fails, the worker lives
-                log.exception("job %s could not start", job_id)
-                self._end(job_id, error=exc, code="generation_failed",
-                          message="the worker failed while starting this response")
-                continue
-            self.pending.append((job_id, EventType.START, start))
-        self.on_change()
+            block, taken = False, True
+            self._admit(admission)
+        if taken:  # the registry shows the jobs now running (it once stayed `idle`, 0 jobs)
+            self.on_change()
+
+    def _admit(self, admission: Admission) -> None:
+        job_id = admission.job.id
+        self.running[job_id] = admission
+        if admission.cancelled:
+            self._end(job_id, cancelled=True)
+            return
+        if admission.refusal is not None:
+            self._refuse(job_id, admission.refusal)
+            return
+        try:
+            start = self.engine.add(job_id, admission.request)
+        except RequestRejected as exc:
+            self._end(job_id, error=exc, code=exc.code, message=str(exc))
+            return
+        except Exception as exc:  # a bug or a model failure: the job fails, the worker lives
+            log.exception("job %s could not start", job_id)
+            self._end(job_id, error=exc, code="generation_failed",
+                      message="the worker failed while starting this response")
+            return
+        self.pending.append((job_id, EventType.START, start))
 
     def _refuse(self, job_id: str, refusal: BaseException) -> None:
         """The job function refused the payload. A refusal with a `code` (an expired image,

@@ -13,10 +13,7 @@ reply; a job calls it before it ends, so when rq marks a job finished its stream
 """
 from __future__ import annotations
 
-import redis
-
-from contract.keys import Keys
-from contract.settings import Settings
+from contract.context import Context
 from contract.stream import EventType, entry_commands
 
 StepEvent = tuple[str, EventType, dict]
@@ -24,9 +21,9 @@ StepEvent = tuple[str, EventType, dict]
 
 
 class StepSender:
-    def __init__(self, conn: redis.Redis, keys: Keys, settings: Settings):
-        self.pool = conn.connection_pool
-        self.keys, self.settings = keys, settings
+    def __init__(self, ctx: Context):
+        self.pool = ctx.conn.connection_pool
+        self.keys, self.settings = ctx.keys, ctx.settings
         self.connection = None
         self.in_flight: list[list[str] | None] = []
         """One slot per command sent and not yet answered: the job ids whose cancel flags

@@ -9,7 +9,9 @@ import openai
 import pytest
 import redis
 
+from contract.context import Context
 from contract.keys import Keys
+from contract.settings import Settings
 
 from .support import ROOT, RedisServer, Stack, free_port
 
@@ -71,3 +73,9 @@ def conn(redis_server) -> redis.Redis:
 @pytest.fixture(scope="session")
 def keys() -> Keys:
     return Keys("test:")
+
+
+@pytest.fixture(scope="session")
+def ctx(redis_server, conn) -> Context:
+    """The context the stack's processes use (its Redis, its key prefix)."""
+    return Context.of(conn, Settings(redis_url=redis_server.url, key_prefix="test:"))

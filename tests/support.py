@@ -49,7 +49,7 @@ class Proc:
     popen: subprocess.Popen | None = None
 
     def start(self) -> Proc:
-        self.log_file = open(self.log_path, "ab")
+        self.log_file = open(self.log_path, "ab")  # noqa: SIM115 -- the child writes to it until stop() closes it
         self.popen = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdout=self.log_file,
                                       stderr=subprocess.STDOUT, start_new_session=True)
         return self

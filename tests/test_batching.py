@@ -11,9 +11,10 @@ import pytest
 from rq import Queue
 from rq.job import Job, JobStatus
 
-from contract.keys import Priority
+from contract.context import Context
+from contract.keys import Kind, Priority
 from contract.payloads import ChatJob, ChatMessage, SamplingParams
-from contract.queues import cancel_job, enqueue_chat
+from contract.queues import JobSpec, cancel_job, enqueue
 from contract.settings import Settings
 
 from .support import alias, client_for, wait_until
@@ -79,7 +80,8 @@ def test_interactive_request_overtakes_a_batch_backlog(stack, api_url, models_di
     settings = Settings(redis_url=stack.env["REDIS_URL"], key_prefix=stack.env["KEY_PREFIX"])
     payload = ChatJob(model=model, messages=[ChatMessage(role="user", content="go on")], max_tokens=1900,
                       sampling=SamplingParams(temperature=0))
-    batch = [enqueue_chat(conn, settings, payload, priority=Priority.BATCH) for _ in range(5)]
+    ctx = Context.of(conn, settings)
+    batch = [enqueue(ctx, JobSpec.chat(payload, Kind.TEXT, priority=Priority.BATCH)) for _ in range(5)]
     batch_queue = Queue(f"text:{model}:batch", connection=conn)
     try:
         wait_until(lambda: batch_queue.count == 3 and len(batch_queue.started_job_registry) == 2, 30,
@@ -92,7 +94,7 @@ def test_interactive_request_overtakes_a_batch_backlog(stack, api_url, models_di
         assert all(Job.fetch(j.id, connection=conn).get_status() == JobStatus.STARTED for j in batch[:2])
     finally:
         for job in batch:
-            cancel_job(conn, settings, job.id)
+            cancel_job(ctx, job.id)
         worker.stop()
 
 

@@ -110,7 +110,7 @@ def test_cancel_keeps_what_is_done_and_stops_the_rest(api_url, docs_worker):
     assert result.status_code == 200 and len(result.json()["pages"]) == 5
 
 
-def test_a_worker_killed_mid_document_has_its_pages_retried(api_url, stack, docs_worker, conn, keys):
+def test_a_worker_killed_mid_document_has_its_pages_retried(api_url, stack, docs_worker, conn, ctx):
     body = submit(api_url, make_pdf(5), max_tokens="48").json()
 
     def running():
@@ -123,7 +123,7 @@ def test_a_worker_killed_mid_document_has_its_pages_retried(api_url, stack, docs
         final = wait_done(api_url, body["id"], timeout=120)
         assert final["status"] == "completed", final
         assert [p["status"] for p in final["pages"]] == ["completed"] * 5
-        page_jobs = [Job.fetch(j, connection=conn) for j in documents.load(conn, keys, body["id"])["page_jobs"]]
+        page_jobs = [Job.fetch(j, connection=conn) for j in documents.load(ctx, body["id"])["page_jobs"]]
         assert any(job.retries_left < documents.PAGE_RETRIES for job in page_jobs)  # really retried
     finally:
         docs_worker.popen = replacement.popen  # later tests use the live one

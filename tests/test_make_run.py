@@ -27,7 +27,7 @@ def test_make_run_serves_and_sigterm_stops_everything(models_dir, tmp_path):
     port, redis_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS", "REDIS_URL"))}
     env.update(MODELS_DIR=str(models_dir), REDIS_DATA_DIR=str(tmp_path / "redis"), KEY_PREFIX="mr:")
-    log = open(tmp_path / "make-run.log", "wb")
+    log = open(tmp_path / "make-run.log", "wb")  # noqa: SIM115 -- make writes to it for the whole test
     make = subprocess.Popen(["make", "--no-print-directory", "run", "TEXT_MODEL=tiny-text", "VISION_MODEL=tiny-vision",
                              f"PORT={port}", f"REDIS_PORT={redis_port}"],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -11,7 +11,6 @@ import time
 import pytest
 from rq.job import Job, JobStatus
 
-from runtime.batching import ADMIT_WAIT
 from contract.commands import (
     CommandState,
     LoadCommand,
@@ -20,10 +19,11 @@ from contract.commands import (
     send_load,
 )
 from contract.keys import Kind
-from managers.placement import machine_memory, place
 from contract.registry import ManagerInfo, WorkerState, live_managers, live_workers
 from contract.settings import Settings
 from contract.stream import EventType, StreamReader
+from managers.placement import machine_memory, place
+from runtime.batching import ADMIT_WAIT
 
 from .support import alias, say_hi, wait_until
 from .test_cancel import open_stream, read_until
@@ -137,7 +137,7 @@ def test_model_that_fits_nowhere_fails(managers, models_dir, conn, keys):
         f.truncate(40 * GB)  # sparse: no disk used
     status = final(conn, keys, send_load(conn, keys, Kind.TEXT, "mgr-huge")[0], timeout=10)
     assert status.state == CommandState.FAILED
-    assert "does not fit on any machine (needs 48.00 GB, most free is 14.40 GB)" == status.message
+    assert status.message == "does not fit on any machine (needs 48.00 GB, most free is 14.40 GB)"
 
 
 def test_crashed_worker_restarts_and_a_lost_machine_leaves_the_other(managers, api_url, conn, keys):

@@ -11,7 +11,6 @@ start and stop worker processes, which other tests share.
 """
 from __future__ import annotations
 
-import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, settings

@@ -2,17 +2,17 @@
 cancel flags come back, and an interrupted step never leaves a stale reply behind."""
 from __future__ import annotations
 
-from contract.cancel import request_cancel
+from contract.queues import request_cancel
 from contract.settings import Settings
-from runtime.steps import StepSender
 from contract.stream import EventType, StreamReader
+from runtime.steps import StepSender
 
 
-def test_steps_land_in_order_and_cancel_flags_come_back_one_step_later(conn, keys):
-    sender = StepSender(conn, keys, Settings())
+def test_steps_land_in_order_and_cancel_flags_come_back_one_step_later(ctx, conn, keys):
+    sender = StepSender(ctx)
     job = "steps-job-1"
     assert sender.send([(job, EventType.START, {"prompt_tokens": 3})], watch=[job]) == set()
-    request_cancel(conn, keys, job, ttl=60)
+    request_cancel(ctx, job)
     assert sender.send([(job, EventType.DELTA, {"text": "a"})], watch=[job]) == set()  # read before the flag
     assert sender.send([(job, EventType.DELTA, {"text": "b"})], watch=[job]) == {job}
     sender.send([(job, EventType.DONE, {"finish_reason": "stop", "usage": {}})])
@@ -23,10 +23,10 @@ def test_steps_land_in_order_and_cancel_flags_come_back_one_step_later(conn, key
     assert 0 < conn.ttl(keys.stream(job)) <= Settings().result_ttl
 
 
-def test_reset_drops_replies_in_flight(conn, keys):
-    sender = StepSender(conn, keys, Settings())
+def test_reset_drops_replies_in_flight(ctx):
+    sender = StepSender(ctx)
     job = "steps-job-2"
-    request_cancel(conn, keys, job, ttl=60)
+    request_cancel(ctx, job)
     sender.send([(job, EventType.START, {})], watch=[job])
     sender.reset()  # as after an interrupted step: its replies must never be read
     assert sender.send([], watch=[]) == set()

@@ -194,7 +194,7 @@ def test_limits_are_settings(stack, vision_worker):
 
 
 class _Images(BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 (http.server's name)
+    def do_GET(self):
         if self.path == "/cat.png":
             body = png()
             self.send_response(200)

@@ -25,7 +25,7 @@ start = time.perf_counter()
 import mlx.core as mx
 from mlx_vlm.generate import stream_generate
 
-from runtime.engine_loop import JobRejected
+from runtime.rejections import RequestRejected
 from contract.modelref import ModelLoadError
 from contract.settings import Settings
 from worker_vision import engine as vision_engine
@@ -49,7 +49,8 @@ def png(size, colour):
 BLOBS = {"a" * 64: png((64, 64), (255, 0, 0)), "b" * 64: png((40, 30), (0, 128, 255)),
          "c" * 64: png((2, 500), (0, 0, 0))}
 # The job function reads blobs through rq's current job: a stand-in connection serves them.
-vision_jobs.get_current_job = lambda: types.SimpleNamespace(
+import contract.context
+contract.context.get_current_job = lambda: types.SimpleNamespace(
     connection=types.SimpleNamespace(get=lambda key: BLOBS.get(key.rsplit(":", 1)[-1])))
 
 
@@ -127,7 +128,7 @@ def engine_ids(r):
 def rejection(job_id, r):
     try:
         engine.add(job_id, r)
-    except JobRejected as exc:
+    except RequestRejected as exc:
         return {"code": exc.code, "message": str(exc)}
     return None
 

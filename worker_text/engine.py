@@ -21,34 +21,18 @@ from mlx_lm.sample_utils import (
     make_sampler,
 )
 
-from runtime.engine_loop import JobRejected
-from contract.payloads import (
-    ChatJob,
-    PromptTokensDetails,
-    SamplingParams,
-    TokenLogprob,
-    Usage,
-)
+from contract.payloads import ChatJob, PromptTokensDetails, SamplingParams, Usage
+from contract.stream import EventType
+from mlx_common.logprobs import token_logprob
+from mlx_common.sampling import Filters, SeededSampler
+from runtime.rejections import PromptTooLong, check_logit_bias
 from runtime.steps import StepEvent
 from runtime.stops import StopMatcher
-from contract.stream import EventType
 
 PROMPT_CACHE_ENTRIES = 64
 """Most sequences the prompt cache keeps (its byte bound usually binds first)."""
-
-
-class RequestRejected(JobRejected):
-    """The request cannot be served by this model; `code` and the message go to the client."""
-
-
-class PromptTooLong(RequestRejected):
-    code = "context_length_exceeded"
-
-    def __init__(self, prompt_tokens: int, context_length: int):
-        super().__init__(
-            f"this model's context length is {context_length} tokens; the messages take "
-            f"{prompt_tokens}"
-        )
+FILTERS = Filters(apply_top_p, apply_min_p, apply_top_k)
+"""mlx-lm's logit filters, for seeded samplers (mlx_common.sampling)."""
 
 
 @dataclass
@@ -124,9 +108,7 @@ class TextEngine:
         if len(prompt) >= model.context_length:
             raise PromptTooLong(len(prompt), model.context_length)
         params = request.sampling.normalized(model.vocab_size)
-        if params.logit_bias and (max(params.logit_bias) >= model.vocab_size or min(params.logit_bias) < 0):
-            raise RequestRejected(
-                f"logit_bias names token ids outside this model's vocabulary (0 to {model.vocab_size - 1})")
+        check_logit_bias(params.logit_bias, model.vocab_size)
         cache, rest = self._cached_prefix(prompt)
         cached = len(prompt) - len(rest)
         (uid,) = self.generator.insert(
@@ -152,8 +134,8 @@ class TextEngine:
                 continue
             seq.tokens += 1
             text, finish = self._text(seq, response)
-            logprob = (_logprob(self.text_model.tokenizer, response, seq.request.top_logprobs)
-                       if seq.request.logprobs else None)
+            logprob = (token_logprob(self.text_model.tokenizer, response.logprobs, response.token,
+                                     seq.request.top_logprobs) if seq.request.logprobs else None)
             if text or logprob is not None:
                 extra = {"logprobs": [logprob.model_dump()]} if logprob is not None else {}
                 events.append((seq.job_id, EventType.DELTA, {"text": text, **extra}))
@@ -233,7 +215,7 @@ class SamplerCache:
         if params.temperature == 0:
             return greedy_sampler
         if params.seed is not None:
-            return SeededSampler(params)
+            return SeededSampler(params, FILTERS)
         key = (params.temperature, params.top_p, params.min_p, params.top_k)
         if key not in self.shared:
             if len(self.shared) > 256:
@@ -241,41 +223,3 @@ class SamplerCache:
             self.shared[key] = make_sampler(temp=params.temperature, top_p=params.top_p,
                                             min_p=params.min_p, top_k=params.top_k)
         return self.shared[key]
-
-
-# A twin lives in worker_vision/engine.py: the two venvs share no MLX library (mlx-lm here, mlx-vlm there)
-# and jobs/ never imports mlx, so there is no common home for it.
-class SeededSampler:
-    """mlx-lm's sampling chain, drawing from its own key instead of MLX's global state."""
-
-    def __init__(self, params: SamplingParams):
-        self.params = params
-        self.key = mx.random.key(params.seed)
-
-    def __call__(self, logprobs: mx.array) -> mx.array:
-        p = self.params
-        if 0 < p.top_p < 1.0:
-            logprobs = apply_top_p(logprobs, p.top_p)
-        if p.min_p != 0.0:
-            logprobs = apply_min_p(logprobs, p.min_p)
-        if p.top_k > 0:
-            logprobs = apply_top_k(logprobs, p.top_k)
-        self.key, subkey = mx.random.split(self.key)
-        return mx.random.categorical(logprobs * (1.0 / p.temperature), key=subkey)
-
-
-def _logprob(tokenizer, response, top_n: int) -> TokenLogprob:
-    logprobs = response.logprobs
-    top: list[dict] = []
-    if top_n:
-        ids = mx.argpartition(-logprobs, kth=top_n - 1)[:top_n]
-        values = logprobs[ids].tolist()
-        ranked = sorted(zip(ids.tolist(), values, strict=True), key=lambda p: -p[1])
-        top = [_token_entry(tokenizer, i, v) for i, v in ranked]
-    entry = _token_entry(tokenizer, response.token, logprobs[response.token].item())
-    return TokenLogprob(**entry, top_logprobs=top)
-
-
-def _token_entry(tokenizer, token_id: int, logprob: float) -> dict:
-    text = tokenizer.decode([token_id])
-    return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}

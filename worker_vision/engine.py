@@ -40,11 +40,13 @@ from mlx_vlm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_log
 from mlx_vlm.tokenizer_utils import BPEStreamingDetokenizer, make_streaming_detokenizer
 from mlx_vlm.utils import prepare_inputs, should_add_special_tokens
 
-from runtime.engine_loop import JobRejected
 from contract.payloads import ChatJob, PromptTokensDetails, SamplingParams, TokenLogprob, Usage
+from contract.stream import EventType
+from mlx_common.logprobs import token_logprob
+from mlx_common.sampling import Filters, SeededSampler
+from runtime.rejections import PromptTooLong, RequestRejected, check_logit_bias
 from runtime.steps import StepEvent
 from runtime.stops import StopMatcher
-from contract.stream import EventType
 
 from .jobs import VisionRequest
 from .loading import VisionModel
@@ -57,18 +59,8 @@ PREFILL_STEP = 2048
 """Prompt tokens per prefill chunk (mlx-vlm's default): bounds the attention's memory."""
 PENALTY_CONTEXT = 20
 """Recent tokens that repetition/presence/frequency penalties look at (mlx-vlm's default)."""
-
-
-class RequestRejected(JobRejected):
-    """The request cannot be served by this model; `code` and the message go to the client."""
-
-
-class PromptTooLong(RequestRejected):
-    code = "context_length_exceeded"
-
-    def __init__(self, prompt_tokens: int, context_length: int):
-        super().__init__(f"this model's context length is {context_length} tokens; the messages "
-                         f"(images included) take {prompt_tokens}")
+FILTERS = Filters(apply_top_p, apply_min_p, apply_top_k)
+"""mlx-vlm's logit filters, for seeded samplers (mlx_common.sampling)."""
 
 
 @dataclass
@@ -133,7 +125,7 @@ class VisionEngine:
         prompt = self._encode(request)
         context = self.vm.context_length
         if prompt.length >= context:
-            raise PromptTooLong(prompt.length, context)
+            raise PromptTooLong(prompt.length, context, counted="the messages (images included)")
         max_tokens = min(job.max_tokens, context - prompt.length)
         self.sequences[job_id] = self._prefill(job_id, job, prompt, max_tokens)
         return {"prompt_tokens": prompt.length, "cached_tokens": 0}
@@ -168,10 +160,7 @@ class VisionEngine:
                                   f"{len(request.images)}")
         if any(m.images and m.role != "user" for m in job.messages):
             raise RequestRejected("images are accepted in user messages only")
-        bias = job.sampling.logit_bias
-        if bias and (max(bias) >= vm.vocab_size or min(bias) < 0):
-            raise RequestRejected(f"logit_bias names token ids outside this model's vocabulary "
-                                  f"(0 to {vm.vocab_size - 1})")
+        check_logit_bias(job.sampling.logit_bias, vm.vocab_size)
 
     def _encode(self, request: VisionRequest) -> _Prompt:
         """The chat template with one image marker per image part, in message order; the
@@ -275,17 +264,7 @@ class VisionEngine:
                      prompt_tokens_details=PromptTokensDetails(cached_tokens=0)).model_dump()
 
     def _logprob(self, seq: _Sequence, token: int) -> TokenLogprob:
-        logprobs, top_n = seq.pending_logprobs, seq.request.top_logprobs
-        top: list[dict] = []
-        if top_n:
-            ids = mx.argpartition(-logprobs, kth=top_n - 1)[:top_n]
-            ranked = sorted(zip(ids.tolist(), logprobs[ids].tolist(), strict=True), key=lambda p: -p[1])
-            top = [self._token_entry(i, v) for i, v in ranked]
-        return TokenLogprob(**self._token_entry(token, logprobs[token].item()), top_logprobs=top)
-
-    def _token_entry(self, token_id: int, logprob: float) -> dict:
-        text = self.vm.tokenizer.decode([token_id])
-        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+        return token_logprob(self.vm.tokenizer, seq.pending_logprobs, token, seq.request.top_logprobs)
 
 
 class TextStream:
@@ -348,31 +327,8 @@ def _sampler(params: SamplingParams, vocab_size: int):
         return lambda logprobs: mx.argmax(logprobs, axis=-1)
     top_k = params.top_k if 0 < params.top_k < vocab_size else 0
     if params.seed is not None:
-        return SeededSampler(params, top_k)
+        return SeededSampler(params, FILTERS, top_k)
     return make_sampler(temp=params.temperature, top_p=params.top_p, min_p=params.min_p, top_k=top_k)
-
-
-# A twin lives in worker_text/engine.py: the two venvs share no MLX library (mlx-lm here, mlx-vlm there)
-# and jobs/ never imports mlx, so there is no common home for it.
-class SeededSampler:
-    """mlx-vlm's sampling chain (top-p, min-p, top-k, then temperature), drawing from its
-    own key instead of MLX's global state: a seeded job's output depends on its seed alone,
-    never on what other jobs drew in between."""
-
-    def __init__(self, params: SamplingParams, top_k: int):
-        self.params, self.top_k = params, top_k
-        self.key = mx.random.key(params.seed)
-
-    def __call__(self, logprobs: mx.array) -> mx.array:
-        p = self.params
-        if 0 < p.top_p < 1.0:
-            logprobs = apply_top_p(logprobs, p.top_p)
-        if p.min_p != 0.0:
-            logprobs = apply_min_p(logprobs, p.min_p)
-        if self.top_k:
-            logprobs = apply_top_k(logprobs, self.top_k)
-        self.key, subkey = mx.random.split(self.key)
-        return mx.random.categorical(logprobs * (1.0 / max(p.temperature, 0.01)), key=subkey)
 
 
 def _short(exc: Exception, limit: int = 200) -> str:

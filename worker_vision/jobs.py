@@ -11,17 +11,14 @@ opens any string as a local path and follows URLs (and their redirects).
 """
 from __future__ import annotations
 
-import functools
 import io
 from dataclasses import dataclass, field
 
 from PIL import Image
-from rq import get_current_job
 
 from contract import blobs
-from contract.keys import Keys
+from contract.context import Context
 from contract.payloads import ChatJob
-from contract.settings import Settings
 
 
 @dataclass
@@ -32,11 +29,6 @@ class VisionRequest:
     images: list[Image.Image] = field(default_factory=list)
 
 
-@functools.cache
-def _keys() -> Keys:
-    return Keys(Settings().key_prefix)
-
-
 def chat(payload: dict) -> VisionRequest:
     """A chat completion over text and images: the engine streams it into the job's stream.
     Raises (the job ends with an error without running) when an image blob has expired."""
@@ -44,8 +36,8 @@ def chat(payload: dict) -> VisionRequest:
     parts = [part for message in job.messages for part in message.images]
     if not parts:
         return VisionRequest(job)
-    conn = get_current_job().connection
-    return VisionRequest(job, [_decode(blobs.get(conn, _keys(), part.blob)) for part in parts])
+    ctx = Context.for_current_job()
+    return VisionRequest(job, [_decode(blobs.get(ctx.conn, ctx.keys, part.blob)) for part in parts])
 
 
 def _decode(data: bytes) -> Image.Image:

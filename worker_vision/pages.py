@@ -4,7 +4,7 @@ API's request): the render job of work/documents.py.
 Each selected page becomes a PNG in the blob store at the document's dpi, scaled down when
 it would exceed MAX_IMAGE_PIXELS (a poster-sized page at 300 dpi), and the pages are then
 fanned out as chat jobs (`documents.fan_out`). Rendering runs in the worker's admission
-thread (runtime/done.py): 7–47 ms a page at 150 dpi, so a 200-page document holds admission for
+thread (contract/done.py): 7–47 ms a page at 150 dpi, so a 200-page document holds admission for
 seconds; running jobs keep generating meanwhile.
 """
 from __future__ import annotations
@@ -15,12 +15,12 @@ import math
 import pypdfium2 as pdfium
 
 from contract import blobs
-
-from work import documents
-from work.documents import DocStatus, DocumentJob
-from runtime.done import Done, job_context
+from contract.context import Context
+from contract.done import Done
 from contract.keys import Keys
 from contract.payloads import ImagePart
+from work import documents
+from work.documents import DocStatus, DocumentJob
 
 POINTS_PER_INCH = 72
 
@@ -28,21 +28,23 @@ POINTS_PER_INCH = 72
 def render(payload: dict) -> Done:
     """Job function: render the document's pages to blobs and enqueue one job per page."""
     doc = DocumentJob.model_validate(payload)
-    conn, keys, settings = job_context()
-    if documents.status_of(conn, keys, doc.id) != DocStatus.QUEUED:
+    ctx = Context.for_current_job()
+    conn, keys, settings = ctx.conn, ctx.keys, ctx.settings
+    if documents.status_of(ctx, doc.id) != DocStatus.QUEUED:
         return Done()  # cancelled (or rendered already by an earlier attempt)
-    if not documents.set_status(conn, keys, doc.id, DocStatus.RENDERING):
+    if not documents.set_status(ctx, doc.id, DocStatus.RENDERING):
         return Done()
     try:
+        assert doc.source_blob is not None  # render jobs are made for uploaded PDFs only
         data = blobs.get(conn, keys, doc.source_blob)
         ttl = settings.batch_queued_ttl + settings.job_timeout
         parts = [_store(conn, keys, png, ttl) for png in render_pages(data, doc.page_numbers, doc.dpi,
                                                                       settings.max_image_pixels)]
     except Exception as exc:
-        documents.set_status(conn, keys, doc.id, DocStatus.FAILED,
+        documents.set_status(ctx, doc.id, DocStatus.FAILED,
                              error={"code": "render_failed", "message": f"the document could not be rendered: {exc}"})
         raise
-    documents.fan_out(conn, settings, doc, parts)
+    documents.fan_out(ctx, doc, parts)
     return Done({"pages": len(parts)})
 
 

@@ -12,20 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-from rq import get_current_job
-
-from contract.keys import Keys
-from contract.settings import Settings
-
 
 @dataclass(frozen=True)
 class Done:
     value: Any = None
     """The job's rq result (JSON-clean)."""
-
-
-def job_context() -> tuple[redis.Redis, Keys, Settings]:
-    """Inside a bookkeeping job function: the job's Redis connection, the keys and settings."""
-    settings = Settings()
-    return get_current_job().connection, Keys(settings.key_prefix), settings

@@ -1,0 +1,95 @@
+"""Chat intake, shared by every view that runs chat jobs (chat completions, batches,
+documents): the JSON body, routing a model to the kind of its live workers, and turning a
+validated request into a job payload (images checked and stored, max_tokens capped).
+
+Views import this module, never each other.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+from flask import request
+
+from contract import registry
+from contract.context import Context
+from contract.keys import Kind
+from contract.payloads import ChatJob
+
+from . import autoload, images
+from .errors import APIError
+from .schemas import ChatCompletionRequest
+
+
+def json_body() -> dict:
+    """The request's JSON object (a 400 for anything else)."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise APIError(400, "the request body must be a JSON object", code="invalid_json")
+    return body
+
+
+def chat_payload(ctx: Context, req: ChatCompletionRequest, image_ttl: int | None = None) -> tuple[Kind, ChatJob]:
+    """The job for a validated request (routed, images checked and stored), and its queue's kind."""
+    kind, context_length = route(ctx, req.model)
+    if req.image_count:
+        _check_images_allowed(req, kind, ctx.settings.max_images)
+    store_image = partial(images.intake, settings=ctx.settings, conn=ctx.conn, keys=ctx.keys, ttl=image_ttl)
+    return kind, ChatJob(
+        model=req.model, messages=[m.to_payload(store_image) for m in req.messages],
+        max_tokens=_max_tokens(req.requested_max_tokens() or ctx.settings.default_max_tokens, context_length),
+        sampling=req.sampling(), stop=req.stop or [], logprobs=bool(req.logprobs),
+        top_logprobs=req.top_logprobs or 0,
+    )
+
+
+def route(ctx: Context, model: str) -> tuple[Kind, int]:
+    """The kind of queue a request for `model` goes to (that of its live workers, never its
+    name) and the model's context length (0 while not known); raises when nobody serves it
+    and it cannot be loaded on demand."""
+    workers = registry.live_workers(ctx.conn, ctx.keys)
+    serving = registry.serving_models(workers)
+    if model in serving:
+        return serving[model][0].kind, context_length(serving[model])
+    others = [w for w in workers if w.model == model]
+    if any(w.state == registry.WorkerState.ERROR for w in others):
+        reason = next((w.error for w in others if w.error), "no reason given")
+        raise APIError(503, f"model {model!r} failed to load: {reason}", code="model_unavailable",
+                       headers={"Retry-After": "30"})
+    if others:
+        if ctx.settings.auto_load:
+            return others[0].kind, 0  # loading: the request waits in the queue
+        raise APIError(503, f"model {model!r} is loading; retry shortly", code="model_loading",
+                       headers={"Retry-After": "5"})
+    kind = autoload.start(ctx, model)
+    if kind is None:
+        raise model_not_found(model, serving)
+    return kind, 0
+
+
+def context_length(workers: list[registry.WorkerInfo]) -> int:
+    """The smallest context its workers report (replicas agree unless loaded differently)."""
+    known = [w.context_length for w in workers if w.context_length > 0]
+    return min(known) if known else 0
+
+
+def model_not_found(model: str, serving: dict) -> APIError:
+    live = ", ".join(sorted(serving)) or "none"
+    return APIError(404, f"model {model!r} is not served here; live models: {live}",
+                    param="model", code="model_not_found")
+
+
+def _max_tokens(requested: int, context_length: int) -> int:
+    """Capped by the model's context (0: not known yet); the worker caps it again by what
+    the prompt leaves. A cap rather than OpenAI's 400: clients send one max_tokens to many
+    models and cannot count our prompt tokens, and `finish_reason: length` says it was hit."""
+    return min(requested, context_length) if context_length > 0 else requested
+
+
+def _check_images_allowed(req: ChatCompletionRequest, kind: Kind, max_images: int) -> None:
+    if kind != Kind.VISION:
+        raise APIError(400, f"model {req.model!r} is a text-only model and does not accept images; "
+                       "use a vision model (kind \"vision\" in /v1/models)", param="messages",
+                       code="images_not_supported")
+    if req.image_count > max_images:
+        raise APIError(400, f"a request may hold at most {max_images} images; this one has "
+                       f"{req.image_count}", param="messages", code="too_many_images")
