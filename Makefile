@@ -29,7 +29,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 DEFAULT_MODEL := SmolLM2-135M-Instruct
 
-.PHONY: run test install install-vision models default-model tiny-models bench clean
+.PHONY: run test lint install install-vision models default-model tiny-models bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -67,8 +67,14 @@ tiny-models: install install-vision
 run: models
 	exec honcho -f Procfile start $(PROCESSES)
 
+# Lint, format and type checks (configured in pyproject.toml); `make test` runs them first.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
 # The end-to-end tests of real text use the default model, wherever MODELS_DIR points.
-test: install install-vision
+test: install install-vision lint
 	$(PY) -m worker_text.models install-default --models-dir var/models
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -3,8 +3,10 @@ only through Redis (queues, token streams, the worker registry)."""
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 
 from contract.context import Context
 from contract.settings import Settings
@@ -14,7 +16,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.json.sort_keys = False
+    cast(DefaultJSONProvider, app.json).sort_keys = False  # answers keep the order they are built in
     # The one Context (connection, keys, settings) every view and hook reads.
     app.extensions["mis"] = Context.connect(settings)
     logging.getLogger("mis").setLevel(logging.INFO)
@@ -33,10 +35,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(admin.bp)
     app.register_blueprint(openapi.bp)
     # -- metrics and rq-dashboard (api/metrics.py, api/dashboard.py), both admin-only --
-    from . import dashboard, metrics
+    from . import dashboard, metrics, telemetry
 
     app.register_blueprint(metrics.bp)
-    app.after_request(metrics.count_request)
+    app.after_request(telemetry.count_request)
     dashboard.init_dashboard(app, settings)
     # -- end metrics --
     return app

@@ -101,7 +101,7 @@ def load():
     ext = _ext()
     ref, model = _model_arg()
     kind = _kind_arg(ref)
-    replicas = _int_arg("replicas", 1, 1, 16)
+    replicas = _int_arg("replicas", 1, 1, 16) or 1
     keep_alive = _int_arg("keep_alive", None, -1, 7 * 86400)
     wait = _wait_arg()
     if not live_managers(ext.conn, ext.keys, kind):

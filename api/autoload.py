@@ -6,6 +6,8 @@ load from one that waits for nothing (api/relay.py: model_unavailable).
 """
 from __future__ import annotations
 
+from typing import cast
+
 import redis
 
 from contract import commands
@@ -40,10 +42,10 @@ def start(ctx: Context, model: str) -> Kind | None:
 
 def state(conn: redis.Redis, keys: Keys, model: str) -> tuple[bool, str]:
     """(a load of `model` is under way, why it failed if it did)."""
-    command_id = conn.get(keys.autoload(model))
-    if command_id is None:
+    raw = cast(bytes | None, conn.get(keys.autoload(model)))
+    if raw is None:
         return False, ""
-    command_id = command_id.decode()
+    command_id = raw.decode()
     if command_id == PENDING:
         return True, ""
     status = commands.command_status(conn, keys, command_id)

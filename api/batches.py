@@ -106,7 +106,7 @@ def _parse(content: bytes, settings) -> tuple[list[tuple[str, ChatCompletionRequ
     """The lines as (custom_id, request), or the validation errors of the file."""
     parsed, errors, seen = [], [], set()
 
-    def error(number: int, code: str, message: str, param: str | None = None):
+    def error(number: int | None, code: str | None, message: str | None, param: str | None = None):
         errors.append({"code": code, "message": message, "param": param, "line": number})
 
     try:

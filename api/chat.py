@@ -27,9 +27,9 @@ from . import request_id, stored
 from .completions import SSE_DONE, SSE_KEEPALIVE, Completion, error_from_event, sse
 from .errors import APIError, redis_unavailable
 from .intake import chat_payload, json_body
-from .metrics import GenerationTimer
 from .relay import JobRelay
 from .schemas import ChatCompletionRequest
+from .telemetry import GenerationTimer
 
 log = logging.getLogger("mis.api")
 bp = Blueprint("chat", __name__, url_prefix="/v1")

@@ -29,7 +29,7 @@ from work.documents import DocStatus, DocumentJob
 
 from . import images
 from .errors import APIError
-from .intake import route
+from .intake import json_body, route
 from .schemas import DocumentRequest
 
 bp = Blueprint("documents", __name__, url_prefix="/v1")
@@ -163,11 +163,9 @@ def _read_request(max_bytes: int) -> tuple[dict, list[bytes]]:
     if request.mimetype == "multipart/form-data":
         files = request.files.getlist("file")
         uploads = [f.read(max_bytes + 1) for f in files]
-        fields = request.form.to_dict()
+        fields: dict = request.form.to_dict()
     elif request.is_json:
-        fields = request.get_json(silent=True)
-        if not isinstance(fields, dict):
-            raise APIError(400, "the request body must be a JSON object", code="invalid_json")
+        fields = json_body()
         encoded = [fields["document"]] if isinstance(fields.get("document"), str) else fields.get("images") or []
         if not isinstance(encoded, list) or not all(isinstance(e, str) for e in encoded):
             raise _bad("images must be a list of base64 strings or data URIs", "images")

@@ -92,10 +92,12 @@ def init_app(app: Flask) -> None:
     def http_error(exc: HTTPException):
         messages = {404: "no such endpoint", 405: "method not allowed for this endpoint",
                     413: "request body too large"}
-        code = {404: "unknown_url", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.code)
+        status = exc.code or 500
+        code = {404: "unknown_url", 405: "method_not_allowed", 413: "request_too_large"}.get(status)
         # 405 must say which methods the endpoint takes (RFC 9110); werkzeug knows them.
-        headers = {"Allow": ", ".join(exc.valid_methods)} if getattr(exc, "valid_methods", None) else None
-        return _render(APIError(exc.code or 500, messages.get(exc.code, exc.description or exc.name),
+        allowed = getattr(exc, "valid_methods", None)
+        headers = {"Allow": ", ".join(allowed)} if allowed else None
+        return _render(APIError(status, messages.get(status, exc.description or exc.name),
                                 code=code, headers=headers))
 
     @app.errorhandler(Exception)

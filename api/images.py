@@ -121,7 +121,7 @@ def fetch_remote(url: str, max_bytes: int, timeout: float,
         raise bad_image("the image URL has no host", code="invalid_image_url")
     port = parts.port or (443 if secure else 80)
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
+        addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
     except (socket.gaierror, UnicodeError):
         raise bad_image(f"the image host {host!r} does not resolve", code="image_fetch_failed") from None
     if not addresses or not all(address_ok(a) for a in addresses):

@@ -11,6 +11,7 @@ schemathesis against a live server to hold every answer to this document.
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
+from pydantic.json_schema import JsonSchemaMode
 
 from contract.commands import CommandStatus
 from contract.payloads import TokenLogprob, Usage
@@ -26,6 +27,7 @@ from .openapi_builders import (
     REF,
     REQUEST_ID,
     STR,
+    OperationScope,
     array,
     errors,
     json_response,
@@ -119,6 +121,7 @@ def _model_schemas(settings: Settings) -> dict:
     """Components from pydantic models: the chat request (with this server's limits), and
     the payload and registry models that answers embed."""
     components: dict = {}
+    mode: JsonSchemaMode
     for model, mode in ((ChatCompletionRequest, "validation"), (Usage, "serialization"),
                         (TokenLogprob, "serialization"), (CommandStatus, "serialization"),
                         (ManagerInfo, "serialization")):
@@ -155,10 +158,11 @@ def _write_limits(request: dict, settings: Settings) -> None:
 # ---- the document ---------------------------------------------------------------------------
 
 def build(settings: Settings) -> dict:
-    api_security = [{"apiKey": []}] if settings.api_keys_configured else [{}]
-    admin_security = [{"adminToken": []}, {"adminBasic": []}] if settings.admin_token else [{}]
-    v1 = dict(tag="OpenAI-compatible", security=api_security)
-    adm = dict(tag="Admin", security=admin_security)
+    api_security: list[dict[str, list[str]]] = [{"apiKey": []}] if settings.api_keys_configured else [{}]
+    admin_security: list[dict[str, list[str]]] = (
+        [{"adminToken": []}, {"adminBasic": []}] if settings.admin_token else [{}])
+    v1: OperationScope = dict(tag="OpenAI-compatible", security=api_security)
+    adm: OperationScope = dict(tag="Admin", security=admin_security)
     model_path = param("model_path", "query", {"type": "string", "minLength": 1, "maxLength": 256},
                         "a directory name under MODELS_DIR or a Hugging Face repo id (org/name)", required=True)
     wait = param("wait", "query", {"type": "number", "minimum": 0, "maximum": 300},

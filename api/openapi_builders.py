@@ -2,6 +2,8 @@
 chat, models and admin paths) and api/openapi_jobs.py (documents and batches)."""
 from __future__ import annotations
 
+from typing import TypedDict
+
 REF = "#/components/schemas/{model}"
 
 
@@ -51,6 +53,13 @@ ERROR_TEXT = {
 
 def errors(*statuses: int) -> dict:
     return {str(s): {"$ref": f"#/components/responses/Error{s}"} for s in statuses}
+
+
+class OperationScope(TypedDict):
+    """The tag and security a group of operations shares: `operation(..., **scope)`."""
+
+    tag: str
+    security: list
 
 
 def operation(summary: str, responses: dict, *, tag: str, security: list, description: str = "",

@@ -8,7 +8,19 @@ from contract.settings import Settings
 from work.batches import BatchStatus
 from work.documents import DocStatus
 
-from .openapi_builders import INT, STR, array, errors, json_response, nullable, obj, operation, param, ref
+from .openapi_builders import (
+    INT,
+    STR,
+    OperationScope,
+    array,
+    errors,
+    json_response,
+    nullable,
+    obj,
+    operation,
+    param,
+    ref,
+)
 from .schemas import DocumentRequest
 
 TIMES = ("in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled")
@@ -64,7 +76,7 @@ def schemas(settings: Settings) -> dict:
     }
 
 
-def paths(v1: dict) -> dict:
+def paths(v1: OperationScope) -> dict:
     doc_id = param("doc_id", "path", STR, "`doc_<id>` from POST /v1/documents")
     batch_id = param("batch_id", "path", STR, "`batch_<id>` from POST /v1/batches")
     file_id = param("file_id", "path", STR, "`file-<id>` from POST /v1/files")

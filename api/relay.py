@@ -72,6 +72,7 @@ class JobRelay:
     def _check_job(self) -> list[Event]:
         """Called after a silent interval: a terminal event if the job can no longer finish."""
         job = fetch_job(self.conn, self.job_id)
+        problem: Event | None
         if job is None:
             problem = Event(EventType.ERROR, data={"code": "job_expired",
                                                    "message": "the job expired before it finished"})

@@ -78,7 +78,7 @@ class RequestMessage(BaseModel):
         if not isinstance(self.content, list):
             return ChatMessage(role=role, content=self.content or "")
         if not self.image_urls:
-            return ChatMessage(role=role, content="".join(p.text for p in self.content))
+            return ChatMessage(role=role, content="".join(p.text for p in self.content if isinstance(p, TextPart)))
         parts = [payloads.TextPart(text=p.text) if isinstance(p, TextPart) else store_image(p.image_url.url)
                  for p in self.content]
         return ChatMessage(role=role, content=parts)

@@ -4,6 +4,7 @@ holds one copy of an image however many jobs name it)."""
 from __future__ import annotations
 
 import hashlib
+from typing import cast
 
 import redis
 
@@ -24,7 +25,7 @@ def put(conn: redis.Redis, keys: Keys, data: bytes, ttl: int) -> str:
 
 
 def get(conn: redis.Redis, keys: Keys, digest: str) -> bytes:
-    data = conn.get(keys.blob(digest))
+    data = cast(bytes | None, conn.get(keys.blob(digest)))
     if data is None:
         raise BlobMissing("an image of this request expired before a worker took the job; please resend")
     return data

@@ -13,6 +13,7 @@ import json
 import time
 import uuid
 from enum import StrEnum
+from typing import cast
 
 import redis
 from pydantic import BaseModel, Field
@@ -105,7 +106,7 @@ def send_load(conn: redis.Redis, keys: Keys, kind: Kind, model: str, *, replicas
 
 
 def command_status(conn: redis.Redis, keys: Keys, command_id: str) -> CommandStatus | None:
-    raw = conn.hgetall(keys.command(command_id))
+    raw = cast(dict[bytes, bytes], conn.hgetall(keys.command(command_id)))
     if not raw:
         return None
     return CommandStatus.model_validate({k.decode(): v.decode() for k, v in raw.items()})

@@ -95,6 +95,7 @@ def resolve(ref: ModelRef) -> Path:
     Workers call it (the API never does, so it needs no huggingface_hub)."""
     if ref.local_path is not None:
         return ref.local_path
+    assert ref.repo_id is not None  # parse_model_ref sets one of the two
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from typing import cast
 
 import redis
 from pydantic import BaseModel
@@ -141,7 +142,7 @@ def reap_orphaned_job(conn: redis.Redis, job: Job) -> None:
     (the worker's clock, not ours) touches no live worker's job."""
     registry = StartedJobRegistry(job.origin, connection=conn)
     prefix = f"{job.id}:".encode()
-    scores = [score for member, score in conn.zrange(registry.key, 0, -1, withscores=True)
-              if member.startswith(prefix)]
+    members = cast(list[tuple[bytes, float]], conn.zrange(registry.key, 0, -1, withscores=True))
+    scores = [score for member, score in members if member.startswith(prefix)]
     if scores:
         registry.cleanup(timestamp=max(scores) + 0.001)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from enum import StrEnum
+from typing import cast
 
 import redis
 from pydantic import BaseModel
@@ -165,7 +166,7 @@ def _remove(conn: redis.Redis, key: str, index: str, name: str) -> None:
 
 def _live(conn: redis.Redis, index: str, key_of) -> list[dict[str, str]]:
     """The fields of every indexed entry whose hash still exists; prunes names of expired ones."""
-    names = [n.decode() for n in conn.zrange(index, 0, -1)]
+    names = [n.decode() for n in cast(list[bytes], conn.zrange(index, 0, -1))]
     if not names:
         return []
     pipe = conn.pipeline(transaction=False)

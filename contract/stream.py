@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import cast
 
 import redis
 
@@ -58,7 +59,7 @@ def _text(value: bytes | str) -> str:
 def entry_commands(key: str, event_type: EventType, data: dict, *, maxlen: int, ttl: int) -> list[tuple]:
     """The Redis commands that append one event (the only place that shapes a stream entry)."""
     fields = _encode(event_type, data)
-    commands = [("XADD", key, "MAXLEN", "~", maxlen, "*", "type", fields["type"], "data", fields["data"])]
+    commands: list[tuple] = [("XADD", key, "MAXLEN", "~", maxlen, "*", "type", fields["type"], "data", fields["data"])]
     # `start` sets the expiry and the terminal event restarts it, so a stream outlives its
     # job by `ttl` and one whose worker vanished still expires. Deltas leave it alone: one
     # command less on every engine step (Settings keeps ttl >= the job timeout).
@@ -101,9 +102,10 @@ class StreamReader:
 
     def read(self, block_ms: int | None = None) -> list[Event]:
         """Events after the last one read; waits up to `block_ms` for one (None: no wait)."""
-        reply = self.conn.xread({self.key: self.last_id}, count=512, block=block_ms)
+        reply = cast(list, self.conn.xread({self.key: self.last_id}, count=512, block=block_ms))
         if not reply:
             return []
+        # [[stream key, [(entry id, {field: value}), ...]]]: one stream was read.
         events = [_decode(entry_id, fields) for entry_id, fields in reply[0][1]]
         self.last_id = events[-1].id
         return events

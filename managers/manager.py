@@ -23,6 +23,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import redis
 from pydantic import ValidationError
@@ -74,7 +75,8 @@ class Child:
     model: str
     keep_alive: int
     capacity: int | None
-    popen: subprocess.Popen | None = None
+    popen: subprocess.Popen[bytes] | None = None
+    """Set by Manager._start, before the child joins Manager.children."""
     log_path: Path | None = None
     state: ManagedState = ManagedState.RUNNING
     restarts: int = 0
@@ -144,7 +146,9 @@ class Manager:
     def _read_commands(self, block_ms: int) -> None:
         stream = self.keys.commands(self.kind)
         try:
-            reply = self.conn.xreadgroup(GROUP, self.name, {stream: ">"}, count=1, block=block_ms)
+            # RESP2, undecoded: [[stream, [(entry_id, {field: value}), ...]], ...]
+            reply = cast(list[list[Any]], self.conn.xreadgroup(GROUP, self.name, {stream: ">"}, count=1,
+                                                                block=block_ms))
         except redis.exceptions.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
@@ -203,6 +207,7 @@ class Manager:
             except OSError as exc:
                 self._fail(command, f"cannot start a worker: {exc.strerror}")
                 return
+            assert child.popen is not None  # set by _start
             update_status(self.conn, self.keys, command.id, CommandState.STARTING, manager=self.name,
                           worker_pid=child.popen.pid)
             self.publish()  # other managers place the next replica knowing about this one
@@ -234,6 +239,7 @@ class Manager:
     def _supervise(self) -> None:
         now = time.monotonic()
         for child in list(self.children):
+            assert child.popen is not None  # every child has been started (_start)
             if child.state == ManagedState.RESTARTING and now >= child.restart_at:
                 if self._unloaded(child):
                     log.info("not restarting the worker for %s: its model was unloaded", child.model)
@@ -255,6 +261,7 @@ class Manager:
         return unload is not None and unload.before > child.created_at
 
     def _exited(self, child: Child, code: int, now: float) -> None:
+        assert child.popen is not None  # the process that exited
         if child.command_id:
             update_status(self.conn, self.keys, child.command_id, CommandState.FAILED, manager=self.name,
                           worker_pid=child.popen.pid,
@@ -277,6 +284,7 @@ class Manager:
         whoever sent this command wants an answer, and can send it again."""
         entries = {w.pid: w for w in registry.live_workers(self.conn, self.keys) if w.host == self.info.host}
         for child in self.children:
+            assert child.popen is not None  # every child has been started (_start)
             entry = entries.get(child.popen.pid)
             if not child.command_id or child.state != ManagedState.RUNNING or entry is None:
                 continue
@@ -294,6 +302,7 @@ class Manager:
 
     @staticmethod
     def _log_tail(child: Child, lines: int = 5) -> str:
+        assert child.log_path is not None  # set by _start with popen
         try:
             tail = child.log_path.read_text(errors="replace").strip().splitlines()[-lines:]
         except OSError:
@@ -302,15 +311,20 @@ class Manager:
 
     def _shutdown(self) -> None:
         """Warm shutdown of every worker (they finish their jobs), SIGKILL after SHUTDOWN_WAIT."""
-        running = [c for c in self.children if c.state == ManagedState.RUNNING and c.popen.poll() is None]
+        # Every child has been started (_start): its popen is set.
+        running = [c for c in self.children
+                   if c.state == ManagedState.RUNNING and cast("subprocess.Popen[bytes]", c.popen).poll() is None]
         for child in self.children:
             child.state = ManagedState.STOPPED
         for child in running:
+            assert child.popen is not None
             child.popen.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + SHUTDOWN_WAIT
-        while any(c.popen.poll() is None for c in running) and time.monotonic() < deadline:
+        while (any(cast("subprocess.Popen[bytes]", c.popen).poll() is None for c in running)
+               and time.monotonic() < deadline):
             time.sleep(0.1)
         for child in running:
+            assert child.popen is not None
             if child.popen.poll() is None:
                 log.warning("worker %d did not stop in %.0f s; killing it", child.popen.pid, SHUTDOWN_WAIT)
                 child.popen.kill()

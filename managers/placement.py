@@ -46,6 +46,7 @@ def _cached_snapshot(repo_id: str | None) -> Path | None:
     try:
         from huggingface_hub import snapshot_download
 
+        assert repo_id is not None  # a hub ref when local_path is unset (an error here is caught below)
         return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, local_files_only=True))
     except Exception:  # not cached, no huggingface_hub: size unknown
         return None

@@ -103,7 +103,8 @@ class BatchingWorker(SimpleWorker):
                 if self.should_run_maintenance_tasks:
                     self.run_maintenance_tasks()
                 wait = ADMIT_WAIT if len(queues) == len(self.queues) else RESTRICTED_WAIT
-                result = self.queue_class.dequeue_any(queues, wait, connection=self.connection,
+                # rq annotates the timeout as int; Redis's blocking pops take fractions of a second.
+                result = self.queue_class.dequeue_any(queues, wait, connection=self.connection,  # type: ignore[arg-type]
                                                       job_class=self.job_class, serializer=self.serializer,
                                                       death_penalty_class=self.death_penalty_class)
                 if result is not None:

@@ -238,8 +238,8 @@ class EngineLoop(threading.Thread):
             self._end(job_id, error=JobTimeoutException(message), code="job_timeout", message=message,
                       tokens=tokens.get(job_id, 0))
 
-    def _cancel(self, job_ids: set[str]) -> None:
-        job_ids = [j for j in self._live() if j in job_ids]
+    def _cancel(self, flagged: set[str]) -> None:
+        job_ids = [j for j in self._live() if j in flagged]
         if not job_ids:
             return
         tokens = self.engine.remove(job_ids)

@@ -13,6 +13,10 @@ reply; a job calls it before it ends, so when rq marks a job finished its stream
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from redis.connection import Connection
+
 from contract.context import Context
 from contract.stream import EventType, entry_commands
 
@@ -24,16 +28,17 @@ class StepSender:
     def __init__(self, ctx: Context):
         self.pool = ctx.conn.connection_pool
         self.keys, self.settings = ctx.keys, ctx.settings
-        self.connection = None
+        self.connection: Connection | None = None
         self.in_flight: list[list[str] | None] = []
         """One slot per command sent and not yet answered: the job ids whose cancel flags
         the command reads (one MGET for all of them), None for writes."""
 
-    def send(self, events: list[StepEvent], watch: list[str] = ()) -> set[str]:
+    def send(self, events: list[StepEvent], watch: Sequence[str] = ()) -> set[str]:
         """Write `events` and read the cancel flags of `watch`, without waiting. Returns the
         jobs whose cancel flag the previous send found set."""
         cancelled = self._collect()
-        commands, slots = [], []
+        commands: list[tuple] = []
+        slots: list[list[str] | None] = []
         for job_id, event_type, data in events:
             for command in entry_commands(self.keys.stream(job_id), event_type, data,
                                           maxlen=self.settings.stream_maxlen, ttl=self.settings.result_ttl):
@@ -78,7 +83,8 @@ class StepSender:
     def _collect(self) -> set[str]:
         if not self.in_flight:
             return set()
-        cancelled = set()
+        cancelled: set[str] = set()
+        assert self.connection is not None  # replies in flight arrive on the connection they were sent on
         try:
             for job_ids in self.in_flight:
                 reply = self.connection.read_response()

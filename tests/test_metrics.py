@@ -8,7 +8,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 import api
-from api import metrics
+from api import metrics, telemetry
 from contract.settings import Settings
 
 from .support import HI, client_for, free_port
@@ -178,17 +178,17 @@ def test_rq_dashboard_renders_and_lists_our_queues_and_workers(token_api, client
 # ---- failure-proof recording --------------------------------------------------------------
 
 def test_a_dead_redis_never_breaks_recording(test_app, monkeypatch):
-    monkeypatch.setattr(metrics, "_paused_until", 0.0)
+    monkeypatch.setattr(telemetry, "_paused_until", 0.0)
     dead = test_app(redis_url=f"redis://127.0.0.1:{free_port()}/0").test_client()
     response = dead.get("/no/such/path")  # the after_request hook fails to write
     assert response.status_code == 404 and response.get_json()["error"]["code"] == "unknown_url"
-    assert metrics._paused_until > 0  # and the process stops trying for a while
+    assert telemetry._paused_until > 0  # and the process stops trying for a while
     ext = dead.application.extensions["mis"]
-    timer = metrics.GenerationTimer(ext.conn, ext.keys, MODEL, started=0.0)
-    monkeypatch.setattr(metrics, "_paused_until", 0.0)
+    timer = telemetry.GenerationTimer(ext.conn, ext.keys, MODEL, started=0.0)
+    monkeypatch.setattr(telemetry, "_paused_until", 0.0)
     timer.observe(None)
     for _ in range(3):
-        timer.observe(metrics.Event(metrics.EventType.DELTA, data={"text": "x"}))
+        timer.observe(telemetry.Event(telemetry.EventType.DELTA, data={"text": "x"}))
     timer.finish({"completion_tokens": 3})
 
 
@@ -199,4 +199,4 @@ def test_a_dead_redis_never_breaks_recording(test_app, monkeypatch):
     ("default", None), ("text::batch", None), ("audio:m:batch", None), ("text:m:urgent", None),
 ])
 def test_queue_names_parse_into_labels(name, parsed):
-    assert metrics.parse_queue_name(name) == parsed
+    assert metrics.queue_labels(name) == parsed

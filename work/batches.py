@@ -90,7 +90,9 @@ def finish(ctx: Context, batch_id: str, status: BatchStatus) -> None:
     if record is None:
         return
     created = record["meta"].get("created_at", int(time.time()))
-    output, errors, counts = [], [], {"total": len(record["lines"]), "completed": 0, "failed": 0}
+    output: list[dict] = []
+    errors: list[dict] = []
+    counts = {"total": len(record["lines"]), "completed": 0, "failed": 0}
     for line in record["lines"]:
         entry, ok = _output_line(ctx, line, created)
         (output if ok else errors).append(entry)

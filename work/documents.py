@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import time
 from enum import StrEnum
+from typing import cast
 
 from pydantic import BaseModel, Field
 
@@ -96,7 +97,7 @@ def load(ctx: Context, doc_id: str) -> dict | None:
 
 
 def status_of(ctx: Context, doc_id: str) -> DocStatus | None:
-    value = ctx.conn.hget(ctx.keys.document(doc_id), "status")
+    value = cast(bytes | None, ctx.conn.hget(ctx.keys.document(doc_id), "status"))
     return DocStatus(value.decode()) if value else None
 
 

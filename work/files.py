@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from typing import cast
 
 import redis
 
@@ -19,10 +20,11 @@ def new_file_id() -> str:
 def put(conn: redis.Redis, keys: Keys, data: bytes, *, filename: str, purpose: str, ttl: int) -> dict:
     """Store a file; returns its OpenAI file object."""
     now = int(time.time())
-    info = {"id": new_file_id(), "object": "file", "bytes": len(data), "created_at": now,
+    file_id = new_file_id()
+    info = {"id": file_id, "object": "file", "bytes": len(data), "created_at": now,
             "expires_at": now + ttl, "filename": filename, "purpose": purpose, "status": "processed",
             "status_details": None}
-    key = keys.file(info["id"])
+    key = keys.file(file_id)
     with conn.pipeline() as pipe:
         pipe.hset(key, mapping={"info": json.dumps(info), "content": data})
         pipe.expire(key, ttl)
@@ -36,4 +38,4 @@ def info(conn: redis.Redis, keys: Keys, file_id: str) -> dict | None:
 
 
 def content(conn: redis.Redis, keys: Keys, file_id: str) -> bytes | None:
-    return conn.hget(keys.file(file_id), "content")
+    return cast(bytes | None, conn.hget(keys.file(file_id), "content"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
+from typing import cast
 
 import redis
 
@@ -37,17 +38,18 @@ def write_status(conn: redis.Redis, key: str, status: str, terminal: Iterable[st
     """Set the status (and `<status>_at`, and `fields` JSON-encoded) unless the record has
     ended or expired; False when nothing was written."""
     terminal = list(terminal)
-    mapping = {"status": status, f"{status}_at": int(time.time()), **{k: json.dumps(v) for k, v in fields.items()}}
-    args = [len(terminal), *terminal, *(item for pair in mapping.items() for item in pair)]
+    mapping: dict[str, str | int] = {"status": status, f"{status}_at": int(time.time()),
+                                     **{k: json.dumps(v) for k, v in fields.items()}}
+    args: list[str | int] = [len(terminal), *terminal, *(item for pair in mapping.items() for item in pair)]
     return bool(conn.eval(_WRITE_STATUS, 1, key, *args))
 
 
 def read(conn: redis.Redis, key: str) -> dict | None:
     """The record with its JSON fields decoded (`status` and `*_at` as they are), or None."""
-    raw = conn.hgetall(key)
+    raw = cast(dict[bytes, bytes], conn.hgetall(key))
     if not raw:
         return None
-    out = {}
+    out: dict = {}
     for name, value in ((k.decode(), v.decode()) for k, v in raw.items()):
         if name == "status":
             out[name] = value

@@ -8,6 +8,7 @@ the client, even split across tokens.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, make_stop_sequences
@@ -20,6 +21,7 @@ from mlx_lm.sample_utils import (
     make_logits_processors,
     make_sampler,
 )
+from mlx_lm.tokenizer_utils import StreamingDetokenizer
 
 from contract.payloads import ChatJob, PromptTokensDetails, SamplingParams, Usage
 from contract.stream import EventType
@@ -38,8 +40,10 @@ FILTERS = Filters(apply_top_p, apply_min_p, apply_top_k)
 @dataclass
 class TextModel:
     model_id: str
-    model: object
-    tokenizer: object
+    model: Any
+    """mlx-lm's model (an nn.Module)."""
+    tokenizer: Any
+    """mlx-lm's TokenizerWrapper."""
     context_length: int
     vocab_size: int
 
@@ -64,7 +68,7 @@ class _Sequence:
     prompt_tokens: int
     cached_tokens: int
     stops: StopMatcher
-    detokenizer: object
+    detokenizer: StreamingDetokenizer
     tokens: int = 0
 
 
@@ -113,7 +117,8 @@ class TextEngine:
         cached = len(prompt) - len(rest)
         (uid,) = self.generator.insert(
             [rest], max_tokens=[min(request.max_tokens, model.context_length - len(prompt))],
-            caches=[cache], all_tokens=[prompt[:cached]], samplers=[self.samplers.get(params)],
+            caches=[cache],  # type: ignore[list-item]  # None (no cache) is fine; mlx-lm's hint lacks it
+            all_tokens=[prompt[:cached]], samplers=[self.samplers.get(params)],
             logits_processors=[make_logits_processors(
                 logit_bias=params.logit_bias or None, repetition_penalty=params.repetition_penalty,
                 presence_penalty=params.presence_penalty or None,

@@ -39,8 +39,8 @@ class FlatDecodeQuantizedEmbedding(nn.QuantizedEmbedding):
 
 # Exact classes only: a subclass of these (QQLinear, a model's own variant) may compute
 # differently and is left alone.
-_SWAPS = {nn.QuantizedLinear: FlatDecodeQuantizedLinear,
-          nn.QuantizedEmbedding: FlatDecodeQuantizedEmbedding}
+_SWAPS: dict[type[nn.Module], type[nn.Module]] = {nn.QuantizedLinear: FlatDecodeQuantizedLinear,
+                                                   nn.QuantizedEmbedding: FlatDecodeQuantizedEmbedding}
 
 
 def flatten_decode(model: nn.Module) -> int:

@@ -24,7 +24,7 @@ import struct
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import mlx.core as mx
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
@@ -315,7 +315,7 @@ def _write_tokenizer(h: GGUFHeader, out: Path, max_length: int) -> None:
 def _load_weights(path: Path, by_module: dict[str, TensorInfo], progress: bool) -> dict[str, mx.array]:
     """Tensors from mx.load, renamed to mlx-lm paths (`X.weight` -> `module.weight/scales/biases`)."""
     try:
-        loaded = mx.load(str(path))
+        loaded = cast(dict[str, mx.array], mx.load(str(path)))  # a .gguf file, no metadata: a dict
     except (RuntimeError, ValueError) as e:
         raise GGUFImportError(f"{path.name}: could not read tensors: {e}") from None
     weights = {}

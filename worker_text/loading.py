@@ -6,6 +6,7 @@ a directory there (`resolve`); here it is loaded with mlx-lm.
 from __future__ import annotations
 
 import json
+from typing import Any, cast
 
 from contract.modelref import ModelLoadError, parse_model_ref, resolve
 from contract.settings import Settings
@@ -21,7 +22,8 @@ def load_text_model(model_ref: str, settings: Settings) -> TextModel:
     path = resolve(ref)
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"{model_ref} has no config.json: not an mlx-lm model directory")
-    model, tokenizer = load(str(path))
+    # Without return_config, load gives (model, tokenizer); its hint is a union with the 3-tuple.
+    model, tokenizer = cast(tuple[Any, Any], load(str(path)))
     if settings.flat_decode:
         flatten_decode(model)
     config = json.loads((path / "config.json").read_text())

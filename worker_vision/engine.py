@@ -31,7 +31,9 @@ engine thread, on that thread's default stream. mlx-vlm's module-level `generati
 from __future__ import annotations
 
 import codecs
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import mlx.core as mx
 from mlx_vlm.models.cache import make_prompt_cache
@@ -92,7 +94,7 @@ class _Sequence:
     position_shape: tuple[int, ...]
     """(3, 1, 1) for mRoPE's three axes, or (1, 1) where the prompt had plain positions (a
     text-only prompt): the same shapes mlx-vlm's own decoding passes, for the same numbers."""
-    sampler: object
+    sampler: Callable[[mx.array], mx.array]
     processors: list
     stops: StopMatcher
     text: TextStream
@@ -211,6 +213,7 @@ class VisionEngine:
 
     def _decode(self, seq: _Sequence) -> None:
         """Queue the forward pass for the token just emitted (evaluated after the step)."""
+        assert seq.pending is not None  # sampled in _prefill, and by every _decode since
         offset = seq.prompt_tokens + seq.tokens - 1  # the token just emitted goes there
         positions = mx.full(seq.position_shape, offset + seq.rope_delta, dtype=mx.int32)
         logits = self.vm.model.language_model(seq.pending.reshape(1, 1), cache=seq.cache,
@@ -240,7 +243,8 @@ class VisionEngine:
 
     def _emit(self, seq: _Sequence, events: list[StepEvent]) -> str | None:
         """Send the job's pending token as text (and logprob); returns its finish reason."""
-        token = seq.pending.item()
+        assert seq.pending is not None  # sampled in _prefill, and by every _decode since
+        token = cast(int, seq.pending.item())
         seq.tokens += 1
         eos = token in self.vm.eos_token_ids
         finish = "stop" if eos else "length" if seq.tokens >= seq.max_tokens else None
@@ -264,6 +268,7 @@ class VisionEngine:
                      prompt_tokens_details=PromptTokensDetails(cached_tokens=0)).model_dump()
 
     def _logprob(self, seq: _Sequence, token: int) -> TokenLogprob:
+        assert seq.pending_logprobs is not None  # set with seq.pending
         return token_logprob(self.vm.tokenizer, seq.pending_logprobs, token, seq.request.top_logprobs)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from contract.modelref import ModelLoadError, parse_model_ref, resolve
 from contract.settings import Settings
@@ -25,9 +26,9 @@ DEFAULT_CONTEXT = 32768
 @dataclass
 class VisionModel:
     model_id: str
-    model: object
+    model: Any
     """mlx-vlm's Model: `vision_tower`, `language_model`, `get_input_embeddings`."""
-    processor: object
+    processor: Any
     """The Hugging Face processor mlx-vlm loaded (image processor, tokenizer, chat template)."""
     config: dict
     context_length: int

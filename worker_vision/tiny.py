@@ -30,6 +30,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 SPECIAL = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
@@ -95,7 +96,7 @@ def build_tokenizer(out: Path) -> dict[str, int]:
     tok.train_from_iterator(CORPUS, trainer=trainer)
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL])
     tok.save(str(out / "tokenizer.json"))
-    ids = {t: tok.token_to_id(t) for t in SPECIAL}
+    ids = {t: cast(int, tok.token_to_id(t)) for t in SPECIAL}  # just added: never None
     _write_json(out / "tokenizer_config.json", {
         "add_bos_token": False, "add_prefix_space": False, "bos_token": None,
         "added_tokens_decoder": {str(ids[t]): {"content": t, "lstrip": False, "normalized": False,

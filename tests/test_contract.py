@@ -1,0 +1,105 @@
+"""The contract's own rules against a real Redis, without workers: the one way to enqueue
+(lifetimes by priority, retries, fan-ins, the interactive depth limit), the one cancel
+helper, queue names both ways, and the one rule for jobs rq ended without a stream ending."""
+from __future__ import annotations
+
+import pytest
+from rq import Queue
+from rq.job import Job, JobStatus
+
+from contract.context import Context
+from contract.keys import Kind, Priority, parse_queue_name, queue_name
+from contract.payloads import ChatJob, ChatMessage
+from contract.queues import JobSpec, QueueFull, cancel_job, enqueue, enqueue_many
+from contract.results import ResultStatus, ending_without_event, read_result
+from contract.settings import Settings
+from contract.stream import EventType, StreamReader
+
+
+@pytest.fixture()
+def small(redis_server, conn) -> Context:
+    """A context whose limits are small and whose lifetimes are told apart."""
+    return Context.of(conn, Settings(redis_url=redis_server.url, key_prefix="contract:", queued_ttl=111,
+                                     batch_queued_ttl=2222, result_ttl=3333, job_timeout=44,
+                                     queue_depth_limits={"contract-model": 2}))
+
+
+def chat(model="contract-model") -> ChatJob:
+    return ChatJob(model=model, messages=[ChatMessage(role="user", content="hi")], max_tokens=3)
+
+
+def test_lifetimes_follow_the_priority(small):
+    interactive = enqueue(small, JobSpec.chat(chat("m-interactive"), Kind.TEXT))
+    batch = enqueue(small, JobSpec.chat(chat("m-batch"), Kind.VISION, priority=Priority.BATCH, retries=2))
+    assert interactive.origin == "text:m-interactive:interactive" and batch.origin == "vision:m-batch:batch"
+    assert (interactive.ttl, interactive.timeout, interactive.result_ttl) == (111, 44, 3333)
+    assert (batch.ttl, batch.failure_ttl, batch.retries_left) == (2222, 3333, 2)
+    assert interactive.func_name == "worker_text.jobs.chat" and batch.func_name == "worker_vision.jobs.chat"
+    assert interactive.kwargs["payload"]["messages"][0]["content"] == "hi"
+
+
+def test_only_interactive_queues_are_bounded(small):
+    for _ in range(2):
+        enqueue(small, JobSpec.chat(chat(), Kind.TEXT))
+    with pytest.raises(QueueFull) as full:
+        enqueue(small, JobSpec.chat(chat(), Kind.TEXT))
+    assert full.value.depth == 2
+    specs = [JobSpec.chat(chat(), Kind.TEXT, priority=Priority.BATCH) for _ in range(3)]
+    assert [j.id for j in enqueue_many(small, specs)] == [s.job_id for s in specs]
+
+
+def test_a_fan_in_waits_for_its_jobs_failed_or_not(small):
+    pages = enqueue_many(small, [JobSpec.chat(chat("m-fan"), Kind.TEXT, priority=Priority.BATCH)
+                                 for _ in range(2)])
+    after = enqueue(small, JobSpec("work.documents.aggregate", {"id": "d"}, Kind.TEXT, "m-fan", Priority.BATCH,
+                                   after=pages))
+    assert after.get_status() == JobStatus.DEFERRED
+    assert after.allow_dependency_failures and set(after.dependency_ids) == {p.id for p in pages}
+
+
+def test_cancel_takes_waiting_jobs_off_and_ends_a_chat_stream(small):
+    queued = enqueue(small, JobSpec.chat(chat("m-cancel"), Kind.TEXT, priority=Priority.BATCH))
+    deferred = enqueue(small, JobSpec("work.batches.finalize", {"id": "b"}, Kind.TEXT, "m-cancel",
+                                      Priority.BATCH, after=[queued]))
+    cancel_job(small, queued.id)
+    cancel_job(small, deferred.id)
+    assert queued.get_status() == JobStatus.CANCELED and deferred.get_status() == JobStatus.CANCELED
+    assert [e.type for e in StreamReader(small.conn, small.keys, queued.id).read_all()] == [EventType.CANCELLED]
+    assert StreamReader(small.conn, small.keys, deferred.id).read_all() == []  # no client reads one
+    assert small.conn.exists(small.keys.cancel(queued.id))
+    cancel_job(small, queued.id)  # twice: nothing more happens
+    assert len(StreamReader(small.conn, small.keys, queued.id).read_all()) == 1
+
+
+def test_queue_names_parse_back():
+    for kind in Kind:
+        for priority in Priority:
+            assert parse_queue_name(queue_name(kind, "org/model:v1", priority)) == (kind, "org/model:v1", priority)
+    assert parse_queue_name("default") is None and parse_queue_name("text::batch") is None
+
+
+@pytest.mark.parametrize("status, ending, result", [
+    (JobStatus.FAILED, EventType.ERROR, ResultStatus.FAILED),
+    (JobStatus.STOPPED, EventType.CANCELLED, ResultStatus.CANCELED),
+    (JobStatus.CANCELED, EventType.CANCELLED, ResultStatus.CANCELED),
+    (JobStatus.FINISHED, None, ResultStatus.FAILED),  # finished, yet its stream is gone: expired
+    (JobStatus.STARTED, None, ResultStatus.RUNNING),
+    (JobStatus.QUEUED, None, ResultStatus.QUEUED),
+])
+def test_one_rule_for_jobs_rq_ended_without_a_stream_ending(small, status, ending, result):
+    job = Job.create("worker_text.jobs.chat", connection=small.conn, kwargs={"payload": {}})
+    job.save()
+    job.set_status(status)
+    event = ending_without_event(Job.fetch(job.id, connection=small.conn))
+    assert (event.type if event else None) == ending
+    if ending == EventType.ERROR:
+        assert event.data["code"] == "generation_failed"
+    # The relay (api/relay.py) and stored results read the same rule.
+    assert read_result(small.conn, small.keys, job.id).status == result
+    assert ending_without_event(None) is None
+
+
+def test_the_queue_of_a_spec_is_where_enqueue_puts_it(small):
+    spec = JobSpec.chat(chat("m-where"), Kind.VISION, priority=Priority.BATCH)
+    job = enqueue(small, spec)
+    assert Queue(spec.queue, connection=small.conn).job_ids == [job.id]
