@@ -1,5 +1,6 @@
 """The HTTP API: a Flask app factory. Never imports mlx or worker code: it talks to workers
 only through Redis (queues, token streams, the worker registry)."""
+
 from __future__ import annotations
 
 import logging

@@ -5,6 +5,7 @@ machine and venv, managers/manager.py) take from a Redis stream, and `unload` se
 model's workers read in their heartbeat. Both then watch the worker registry and answer when
 the model is live (or gone), or with 202 and a link to follow once `wait` seconds pass.
 """
+
 from __future__ import annotations
 
 import time
@@ -38,10 +39,20 @@ def health():
     ext = _ext()
     ext.conn.ping()
     now = time.time()
-    workers = [{"name": w.name, "model": w.model, "kind": w.kind, "state": w.state, "error": w.error or None,
-                "host": w.host, "pid": w.pid, "rss_bytes": w.rss_bytes,
-                "last_heartbeat_s": round(now - w.heartbeat_at, 2)}
-               for w in registry.live_workers(ext.conn, ext.keys)]
+    workers = [
+        {
+            "name": w.name,
+            "model": w.model,
+            "kind": w.kind,
+            "state": w.state,
+            "error": w.error or None,
+            "host": w.host,
+            "pid": w.pid,
+            "rss_bytes": w.rss_bytes,
+            "last_heartbeat_s": round(now - w.heartbeat_at, 2),
+        }
+        for w in registry.live_workers(ext.conn, ext.keys)
+    ]
     managers = [m.model_dump(mode="json") for m in live_managers(ext.conn, ext.keys)]
     status = "ok" if any(w["state"] in registry.SERVING_STATES for w in workers) else "degraded"
     return jsonify(status=status, redis=True, workers=workers, managers=managers)
@@ -53,15 +64,32 @@ def status():
     workers = registry.live_workers(ext.conn, ext.keys)
     queues = _queues(ext.conn)
     return jsonify(
-        workers=[{"name": w.name, "model": w.model, "kind": w.kind, "state": w.state, "host": w.host,
-                  "pid": w.pid, "manager": w.manager or None, "capacity": w.capacity,
-                  "active_jobs": w.active_jobs, "jobs_done": w.jobs_done, "tokens_generated": w.tokens_generated,
-                  "tokens_per_s": round(w.tokens_per_s, 2), "jobs_per_min": round(w.jobs_per_min, 2),
-                  "error": w.error or None} for w in workers],
+        workers=[
+            {
+                "name": w.name,
+                "model": w.model,
+                "kind": w.kind,
+                "state": w.state,
+                "host": w.host,
+                "pid": w.pid,
+                "manager": w.manager or None,
+                "capacity": w.capacity,
+                "active_jobs": w.active_jobs,
+                "jobs_done": w.jobs_done,
+                "tokens_generated": w.tokens_generated,
+                "tokens_per_s": round(w.tokens_per_s, 2),
+                "jobs_per_min": round(w.jobs_per_min, 2),
+                "error": w.error or None,
+            }
+            for w in workers
+        ],
         queues=[q for q, _ in queues],
-        totals={"tokens_per_s": round(sum(w.tokens_per_s for w in workers), 2),
-                "jobs_per_min": round(sum(w.jobs_per_min for w in workers), 2),
-                "queued": sum(q["queued"] for q, _ in queues), "running": sum(w.active_jobs for w in workers)},
+        totals={
+            "tokens_per_s": round(sum(w.tokens_per_s for w in workers), 2),
+            "jobs_per_min": round(sum(w.jobs_per_min for w in workers), 2),
+            "queued": sum(q["queued"] for q, _ in queues),
+            "running": sum(w.active_jobs for w in workers),
+        },
         recent_errors=_recent_errors(ext.conn, [queue for _, queue in queues]),
     )
 
@@ -74,8 +102,19 @@ def _queues(conn) -> list[tuple[dict, Queue]]:
         if parsed is None:
             continue
         kind, model, priority = parsed
-        found.append(({"name": queue.name, "model": model, "kind": kind, "priority": priority,
-                       "queued": queue.count, "running": len(queue.started_job_registry)}, queue))
+        found.append(
+            (
+                {
+                    "name": queue.name,
+                    "model": model,
+                    "kind": kind,
+                    "priority": priority,
+                    "queued": queue.count,
+                    "running": len(queue.started_job_registry),
+                },
+                queue,
+            )
+        )
     return sorted(found, key=lambda pair: pair[0]["name"])
 
 
@@ -89,9 +128,14 @@ def _recent_errors(conn, queues: list[Queue]) -> list[dict]:
             result = job.latest_result()
             text = (result.exc_string if result is not None else "") or ""
             last = next((line for line in reversed(text.strip().splitlines()) if line.strip()), "")
-            errors.append({"job_id": job.id, "queue": queue.name,
-                           "ended_at": job.ended_at.isoformat() if job.ended_at else None,
-                           "error": safe_text(last)})
+            errors.append(
+                {
+                    "job_id": job.id,
+                    "queue": queue.name,
+                    "ended_at": job.ended_at.isoformat() if job.ended_at else None,
+                    "error": safe_text(last),
+                }
+            )
     errors.sort(key=lambda e: e["ended_at"] or "", reverse=True)
     return errors[:RECENT_ERRORS]
 
@@ -105,9 +149,12 @@ def load():
     keep_alive = _int_arg("keep_alive", None, -1, 7 * 86400)
     wait = _wait_arg()
     if not live_managers(ext.conn, ext.keys, kind):
-        raise APIError(503, f"no {kind} manager is running to load {model!r}; start one with "
-                       f"`python -m worker_{kind}.manager` on a machine that shares this Redis",
-                       code="no_manager")
+        raise APIError(
+            503,
+            f"no {kind} manager is running to load {model!r}; start one with "
+            f"`python -m worker_{kind}.manager` on a machine that shares this Redis",
+            code="no_manager",
+        )
     ids = commands.send_load(ext.conn, ext.keys, kind, model, replicas=replicas, keep_alive=keep_alive)
     deadline = time.monotonic() + wait
     while True:
@@ -116,13 +163,20 @@ def load():
         if failed:
             raise APIError(503, f"loading {model!r} failed: {failed[0].message}", code="load_failed")
         serving = [w for w in registry.live_workers(ext.conn, ext.keys) if w.model == model and w.serving]
-        if len(serving) >= replicas and all(s is not None and s.state == commands.CommandState.DONE
-                                            for s in statuses):
-            return jsonify(model=model, kind=kind, status="loaded",
-                           workers=[{"name": w.name, "host": w.host, "pid": w.pid} for w in serving])
+        if len(serving) >= replicas and all(s is not None and s.state == commands.CommandState.DONE for s in statuses):
+            return jsonify(
+                model=model,
+                kind=kind,
+                status="loaded",
+                workers=[{"name": w.name, "host": w.host, "pid": w.pid} for w in serving],
+            )
         if time.monotonic() >= deadline:
-            return jsonify(model=model, kind=kind, status="loading", commands=[
-                {"id": i, "url": url_for("admin.command", command_id=i)} for i in ids]), 202
+            return jsonify(
+                model=model,
+                kind=kind,
+                status="loading",
+                commands=[{"id": i, "url": url_for("admin.command", command_id=i)} for i in ids],
+            ), 202
         time.sleep(0.2)
 
 
@@ -149,16 +203,19 @@ def unload():
         if not left:
             return jsonify(model=model, status="unloaded", cancelled_running_jobs=cancel)
         if time.monotonic() >= deadline:
-            return jsonify(model=model, status="unloading", workers_left=len(left),
-                           cancelled_running_jobs=cancel), 202
+            return jsonify(model=model, status="unloading", workers_left=len(left), cancelled_running_jobs=cancel), 202
         time.sleep(0.2)
 
 
 def _model_arg() -> tuple[ModelRef, str]:
     raw = request.args.get("model_path", "")
     if not raw:
-        raise APIError(400, "model_path is required: a directory name under MODELS_DIR or a Hugging Face "
-                       "repo id (org/name)", param="model_path", code="missing_required_parameter")
+        raise APIError(
+            400,
+            "model_path is required: a directory name under MODELS_DIR or a Hugging Face repo id (org/name)",
+            param="model_path",
+            code="missing_required_parameter",
+        )
     try:
         ref = parse_model_ref(raw, _ext().settings.model_roots)
     except InvalidModelRef as exc:

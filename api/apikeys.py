@@ -15,6 +15,7 @@ match, so the time depends neither on which key matched nor on how much of a wro
 right. The admin token is a separate secret and is never accepted here; a key equal to it is
 refused at start (settings) or skipped with an error (the key file).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -107,16 +108,27 @@ def require_api_key() -> None:
     if not ring.configured:
         if is_loopback(ring.settings.host):
             return
-        raise APIError(403, "the API is disabled: the server is bound beyond loopback and no API keys are set; "
-                       "set API_KEYS or API_KEYS_FILE, or bind to loopback (HOST=127.0.0.1)",
-                       code="api_keys_required")
+        raise APIError(
+            403,
+            "the API is disabled: the server is bound beyond loopback and no API keys are set; "
+            "set API_KEYS or API_KEYS_FILE, or bind to loopback (HOST=127.0.0.1)",
+            code="api_keys_required",
+        )
     value = (bearer_token() or "").strip()
     if not value:
-        raise APIError(401, "this endpoint needs an API key: Authorization: Bearer <key>",
-                       code="missing_api_key", headers={"WWW-Authenticate": "Bearer"})
+        raise APIError(
+            401,
+            "this endpoint needs an API key: Authorization: Bearer <key>",
+            code="missing_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     if not ring.matches(value):
-        raise APIError(401, "the API key is not valid", code="invalid_api_key",
-                       headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        raise APIError(
+            401,
+            "the API key is not valid",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
 
 
 def describe_api_access(settings: Settings) -> tuple[int, str]:
@@ -124,11 +136,13 @@ def describe_api_access(settings: Settings) -> tuple[int, str]:
     if settings.api_keys_configured:
         return logging.INFO, "/v1 endpoints require an API key (API_KEYS / API_KEYS_FILE)"
     if is_loopback(settings.host):
-        return logging.INFO, ("/v1 endpoints are open without a key: no API_KEYS are set and the server "
-                              "is bound to loopback")
+        return logging.INFO, (
+            "/v1 endpoints are open without a key: no API_KEYS are set and the server is bound to loopback"
+        )
     return logging.WARNING, (
         "\n  " + "!" * 78 + "\n"
         f"  NO API KEYS: the server is bound to {settings.host}, beyond loopback, and neither API_KEYS nor\n"
         "  API_KEYS_FILE is set, so every /v1 request is REFUSED (403 api_keys_required).\n"
         "  Set API_KEYS=<key>[,<key>...] or API_KEYS_FILE=<path>, or bind to loopback.\n"
-        "  " + "!" * 78)
+        "  " + "!" * 78
+    )

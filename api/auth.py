@@ -7,6 +7,7 @@ Without a token the admin surface is open only when the server is bound to loopb
 request comes from loopback (a single-user machine); bound anywhere else it is refused. The
 startup log says which of the three applies. Tokens are compared in constant time.
 """
+
 from __future__ import annotations
 
 import base64
@@ -40,10 +41,14 @@ def describe_admin_access(settings: Settings) -> str:
     if settings.admin_token:
         return "admin endpoints (/admin, /metrics, /rq) require the ADMIN_TOKEN bearer token"
     if is_loopback(settings.host):
-        return ("admin endpoints (/admin, /metrics, /rq) are open to loopback clients: no ADMIN_TOKEN "
-                "is set and the server is bound to loopback")
-    return ("admin endpoints (/admin, /metrics, /rq) are DISABLED: the server is not bound to loopback "
-            "and no ADMIN_TOKEN is set")
+        return (
+            "admin endpoints (/admin, /metrics, /rq) are open to loopback clients: no ADMIN_TOKEN "
+            "is set and the server is bound to loopback"
+        )
+    return (
+        "admin endpoints (/admin, /metrics, /rq) are DISABLED: the server is not bound to loopback "
+        "and no ADMIN_TOKEN is set"
+    )
 
 
 def require_admin() -> None:
@@ -53,14 +58,19 @@ def require_admin() -> None:
         given = _presented_token()
         if given is None:
             challenge = 'Basic realm="mlx-inference-server admin"' if request.path.startswith("/rq") else "Bearer"
-            raise APIError(401, "this endpoint needs the admin token: Authorization: Bearer <ADMIN_TOKEN>",
-                           code="missing_admin_token", headers={"WWW-Authenticate": challenge})
+            raise APIError(
+                401,
+                "this endpoint needs the admin token: Authorization: Bearer <ADMIN_TOKEN>",
+                code="missing_admin_token",
+                headers={"WWW-Authenticate": challenge},
+            )
         if not hmac.compare_digest(given.encode(), settings.admin_token.encode()):
             raise APIError(403, "the admin token is not valid", code="invalid_admin_token")
         return
     if not (is_loopback(settings.host) and is_loopback(request.remote_addr)):
-        raise APIError(403, "admin endpoints are disabled: set ADMIN_TOKEN, or bind the server to loopback",
-                       code="admin_disabled")
+        raise APIError(
+            403, "admin endpoints are disabled: set ADMIN_TOKEN, or bind the server to loopback", code="admin_disabled"
+        )
 
 
 def bearer_token() -> str | None:

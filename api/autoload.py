@@ -4,6 +4,7 @@ with Ollama. One load per model at a time: a marker (`autoload:<model>`, holding
 command's id) is claimed with SET NX, and the relay reads it to tell a job that waits for a
 load from one that waits for nothing (api/relay.py: model_unavailable).
 """
+
 from __future__ import annotations
 
 from typing import cast

@@ -8,6 +8,7 @@ validation does. A line for a model nobody serves (and none can load) runs no jo
 the error file. Every other line is one chat job on its model's batch queue; the work is
 work/batches.py.
 """
+
 from __future__ import annotations
 
 import time
@@ -53,8 +54,9 @@ def create_batch():
     ext = current_app.extensions["mis"]
     req = BatchRequest.model_validate(json_body())
     if req.endpoint != ENDPOINT:
-        raise APIError(400, f"endpoint must be {ENDPOINT} (the only one batches run here)",
-                       param="endpoint", code="invalid_value")
+        raise APIError(
+            400, f"endpoint must be {ENDPOINT} (the only one batches run here)", param="endpoint", code="invalid_value"
+        )
     if req.completion_window != "24h":
         raise APIError(400, "completion_window must be 24h", param="completion_window", code="invalid_value")
     content = files.content(ext.conn, ext.keys, req.input_file_id)
@@ -62,20 +64,43 @@ def create_batch():
         raise file_not_found(req.input_file_id)
     batch_id = ID_PREFIX + uuid.uuid4().hex
     now = int(time.time())
-    meta = {"endpoint": req.endpoint, "input_file_id": req.input_file_id, "completion_window": "24h",
-            "created_at": now, "expires_at": now + ext.settings.batch_queued_ttl, "metadata": req.metadata}
+    meta = {
+        "endpoint": req.endpoint,
+        "input_file_id": req.input_file_id,
+        "completion_window": "24h",
+        "created_at": now,
+        "expires_at": now + ext.settings.batch_queued_ttl,
+        "metadata": req.metadata,
+    }
     parsed, errors = _parse(content, ext.settings)
     if errors:
-        batches.create(ext, batch_id, BatchStatus.FAILED, meta=meta, lines=[],
-                       errors={"object": "list", "data": errors[:MAX_LINE_ERRORS]})
+        batches.create(
+            ext,
+            batch_id,
+            BatchStatus.FAILED,
+            meta=meta,
+            lines=[],
+            errors={"object": "list", "data": errors[:MAX_LINE_ERRORS]},
+        )
         return jsonify(_view(batch_id))
     lines, queued = [], []
     for custom_id, chat in parsed:
         try:
             kind, payload = chat_payload(ext, chat, image_ttl=ext.settings.batch_queued_ttl + ext.settings.job_timeout)
         except APIError as exc:
-            lines.append({"custom_id": custom_id, "job_id": None, "error": {
-                "status": exc.status, "code": exc.code, "message": exc.message, "param": exc.param, "type": exc.type}})
+            lines.append(
+                {
+                    "custom_id": custom_id,
+                    "job_id": None,
+                    "error": {
+                        "status": exc.status,
+                        "code": exc.code,
+                        "message": exc.message,
+                        "param": exc.param,
+                        "type": exc.type,
+                    },
+                }
+            )
             continue
         job_id = batches.enqueue_line(ext, payload, kind)
         lines.append({"custom_id": custom_id, "job_id": job_id, "model": payload.model})
@@ -118,7 +143,9 @@ def _parse(content: bytes, settings) -> tuple[list[tuple[str, ChatCompletionRequ
     if not lines:
         error(None, "empty_file", "the input file has no requests")
     if len(lines) > settings.max_batch_lines:
-        error(None, "too_many_requests", f"a batch may hold at most {settings.max_batch_lines} requests (MAX_BATCH_LINES)")
+        error(
+            None, "too_many_requests", f"a batch may hold at most {settings.max_batch_lines} requests (MAX_BATCH_LINES)"
+        )
         return [], errors
     for number, raw in lines:
         try:
@@ -127,7 +154,9 @@ def _parse(content: bytes, settings) -> tuple[list[tuple[str, ChatCompletionRequ
                 error(number, "invalid_url", f"each line must be POST {ENDPOINT}", "url")
                 continue
             if line.custom_id in seen:
-                error(number, "duplicate_custom_id", f"custom_id {line.custom_id!r} appears more than once", "custom_id")
+                error(
+                    number, "duplicate_custom_id", f"custom_id {line.custom_id!r} appears more than once", "custom_id"
+                )
                 continue
             seen.add(line.custom_id)
             chat = ChatCompletionRequest.model_validate(line.body, context={"settings": settings})
@@ -145,8 +174,9 @@ def _record(batch_id: str) -> dict:
     ext = current_app.extensions["mis"]
     record = batches.load(ext, batch_id) if batch_id.startswith(ID_PREFIX) else None
     if record is None:
-        raise APIError(404, f"no batch {batch_id!r} is kept here (unknown, or expired)", param="batch_id",
-                       code="batch_not_found")
+        raise APIError(
+            404, f"no batch {batch_id!r} is kept here (unknown, or expired)", param="batch_id", code="batch_not_found"
+        )
     return record
 
 
@@ -155,13 +185,23 @@ def _view(batch_id: str) -> dict:
     ext = current_app.extensions["mis"]
     record = _record(batch_id)
     meta = record["meta"]
-    times = {f"{s}_at": record.get(f"{s}_at") for s in ("in_progress", "finalizing", "completed", "failed",
-                                                          "expired", "cancelling", "cancelled")}
+    times = {
+        f"{s}_at": record.get(f"{s}_at")
+        for s in ("in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled")
+    }
     return {
-        "id": batch_id, "object": "batch", "endpoint": meta["endpoint"], "errors": record.get("errors"),
-        "input_file_id": meta["input_file_id"], "completion_window": meta["completion_window"],
-        "status": record["status"], "output_file_id": record.get("output_file_id"),
-        "error_file_id": record.get("error_file_id"), "created_at": meta["created_at"],
-        "expires_at": meta["expires_at"], **times,
-        "request_counts": batches.request_counts(ext.conn, record), "metadata": meta["metadata"],
+        "id": batch_id,
+        "object": "batch",
+        "endpoint": meta["endpoint"],
+        "errors": record.get("errors"),
+        "input_file_id": meta["input_file_id"],
+        "completion_window": meta["completion_window"],
+        "status": record["status"],
+        "output_file_id": record.get("output_file_id"),
+        "error_file_id": record.get("error_file_id"),
+        "created_at": meta["created_at"],
+        "expires_at": meta["expires_at"],
+        **times,
+        "request_counts": batches.request_counts(ext.conn, record),
+        "metadata": meta["metadata"],
     }

@@ -1,5 +1,6 @@
 """Chat completions: `POST /v1/chat/completions` (JSON or SSE) and `GET
 /v1/chat/completions/<id>` (api/stored.py). Intake (routing, payloads) is api/intake.py."""
+
 from __future__ import annotations
 
 import logging
@@ -46,8 +47,12 @@ def chat_completions():
     try:
         job = enqueue(ctx, JobSpec.chat(payload, kind, job_id=job_id))
     except QueueFull as full:
-        raise APIError(429, f"model {req.model!r} has {full.depth} requests waiting; retry later",
-                       code="queue_full", headers={"Retry-After": "2"}) from None
+        raise APIError(
+            429,
+            f"model {req.model!r} has {full.depth} requests waiting; retry later",
+            code="queue_full",
+            headers={"Retry-After": "2"},
+        ) from None
     completion = Completion(completion_id=f"chatcmpl-{job.id}", model=req.model)
     relay = JobRelay(ctx, job.id, req.model)
     timer = GenerationTimer(ctx.conn, ctx.keys, req.model, started)  # metrics
@@ -55,12 +60,18 @@ def chat_completions():
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         events = relay.events()
         first = _first_event(relay, events, timer)
-        return Response(stream_with_context(_stream(relay, chain([first], events), completion,
-                                                    include_usage, timer)),
-                        mimetype="text/event-stream",
-                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    return _collect(relay, completion, want_logprobs=bool(req.logprobs),
-                    client_socket=request.environ.get("gunicorn.socket"), timer=timer)
+        return Response(
+            stream_with_context(_stream(relay, chain([first], events), completion, include_usage, timer)),
+            mimetype="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    return _collect(
+        relay,
+        completion,
+        want_logprobs=bool(req.logprobs),
+        client_socket=request.environ.get("gunicorn.socket"),
+        timer=timer,
+    )
 
 
 def _first_event(relay: JobRelay, events: Iterator[Event | None], timer: GenerationTimer) -> Event | None:
@@ -88,8 +99,13 @@ def get_chat_completion(completion_id: str):
     return jsonify(stored.stored_completion(ctx.conn, ctx.keys, completion_id))
 
 
-def _collect(relay: JobRelay, completion: Completion, want_logprobs: bool, client_socket=None,
-             timer: GenerationTimer | None = None):
+def _collect(
+    relay: JobRelay,
+    completion: Completion,
+    want_logprobs: bool,
+    client_socket=None,
+    timer: GenerationTimer | None = None,
+):
     """Read the job to its end for one JSON answer. Nothing is written to the client until
     then, so a client that gives up is noticed by peeking at its socket now and then."""
     next_check = time.monotonic() + relay.settings.keepalive_interval
@@ -113,8 +129,13 @@ def _collect(relay: JobRelay, completion: Completion, want_logprobs: bool, clien
     return jsonify(completion.response(want_logprobs))
 
 
-def _stream(relay: JobRelay, events: Iterator[Event | None], completion: Completion, include_usage: bool,
-            timer: GenerationTimer | None = None):
+def _stream(
+    relay: JobRelay,
+    events: Iterator[Event | None],
+    completion: Completion,
+    include_usage: bool,
+    timer: GenerationTimer | None = None,
+):
     """SSE frames for one job's events. A client that disconnects raises GeneratorExit at the
     next write; `finally` then cancels the job."""
     try:
@@ -124,16 +145,21 @@ def _stream(relay: JobRelay, events: Iterator[Event | None], completion: Complet
             if event is None:
                 yield SSE_KEEPALIVE
             elif event.type == EventType.START:
-                yield sse(completion.chunk({"role": "assistant", "content": ""},
-                                           with_usage=include_usage), event.id)
+                yield sse(completion.chunk({"role": "assistant", "content": ""}, with_usage=include_usage), event.id)
             elif event.type == EventType.DELTA:
-                yield sse(completion.chunk({"content": event.data.get("text", "")},
-                                           logprobs=event.data.get("logprobs"),
-                                           with_usage=include_usage), event.id)
+                yield sse(
+                    completion.chunk(
+                        {"content": event.data.get("text", "")},
+                        logprobs=event.data.get("logprobs"),
+                        with_usage=include_usage,
+                    ),
+                    event.id,
+                )
             elif event.type == EventType.DONE:
                 completion.add(event)
-                yield sse(completion.chunk({}, finish_reason=completion.finish_reason,
-                                           with_usage=include_usage), event.id)
+                yield sse(
+                    completion.chunk({}, finish_reason=completion.finish_reason, with_usage=include_usage), event.id
+                )
                 if include_usage:
                     yield sse(completion.usage_chunk())
                 yield SSE_DONE

@@ -12,6 +12,7 @@ progress bar of pages done runs on stderr until the document ends, and the resul
 http://127.0.0.1:11440); `--api-key` (default $MIS_API_KEY) is sent as a bearer token.
 Needs only `requests`. Exit status: 0 completed, 1 failed or canceled, 2 a request refused.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,8 +79,10 @@ def submit(client: Client, args) -> dict:
             fields[name] = getattr(args, name)
     handles = [open(path, "rb") for path in args.files]  # noqa: SIM115 -- closed in the finally below, after the upload
     try:
-        uploads = [("file", (Path(p).name, h, mimetypes.guess_type(p)[0] or "application/octet-stream"))
-                   for p, h in zip(args.files, handles, strict=True)]
+        uploads = [
+            ("file", (Path(p).name, h, mimetypes.guess_type(p)[0] or "application/octet-stream"))
+            for p, h in zip(args.files, handles, strict=True)
+        ]
         return client.call("POST", "/v1/documents", data=fields, files=uploads).json()
     finally:
         for handle in handles:

@@ -1,4 +1,5 @@
 """Shaping chat completions as OpenAI does: the whole response, stream chunks and SSE frames."""
+
 from __future__ import annotations
 
 import json
@@ -10,10 +11,18 @@ from contract.stream import Event, EventType
 from .errors import APIError
 
 # Worker error codes that mean the request itself was bad, not the server.
-STATUS_BY_CODE = {"context_length_exceeded": 400, "invalid_value": 400, "worker_died": 503,
-                  "model_unavailable": 503, "job_expired": 503, "job_cancelled": 503,
-                  "job_timeout": 504, "worker_shutdown": 503, "redis_unavailable": 503,
-                  "blob_expired": 503}
+STATUS_BY_CODE = {
+    "context_length_exceeded": 400,
+    "invalid_value": 400,
+    "worker_died": 503,
+    "model_unavailable": 503,
+    "job_expired": 503,
+    "job_cancelled": 503,
+    "job_timeout": 504,
+    "worker_shutdown": 503,
+    "redis_unavailable": 503,
+    "blob_expired": 503,
+}
 
 
 @dataclass
@@ -38,25 +47,39 @@ class Completion:
 
     def response(self, want_logprobs: bool) -> dict:
         return {
-            "id": self.completion_id, "object": "chat.completion", "created": self.created,
-            "model": self.model, "system_fingerprint": None,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": "".join(self.text), "refusal": None},
-                "logprobs": {"content": self.logprobs, "refusal": None} if want_logprobs else None,
-                "finish_reason": self.finish_reason,
-            }],
+            "id": self.completion_id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": None,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "".join(self.text), "refusal": None},
+                    "logprobs": {"content": self.logprobs, "refusal": None} if want_logprobs else None,
+                    "finish_reason": self.finish_reason,
+                }
+            ],
             "usage": self.usage,
         }
 
-    def chunk(self, delta: dict, *, finish_reason: str | None = None, logprobs: list | None = None,
-              with_usage: bool = False) -> dict:
+    def chunk(
+        self, delta: dict, *, finish_reason: str | None = None, logprobs: list | None = None, with_usage: bool = False
+    ) -> dict:
         body = {
-            "id": self.completion_id, "object": "chat.completion.chunk", "created": self.created,
-            "model": self.model, "system_fingerprint": None,
-            "choices": [{"index": 0, "delta": delta,
-                         "logprobs": {"content": logprobs, "refusal": None} if logprobs is not None else None,
-                         "finish_reason": finish_reason}],
+            "id": self.completion_id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": None,
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": delta,
+                    "logprobs": {"content": logprobs, "refusal": None} if logprobs is not None else None,
+                    "finish_reason": finish_reason,
+                }
+            ],
         }
         if with_usage:
             body["usage"] = None
@@ -74,8 +97,12 @@ def error_from_event(event: Event) -> APIError:
         return APIError(503, "the request was cancelled before it finished", code="job_cancelled")
     code = event.data.get("code", "generation_failed")
     status = STATUS_BY_CODE.get(code, 500)
-    return APIError(status, event.data.get("message", "generation failed"), code=code,
-                    error_type="invalid_request_error" if status == 400 else "server_error")
+    return APIError(
+        status,
+        event.data.get("message", "generation failed"),
+        code=code,
+        error_type="invalid_request_error" if status == 400 else "server_error",
+    )
 
 
 def sse(data: dict | str, event_id: str | None = None) -> str:

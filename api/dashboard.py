@@ -8,6 +8,7 @@ and app-level hooks run before any blueprint's, so rq-dashboard never touches Re
 refused request. Flask 2.3 removed the hook rq-dashboard used to connect to Redis, so
 `setup_rq_connection` is called here (FACTS.md).
 """
+
 from __future__ import annotations
 
 from flask import Flask, request

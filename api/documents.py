@@ -11,6 +11,7 @@ The API only checks what it is sent: size (MAX_DOCUMENT_BYTES → 413), that a P
 which opens a document without rendering it. Rendering runs in a job of the vision worker
 (worker_vision/pages.py); the work itself is work/documents.py.
 """
+
 from __future__ import annotations
 
 import base64
@@ -69,9 +70,17 @@ def create_document():
         raise _bad("send a PDF or page images (multipart field `file`, or `document`/`images` in JSON)", "file")
     doc_id = ID_PREFIX + uuid.uuid4().hex
     ttl = settings.batch_queued_ttl + settings.job_timeout
-    common = dict(id=doc_id, model=req.model, prompt=req.prompt, max_tokens=req.max_tokens, dpi=req.dpi,
-                  combine=req.combine, combine_model=combine_model, combine_kind=combine_kind,
-                  combine_max_tokens=req.combine_max_tokens)
+    common = dict(
+        id=doc_id,
+        model=req.model,
+        prompt=req.prompt,
+        max_tokens=req.max_tokens,
+        dpi=req.dpi,
+        combine=req.combine,
+        combine_model=combine_model,
+        combine_kind=combine_kind,
+        combine_max_tokens=req.combine_max_tokens,
+    )
     if uploads[0].startswith(b"%PDF"):
         if len(uploads) > 1:
             raise _bad("send one PDF per document", "file")
@@ -103,22 +112,39 @@ def get_result(doc_id: str):
     ext = current_app.extensions["mis"]
     record = _record(doc_id)
     if record["status"] not in documents.TERMINAL:
-        raise APIError(409, f"document {doc_id!r} is {record['status']}; its result is not ready",
-                       code="document_in_progress", headers={"Retry-After": "2"})
+        raise APIError(
+            409,
+            f"document {doc_id!r} is {record['status']}; its result is not ready",
+            code="document_in_progress",
+            headers={"Retry-After": "2"},
+        )
     pages = documents.page_results(ext, record)
     combined = record.get("combined")
     fmt = request.args.get("format", "json")
     if fmt == "markdown":
-        parts = [f"## Page {p.page}\n\n{p.text}" if p.status == ResultStatus.COMPLETED
-                 else f"## Page {p.page}\n\n*({p.status}: {(p.error or {}).get('message', '')})*" for p in pages]
+        parts = [
+            f"## Page {p.page}\n\n{p.text}"
+            if p.status == ResultStatus.COMPLETED
+            else f"## Page {p.page}\n\n*({p.status}: {(p.error or {}).get('message', '')})*"
+            for p in pages
+        ]
         if combined:
             parts.insert(0, f"## Combined\n\n{combined.get('text', '')}")
         return Response("\n\n".join(parts) + "\n", mimetype="text/markdown")
     if fmt != "json":
         raise _bad("format must be json or markdown", "format")
-    usage = {k: sum((p.usage or {}).get(k, 0) for p in pages) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
-    return jsonify(id=doc_id, object="document.result", model=record["meta"].model, status=record["status"],
-                   pages=[p.model_dump(mode="json") for p in pages], combined=combined, usage=usage)
+    usage = {
+        k: sum((p.usage or {}).get(k, 0) for p in pages) for k in ("prompt_tokens", "completion_tokens", "total_tokens")
+    }
+    return jsonify(
+        id=doc_id,
+        object="document.result",
+        model=record["meta"].model,
+        status=record["status"],
+        pages=[p.model_dump(mode="json") for p in pages],
+        combined=combined,
+        usage=usage,
+    )
 
 
 @bp.delete("/documents/<doc_id>")
@@ -131,12 +157,17 @@ def cancel_document(doc_id: str):
 
 # ---- helpers ---------------------------------------------------------------------------------
 
+
 def _record(doc_id: str) -> dict:
     ext = current_app.extensions["mis"]
     record = documents.load(ext, doc_id) if doc_id.startswith(ID_PREFIX) else None
     if record is None:
-        raise APIError(404, f"no document {doc_id!r} is kept here (unknown, or expired)",
-                       param="document_id", code="document_not_found")
+        raise APIError(
+            404,
+            f"no document {doc_id!r} is kept here (unknown, or expired)",
+            param="document_id",
+            code="document_not_found",
+        )
     return record
 
 
@@ -147,14 +178,20 @@ def _view(doc_id: str) -> dict:
     done = sum(p.status in (ResultStatus.COMPLETED, ResultStatus.FAILED) for p in pages)
     doc: DocumentJob = record["meta"]
     return {
-        "id": doc_id, "object": "document", "model": doc.model, "status": record["status"].value,
-        "created_at": doc.created_at, "completed_at": record.get(f"{record['status'].value}_at")
-        if record["status"] in documents.TERMINAL else None,
-        "pages_done": done, "pages_total": record["pages_total"],
+        "id": doc_id,
+        "object": "document",
+        "model": doc.model,
+        "status": record["status"].value,
+        "created_at": doc.created_at,
+        "completed_at": record.get(f"{record['status'].value}_at") if record["status"] in documents.TERMINAL else None,
+        "pages_done": done,
+        "pages_total": record["pages_total"],
         "pages": [{"page": p.page, "status": p.status.value, "error": p.error} for p in pages],
         "error": record.get("error"),
-        "links": {"self": url_for("documents.get_document", doc_id=doc_id),
-                  "result": url_for("documents.get_result", doc_id=doc_id)},
+        "links": {
+            "self": url_for("documents.get_document", doc_id=doc_id),
+            "result": url_for("documents.get_result", doc_id=doc_id),
+        },
     }
 
 
@@ -174,8 +211,12 @@ def _read_request(max_bytes: int) -> tuple[dict, list[bytes]]:
         raise APIError(415, "send multipart/form-data or application/json", code="unsupported_media_type")
     for data in uploads:
         if len(data) > max_bytes:
-            raise APIError(413, f"a document may be at most {max_bytes // 1_000_000} MB (MAX_DOCUMENT_BYTES)",
-                           param="file", code="document_too_large")
+            raise APIError(
+                413,
+                f"a document may be at most {max_bytes // 1_000_000} MB (MAX_DOCUMENT_BYTES)",
+                param="file",
+                code="document_too_large",
+            )
     return fields, uploads
 
 
@@ -204,8 +245,11 @@ def _count_pdf_pages(data: bytes) -> int:
 
 def _check_page_count(count: int, most: int) -> None:
     if count > most:
-        raise _bad(f"the document has {count} pages to read; the limit is {most} (MAX_DOCUMENT_PAGES)",
-                   "pages", "too_many_pages")
+        raise _bad(
+            f"the document has {count} pages to read; the limit is {most} (MAX_DOCUMENT_PAGES)",
+            "pages",
+            "too_many_pages",
+        )
 
 
 def _store_image(data: bytes, ext, ttl: int) -> ImagePart:

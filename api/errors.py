@@ -12,6 +12,7 @@ No response ever carries a traceback, a file path, a Redis URL or a secret. Ever
 carries `X-Request-Id` (api/request_id.py); a 500 names that id, and the log line with the
 traceback carries it too.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,30 +27,46 @@ from . import request_id
 log = logging.getLogger("mis.api")
 
 _TYPE_BY_STATUS = {
-    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-    404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
-    415: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error",
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
     503: "service_unavailable",
 }
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, *, code: str | None = None,
-                 param: str | None = None, error_type: str | None = None,
-                 headers: dict | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        error_type: str | None = None,
+        headers: dict | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.code, self.param = status, message, code, param
         self.type = error_type or _TYPE_BY_STATUS.get(status, "api_error")
         self.headers = headers or {}
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param,
-                          "code": self.code}}
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
 def redis_unavailable() -> APIError:
-    return APIError(503, "the job queue (Redis) is unreachable; try again shortly",
-                    code="redis_unavailable", headers={"Retry-After": "5"})
+    return APIError(
+        503,
+        "the job queue (Redis) is unreachable; try again shortly",
+        code="redis_unavailable",
+        headers={"Retry-After": "5"},
+    )
 
 
 _TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict", "none"}
@@ -58,8 +75,7 @@ _TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict", "none"}
 def _param(loc: tuple) -> str | None:
     """A field path as clients know it: pydantic also names union members in `loc`
     (`content.str`, `list[...]`), which mean nothing to a client."""
-    parts = [str(p) for p in loc
-             if isinstance(p, int) or (p.isidentifier() and p.lower() not in _TYPE_NAMES)]
+    parts = [str(p) for p in loc if isinstance(p, int) or (p.isidentifier() and p.lower() not in _TYPE_NAMES)]
     return ".".join(parts) or None
 
 
@@ -67,15 +83,26 @@ def from_validation_error(exc: ValidationError) -> APIError:
     first = exc.errors(include_url=False, include_input=False)[0]
     param = _param(first["loc"])
     message = first["msg"]
-    return APIError(400, f"{param}: {message}" if param else message, param=param,
-                    code="invalid_value" if first["type"] != "missing" else "missing_required_parameter")
+    return APIError(
+        400,
+        f"{param}: {message}" if param else message,
+        param=param,
+        code="invalid_value" if first["type"] != "missing" else "missing_required_parameter",
+    )
 
 
 def _render(error: APIError):
     # One log line per error answer, with the request id (api/request_id.py): what a client
     # reports can be found. 5xx are warnings: something on our side needs a look.
-    log.log(logging.WARNING if error.status >= 500 else logging.INFO, "%s %s -> %d %s: %s",
-            request.method, request.path, error.status, error.code, error.message)
+    log.log(
+        logging.WARNING if error.status >= 500 else logging.INFO,
+        "%s %s -> %d %s: %s",
+        request.method,
+        request.path,
+        error.status,
+        error.code,
+        error.message,
+    )
     response = jsonify(error.body())
     response.status_code = error.status
     response.headers.update(error.headers)
@@ -90,23 +117,28 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
-        messages = {404: "no such endpoint", 405: "method not allowed for this endpoint",
-                    413: "request body too large"}
+        messages = {404: "no such endpoint", 405: "method not allowed for this endpoint", 413: "request body too large"}
         status = exc.code or 500
         code = {404: "unknown_url", 405: "method_not_allowed", 413: "request_too_large"}.get(status)
         # 405 must say which methods the endpoint takes (RFC 9110); werkzeug knows them.
         allowed = getattr(exc, "valid_methods", None)
         headers = {"Allow": ", ".join(allowed)} if allowed else None
-        return _render(APIError(status, messages.get(status, exc.description or exc.name),
-                                code=code, headers=headers))
+        return _render(APIError(status, messages.get(status, exc.description or exc.name), code=code, headers=headers))
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
         log.exception("unhandled error in %s %s", request.method, request.path)
-        return _render(APIError(500, f"internal server error (request id {request_id.current()})",
-                                error_type="api_error", code="internal_error"))
+        return _render(
+            APIError(
+                500,
+                f"internal server error (request id {request_id.current()})",
+                error_type="api_error",
+                code="internal_error",
+            )
+        )
 
 
 def file_not_found(file_id: str) -> APIError:
-    return APIError(404, f"no file {file_id!r} is kept here (unknown, or expired)", param="file_id",
-                    code="file_not_found")
+    return APIError(
+        404, f"no file {file_id!r} is kept here (unknown, or expired)", param="file_id", code="file_not_found"
+    )

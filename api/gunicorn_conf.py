@@ -3,6 +3,7 @@
 gevent because every streaming client holds a request open for the whole generation:
 FACTS.md measured 1,000 open SSE streams in 164 MB with gevent against 220 MB for gthread.
 """
+
 from contract.settings import Settings
 
 _settings = Settings()
@@ -29,9 +30,11 @@ def when_ready(server):
     server.log.info(
         "\n\n  MLX Inference Server is listening on %s/v1 (OpenAI-compatible)\n"
         "  Try:\n    curl %s/v1/chat/completions -H 'Content-Type: application/json' \\\n"
-        "      -d '{\"model\": \"%s\", \"temperature\": 0, "
-        "\"messages\": [{\"role\": \"user\", \"content\": \"What is the capital of France?\"}]}'\n",
-        url, url, _settings.text_model,
+        '      -d \'{"model": "%s", "temperature": 0, '
+        '"messages": [{"role": "user", "content": "What is the capital of France?"}]}\'\n',
+        url,
+        url,
+        _settings.text_model,
     )
     # imported here: importing Flask before gevent patches ssl warns
     from api.apikeys import describe_api_access

@@ -1,4 +1,5 @@
 """`GET /health`: is Redis reachable, and which workers are alive in which state."""
+
 from __future__ import annotations
 
 import time
@@ -21,9 +22,18 @@ def health():
         return jsonify(status="unavailable", redis=False, workers=[]), 503
     now = time.time()
     listed = [
-        {"name": w.name, "model": w.model, "kind": w.kind, "state": w.state, "error": w.error or None,
-         "host": w.host, "pid": w.pid, "jobs_done": w.jobs_done,
-         "tokens_generated": w.tokens_generated, "last_heartbeat_s": round(now - w.heartbeat_at, 2)}
+        {
+            "name": w.name,
+            "model": w.model,
+            "kind": w.kind,
+            "state": w.state,
+            "error": w.error or None,
+            "host": w.host,
+            "pid": w.pid,
+            "jobs_done": w.jobs_done,
+            "tokens_generated": w.tokens_generated,
+            "last_heartbeat_s": round(now - w.heartbeat_at, 2),
+        }
         for w in workers
     ]
     serving = any(w.serving for w in workers)

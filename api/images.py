@@ -9,6 +9,7 @@ loader opens any string as a local path and follows redirects) from public addre
 over a connection pinned to the checked address, without redirects, with a size cap and a
 timeout. Job payloads carry only the blob keys.
 """
+
 from __future__ import annotations
 
 import base64
@@ -46,12 +47,16 @@ def intake(url: str, settings: Settings, conn: redis.Redis, keys: Keys, ttl: int
         data = decode_data_uri(url, settings.max_image_bytes)
     elif url.startswith(("http://", "https://")):
         if not settings.allow_remote_images:
-            raise bad_image("remote image URLs are disabled on this server (ALLOW_REMOTE_IMAGES); "
-                            "send the image as a base64 data URI", code="remote_images_disabled")
+            raise bad_image(
+                "remote image URLs are disabled on this server (ALLOW_REMOTE_IMAGES); "
+                "send the image as a base64 data URI",
+                code="remote_images_disabled",
+            )
         data = fetch_remote(url, settings.max_image_bytes, settings.remote_image_timeout)
     else:
-        raise bad_image("image_url must be a data URI (data:image/png;base64,...) or an http(s) URL",
-                        code="invalid_image_url")
+        raise bad_image(
+            "image_url must be a data URI (data:image/png;base64,...) or an http(s) URL", code="invalid_image_url"
+        )
     media_type, width, height = inspect(data, settings.max_image_pixels)
     digest = blobs.put(conn, keys, data, ttl=ttl or settings.queued_ttl + settings.job_timeout)
     return ImagePart(blob=digest, media_type=media_type, width=width, height=height)
@@ -61,10 +66,12 @@ def decode_data_uri(url: str, max_bytes: int) -> bytes:
     header, sep, body = url.partition(",")
     if not sep or not header.endswith(";base64"):
         raise bad_image("image data URIs must be base64: data:image/png;base64,...")
-    declared = header[len("data:"):-len(";base64")].lower()
+    declared = header[len("data:") : -len(";base64")].lower()
     if declared not in MEDIA_TYPES.values():
-        raise bad_image(f"unsupported image type {declared[:40]!r}; send image/png, image/jpeg or image/webp",
-                        code="unsupported_image_type")
+        raise bad_image(
+            f"unsupported image type {declared[:40]!r}; send image/png, image/jpeg or image/webp",
+            code="unsupported_image_type",
+        )
     if len(body) > (max_bytes * 4) // 3 + 4:
         raise too_large(max_bytes)
     try:
@@ -88,13 +95,16 @@ def inspect(data: bytes, max_pixels: int) -> tuple[str, int, int]:
             image = Image.open(io.BytesIO(data))
             media_type = MEDIA_TYPES.get(image.format or "")
             if media_type is None:
-                raise bad_image(f"unsupported image format {image.format}; send PNG, JPEG or WebP",
-                                code="unsupported_image_type")
+                raise bad_image(
+                    f"unsupported image format {image.format}; send PNG, JPEG or WebP", code="unsupported_image_type"
+                )
             width, height = image.size
             # Checked on the header, before the pixels are decoded: a bomb never expands.
             if width * height > max_pixels:
-                raise bad_image(f"an image has {width}x{height} pixels; the limit is {max_pixels} pixels",
-                                code="image_too_many_pixels")
+                raise bad_image(
+                    f"an image has {width}x{height} pixels; the limit is {max_pixels} pixels",
+                    code="image_too_many_pixels",
+                )
             image.load()
     except APIError:
         raise
@@ -110,8 +120,9 @@ def is_public_address(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
-def fetch_remote(url: str, max_bytes: int, timeout: float,
-                 address_ok: Callable[[str], bool] = is_public_address) -> bytes:
+def fetch_remote(
+    url: str, max_bytes: int, timeout: float, address_ok: Callable[[str], bool] = is_public_address
+) -> bytes:
     """GET an image from a public address: the host is resolved once, every address it
     resolves to must pass `address_ok`, and the connection goes to the checked address
     (so DNS cannot send it elsewhere later). No redirects; at most `max_bytes`."""
@@ -139,8 +150,9 @@ def fetch_remote(url: str, max_bytes: int, timeout: float,
             raise bad_image(f"fetching the image URL answered HTTP {response.status}", code="image_fetch_failed")
         data = response.read(max_bytes + 1)
     except (OSError, http.client.HTTPException):
-        raise bad_image("the image URL could not be fetched (timeout or connection error)",
-                        code="image_fetch_failed") from None
+        raise bad_image(
+            "the image URL could not be fetched (timeout or connection error)", code="image_fetch_failed"
+        ) from None
     finally:
         connection.close()
     if len(data) > max_bytes:

@@ -4,6 +4,7 @@ validated request into a job payload (images checked and stored, max_tokens capp
 
 Views import this module, never each other.
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -35,9 +36,12 @@ def chat_payload(ctx: Context, req: ChatCompletionRequest, image_ttl: int | None
         _check_images_allowed(req, kind, ctx.settings.max_images)
     store_image = partial(images.intake, settings=ctx.settings, conn=ctx.conn, keys=ctx.keys, ttl=image_ttl)
     return kind, ChatJob(
-        model=req.model, messages=[m.to_payload(store_image) for m in req.messages],
+        model=req.model,
+        messages=[m.to_payload(store_image) for m in req.messages],
         max_tokens=_max_tokens(req.requested_max_tokens() or ctx.settings.default_max_tokens, context_length),
-        sampling=req.sampling(), stop=req.stop or [], logprobs=bool(req.logprobs),
+        sampling=req.sampling(),
+        stop=req.stop or [],
+        logprobs=bool(req.logprobs),
         top_logprobs=req.top_logprobs or 0,
     )
 
@@ -53,13 +57,15 @@ def route(ctx: Context, model: str) -> tuple[Kind, int]:
     others = [w for w in workers if w.model == model]
     if any(w.state == registry.WorkerState.ERROR for w in others):
         reason = next((w.error for w in others if w.error), "no reason given")
-        raise APIError(503, f"model {model!r} failed to load: {reason}", code="model_unavailable",
-                       headers={"Retry-After": "30"})
+        raise APIError(
+            503, f"model {model!r} failed to load: {reason}", code="model_unavailable", headers={"Retry-After": "30"}
+        )
     if others:
         if ctx.settings.auto_load:
             return others[0].kind, 0  # loading: the request waits in the queue
-        raise APIError(503, f"model {model!r} is loading; retry shortly", code="model_loading",
-                       headers={"Retry-After": "5"})
+        raise APIError(
+            503, f"model {model!r} is loading; retry shortly", code="model_loading", headers={"Retry-After": "5"}
+        )
     kind = autoload.start(ctx, model)
     if kind is None:
         raise model_not_found(model, serving)
@@ -74,8 +80,9 @@ def context_length(workers: list[registry.WorkerInfo]) -> int:
 
 def model_not_found(model: str, serving: dict) -> APIError:
     live = ", ".join(sorted(serving)) or "none"
-    return APIError(404, f"model {model!r} is not served here; live models: {live}",
-                    param="model", code="model_not_found")
+    return APIError(
+        404, f"model {model!r} is not served here; live models: {live}", param="model", code="model_not_found"
+    )
 
 
 def _max_tokens(requested: int, context_length: int) -> int:
@@ -87,9 +94,17 @@ def _max_tokens(requested: int, context_length: int) -> int:
 
 def _check_images_allowed(req: ChatCompletionRequest, kind: Kind, max_images: int) -> None:
     if kind != Kind.VISION:
-        raise APIError(400, f"model {req.model!r} is a text-only model and does not accept images; "
-                       "use a vision model (kind \"vision\" in /v1/models)", param="messages",
-                       code="images_not_supported")
+        raise APIError(
+            400,
+            f"model {req.model!r} is a text-only model and does not accept images; "
+            'use a vision model (kind "vision" in /v1/models)',
+            param="messages",
+            code="images_not_supported",
+        )
     if req.image_count > max_images:
-        raise APIError(400, f"a request may hold at most {max_images} images; this one has "
-                       f"{req.image_count}", param="messages", code="too_many_images")
+        raise APIError(
+            400,
+            f"a request may hold at most {max_images} images; this one has {req.image_count}",
+            param="messages",
+            code="too_many_images",
+        )

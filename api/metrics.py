@@ -6,6 +6,7 @@ records them), and the collector here reads those hashes, rq's queues and regist
 worker registry at scrape time. Histogram buckets are stored per bucket and made cumulative
 when scraped.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,14 @@ log = logging.getLogger("mis.api")
 bp = Blueprint("metrics", __name__)
 bp.before_request(require_admin)
 
-JOB_STATES = {"started": StartedJobRegistry, "finished": FinishedJobRegistry,
-              "failed": FailedJobRegistry, "canceled": CanceledJobRegistry}
+JOB_STATES = {
+    "started": StartedJobRegistry,
+    "finished": FinishedJobRegistry,
+    "failed": FailedJobRegistry,
+    "canceled": CanceledJobRegistry,
+}
+
+
 @bp.get("/metrics")
 def metrics():
     ext = current_app.extensions["mis"]
@@ -58,17 +65,24 @@ class RedisCollector:
 
     def collect(self):
         pipe = self.conn.pipeline(transaction=False)
-        for key in (self.keys.metrics_requests, self.keys.metrics_ttft, self.keys.metrics_itl,
-                    self.keys.metrics_tokens):
+        for key in (
+            self.keys.metrics_requests,
+            self.keys.metrics_ttft,
+            self.keys.metrics_itl,
+            self.keys.metrics_tokens,
+        ):
             pipe.hgetall(key)
         requests_, ttft, itl, tokens = (_decode(h) for h in pipe.execute())
         yield _requests_family(requests_)
-        yield _histogram_family("mis_time_to_first_token_seconds",
-                                "Time from a chat request's arrival to its first content delta.",
-                                TTFT_BUCKETS, ttft)
-        yield _histogram_family("mis_inter_token_seconds",
-                                "Gaps between consecutive content deltas of one chat request.",
-                                ITL_BUCKETS, itl)
+        yield _histogram_family(
+            "mis_time_to_first_token_seconds",
+            "Time from a chat request's arrival to its first content delta.",
+            TTFT_BUCKETS,
+            ttft,
+        )
+        yield _histogram_family(
+            "mis_inter_token_seconds", "Gaps between consecutive content deltas of one chat request.", ITL_BUCKETS, itl
+        )
         yield _tokens_family(tokens)
         yield from self._queue_families()
         yield _workers_family(registry.live_workers(self.conn, self.keys))
@@ -85,8 +99,9 @@ class RedisCollector:
             for registry_class in JOB_STATES.values():
                 pipe.zcount(registry_class(queue.name, connection=self.conn).key, now, "+inf")
         replies = iter(pipe.execute())
-        depth = GaugeMetricFamily("mis_queue_depth", "Jobs waiting in a model's rq queue.",
-                                  labels=["model", "kind", "priority"])
+        depth = GaugeMetricFamily(
+            "mis_queue_depth", "Jobs waiting in a model's rq queue.", labels=["model", "kind", "priority"]
+        )
         jobs = GaugeMetricFamily("mis_jobs", "Jobs per rq queue and state.", labels=["queue", "state"])
         for queue in queues:
             queued = next(replies)
@@ -120,8 +135,9 @@ def _decode(raw: dict) -> dict[tuple, float]:
 
 
 def _requests_family(counts: dict[tuple, float]) -> CounterMetricFamily:
-    family = CounterMetricFamily("mis_http_requests", "HTTP requests by URL rule, method and status.",
-                                 labels=["endpoint", "method", "status"])
+    family = CounterMetricFamily(
+        "mis_http_requests", "HTTP requests by URL rule, method and status.", labels=["endpoint", "method", "status"]
+    )
     for labels, value in sorted(counts.items()):
         if len(labels) == 3:
             family.add_metric(list(labels), value)
@@ -129,8 +145,9 @@ def _requests_family(counts: dict[tuple, float]) -> CounterMetricFamily:
 
 
 def _tokens_family(counts: dict[tuple, float]) -> CounterMetricFamily:
-    family = CounterMetricFamily("mis_tokens_generated", "Completion tokens of finished chat requests.",
-                                 labels=["model"])
+    family = CounterMetricFamily(
+        "mis_tokens_generated", "Completion tokens of finished chat requests.", labels=["model"]
+    )
     for labels, value in sorted(counts.items()):
         if len(labels) == 1:
             family.add_metric(list(labels), value)
@@ -154,8 +171,9 @@ def _histogram_family(name: str, doc: str, bounds: tuple, fields: dict[tuple, fl
 def _workers_family(workers: list[registry.WorkerInfo]) -> GaugeMetricFamily:
     """Every state for each (model, kind) that has a live worker, zeros included, so an alert
     on `state="error"` has a series to watch."""
-    family = GaugeMetricFamily("mis_live_workers", "Live workers (heartbeat not lapsed) by state.",
-                               labels=["model", "kind", "state"])
+    family = GaugeMetricFamily(
+        "mis_live_workers", "Live workers (heartbeat not lapsed) by state.", labels=["model", "kind", "state"]
+    )
     counts = Counter((w.model, str(w.kind), str(w.state)) for w in workers)
     for model, kind in sorted({(m, k) for m, k, _ in counts}):
         for state in registry.WorkerState:

@@ -1,4 +1,5 @@
 """`GET /v1/models[/<id>]`: the models live workers serve now, with their kind and context."""
+
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
@@ -30,6 +31,12 @@ def _serving_models() -> dict[str, list[registry.WorkerInfo]]:
 
 
 def _model_card(model_id: str, workers: list[registry.WorkerInfo]) -> dict:
-    return {"id": model_id, "object": "model", "owned_by": "mlx-inference-server",
-            "created": int(min(w.started_at for w in workers)), "kind": workers[0].kind,
-            "workers": len(workers), "context_length": context_length(workers) or None}
+    return {
+        "id": model_id,
+        "object": "model",
+        "owned_by": "mlx-inference-server",
+        "created": int(min(w.started_at for w in workers)),
+        "kind": workers[0].kind,
+        "workers": len(workers),
+        "context_length": context_length(workers) or None,
+    }

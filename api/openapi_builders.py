@@ -1,5 +1,6 @@
 """Small builders of OpenAPI 3.1 fragments, shared by api/openapi.py (the document and its
 chat, models and admin paths) and api/openapi_jobs.py (documents and batches)."""
+
 from __future__ import annotations
 
 from typing import TypedDict
@@ -31,13 +32,12 @@ REQUEST_ID = {"X-Request-Id": {"$ref": "#/components/headers/RequestId"}}
 
 
 def json_response(description: str, schema: dict) -> dict:
-    return {"description": description, "headers": REQUEST_ID,
-            "content": {"application/json": {"schema": schema}}}
+    return {"description": description, "headers": REQUEST_ID, "content": {"application/json": {"schema": schema}}}
 
 
 ERROR_TEXT = {
     400: "Invalid request: a field is missing, mistyped or out of range (`param` names it), the "
-         "body is not JSON, or the prompt does not fit the model's context (`context_length_exceeded`)",
+    "body is not JSON, or the prompt does not fit the model's context (`context_length_exceeded`)",
     401: "Missing or invalid credentials",
     403: "Credentials are not enough, or this surface is disabled on this bind",
     404: "No such model, command, completion, document, file or batch",
@@ -62,8 +62,16 @@ class OperationScope(TypedDict):
     security: list
 
 
-def operation(summary: str, responses: dict, *, tag: str, security: list, description: str = "",
-               parameters: list | None = None, body: dict | None = None) -> dict:
+def operation(
+    summary: str,
+    responses: dict,
+    *,
+    tag: str,
+    security: list,
+    description: str = "",
+    parameters: list | None = None,
+    body: dict | None = None,
+) -> dict:
     operation = {"summary": summary, "tags": [tag], "security": security, "responses": responses}
     if description:
         operation["description"] = description
@@ -75,5 +83,10 @@ def operation(summary: str, responses: dict, *, tag: str, security: list, descri
 
 
 def param(name: str, where: str, schema: dict, description: str, required: bool = False) -> dict:
-    return {"name": name, "in": where, "required": required or where == "path", "schema": schema,
-            "description": description}
+    return {
+        "name": name,
+        "in": where,
+        "required": required or where == "path",
+        "schema": schema,
+        "description": description,
+    }

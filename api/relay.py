@@ -7,6 +7,7 @@ worker stopped heart-beating, or one that expired gets a synthesized terminal ev
 client waits forever. `close()` cancels the job unless the worker ended it or the API itself
 is stopping; both the JSON and the SSE path call it when they stop reading.
 """
+
 from __future__ import annotations
 
 import logging
@@ -74,8 +75,9 @@ class JobRelay:
         job = fetch_job(self.conn, self.job_id)
         problem: Event | None
         if job is None:
-            problem = Event(EventType.ERROR, data={"code": "job_expired",
-                                                   "message": "the job expired before it finished"})
+            problem = Event(
+                EventType.ERROR, data={"code": "job_expired", "message": "the job expired before it finished"}
+            )
         else:
             problem = self._problem(job)
         if problem is None:
@@ -92,22 +94,31 @@ class JobRelay:
         if ended is not None:
             return ended
         status = job.get_status(refresh=False)
-        if status == JobStatus.STARTED and job.worker_name and not registry.is_alive(
-                self.conn, self.keys, job.worker_name):
+        if (
+            status == JobStatus.STARTED
+            and job.worker_name
+            and not registry.is_alive(self.conn, self.keys, job.worker_name)
+        ):
             reap_orphaned_job(self.conn, job)
-            return Event(EventType.ERROR, data={
-                "code": "worker_died",
-                "message": "the worker running this job stopped responding; please retry"})
+            return Event(
+                EventType.ERROR,
+                data={"code": "worker_died", "message": "the worker running this job stopped responding; please retry"},
+            )
         if status == JobStatus.QUEUED and not self._model_has_workers():
             loading, failure = autoload.state(self.conn, self.keys, self.model)
             if loading:
                 return None  # a manager is loading the model for this job
-            message = (f"loading model {self.model!r} failed: {failure}" if failure
-                       else f"no worker serves model {self.model!r} any more; please retry")
+            message = (
+                f"loading model {self.model!r} failed: {failure}"
+                if failure
+                else f"no worker serves model {self.model!r} any more; please retry"
+            )
             return Event(EventType.ERROR, data={"code": "model_unavailable", "message": message})
         return None
 
     def _model_has_workers(self) -> bool:
         """Any live worker for the model, serving or still loading (a restart counts)."""
-        return any(w.model == self.model and w.state != registry.WorkerState.ERROR
-                   for w in registry.live_workers(self.conn, self.keys))
+        return any(
+            w.model == self.model and w.state != registry.WorkerState.ERROR
+            for w in registry.live_workers(self.conn, self.keys)
+        )

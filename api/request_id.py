@@ -10,6 +10,7 @@ The `mis` loggers get one handler in the API process whose format shows the id; 
 access log shows it too (`access_log_format` in api/gunicorn_conf.py reads the response
 header).
 """
+
 from __future__ import annotations
 
 import logging

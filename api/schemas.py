@@ -7,6 +7,7 @@ the settings passed as validation context (`model_validate(body, context={"setti
 without one, the settings' defaults apply. The OpenAPI document (api/openapi.py) states the
 same limits.
 """
+
 from __future__ import annotations
 
 import re
@@ -79,8 +80,10 @@ class RequestMessage(BaseModel):
             return ChatMessage(role=role, content=self.content or "")
         if not self.image_urls:
             return ChatMessage(role=role, content="".join(p.text for p in self.content if isinstance(p, TextPart)))
-        parts = [payloads.TextPart(text=p.text) if isinstance(p, TextPart) else store_image(p.image_url.url)
-                 for p in self.content]
+        parts = [
+            payloads.TextPart(text=p.text) if isinstance(p, TextPart) else store_image(p.image_url.url)
+            for p in self.content
+        ]
         return ChatMessage(role=role, content=parts)
 
 
@@ -163,9 +166,13 @@ class ChatCompletionRequest(BaseModel):
 
     def sampling(self) -> SamplingParams:
         given = {
-            "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
-            "min_p": self.min_p, "repetition_penalty": self.repetition_penalty,
-            "presence_penalty": self.presence_penalty, "frequency_penalty": self.frequency_penalty,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "min_p": self.min_p,
+            "repetition_penalty": self.repetition_penalty,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
             "seed": self.seed,
             "logit_bias": {int(k): v for k, v in (self.logit_bias or {}).items()} or None,
         }

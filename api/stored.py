@@ -12,6 +12,7 @@ stopping leaves a job running (api/relay.py); a client that disconnects still ca
     error / cancelled  → the error its request would have got (jobs' codes, api/completions.py)
     unknown or expired → 404 `completion_not_found`
 """
+
 from __future__ import annotations
 
 import re
@@ -39,20 +40,29 @@ def stored_completion(conn: redis.Redis, keys: Keys, completion_id: str) -> dict
     events = StreamReader(conn, keys, job_id).read_all()
     ending = events[-1] if events and events[-1].is_terminal else ending_without_event(job)
     if ending is None:
-        raise APIError(409, f"completion {completion_id!r} is not finished yet; retry shortly",
-                       code="completion_in_progress", headers={"Retry-After": "1"})
+        raise APIError(
+            409,
+            f"completion {completion_id!r} is not finished yet; retry shortly",
+            code="completion_in_progress",
+            headers={"Retry-After": "1"},
+        )
     if ending.type != EventType.DONE:
         raise error_from_event(ending)
     if events[0].type != EventType.START:  # the head was trimmed (longer than STREAM_MAXLEN)
         raise _not_found(completion_id)
     payload = job.kwargs.get("payload", {})
-    completion = Completion(completion_id=completion_id, model=payload.get("model", ""),
-                            created=int(job.created_at.timestamp()))
+    completion = Completion(
+        completion_id=completion_id, model=payload.get("model", ""), created=int(job.created_at.timestamp())
+    )
     for event in events:
         completion.add(event)
     return completion.response(want_logprobs=bool(payload.get("logprobs")))
 
 
 def _not_found(completion_id: str) -> APIError:
-    return APIError(404, f"no chat completion {completion_id!r} is kept here (unknown, or expired)",
-                    param="completion_id", code="completion_not_found")
+    return APIError(
+        404,
+        f"no chat completion {completion_id!r} is kept here (unknown, or expired)",
+        param="completion_id",
+        code="completion_not_found",
+    )

@@ -9,6 +9,7 @@ Recording never breaks a request: a Redis error is logged at debug level, and af
 process stops recording for a few seconds so a dead Redis does not cost every request a
 connect timeout on top of its own.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -25,8 +26,8 @@ from contract.stream import Event, EventType
 
 log = logging.getLogger("mis.api")
 
-TTFT_BUCKETS = (.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60)
-ITL_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5)
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 BACKOFF_S = 5.0
 """Seconds a process stops recording after a Redis error."""

@@ -1,5 +1,6 @@
 """What the benchmarks share: the device name, a throwaway stack (Redis, API, workers) and
 writing results."""
+
 from __future__ import annotations
 
 import contextlib
@@ -28,8 +29,9 @@ def device_name() -> str:
 
     device = str(mx.default_device())
     if "gpu" in device and shutil.which("nvidia-smi"):
-        names = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                               capture_output=True, text=True, check=False).stdout.split("\n")
+        names = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, check=False
+        ).stdout.split("\n")
         return f"{device} {names[0].strip()}"
     return f"{device} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
@@ -40,9 +42,13 @@ def bench_stack(models_dir: str | None = None) -> Iterator[tuple[Stack, str, dic
     Workers are the caller's to start (stack.start_worker); everything stops on exit."""
     tmp = Path(tempfile.mkdtemp(prefix="mis-bench-"))
     redis_server = RedisServer(free_port(), tmp / "redis").start()
-    env = {**os.environ, "REDIS_URL": redis_server.url, "KEY_PREFIX": "bench:",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-           "MODELS_DIR": models_dir or os.environ.get("MODELS_DIR", str(ROOT / "var" / "models"))}
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_server.url,
+        "KEY_PREFIX": "bench:",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "MODELS_DIR": models_dir or os.environ.get("MODELS_DIR", str(ROOT / "var" / "models")),
+    }
     stack = Stack(env=env, logs=tmp)
     try:
         _, url = stack.start_api()
@@ -53,8 +59,12 @@ def bench_stack(models_dir: str | None = None) -> Iterator[tuple[Stack, str, dic
 
 
 def write_result(out: Path, name: str, result: dict) -> Path:
-    result = {**result, "machine": f"{platform.machine()} {platform.system()}", "device": device_name(),
-              "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    result = {
+        **result,
+        "machine": f"{platform.machine()} {platform.system()}",
+        "device": device_name(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(result, indent=1))

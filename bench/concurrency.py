@@ -9,6 +9,7 @@ greedily. Each level starts with an unmeasured round on each server (kernel comp
 CUDA). Tokens are counted from each stream's usage. Prints a table and writes
 bench/results/concurrency-<model>-<time>.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,15 +29,35 @@ from common import RESULTS, bench_stack, device_name, write_result
 
 from tests.support import free_port, wait_until
 
-TOPICS = ["a lighthouse keeper", "a storm at sea", "a city at night", "a mountain village", "a old library",
-          "a train journey", "a garden in spring", "a clockmaker", "a desert crossing", "a river town",
-          "a snowed-in cabin", "a market day", "a space station", "a fishing boat", "a quiet museum",
-          "a summer festival"]
+TOPICS = [
+    "a lighthouse keeper",
+    "a storm at sea",
+    "a city at night",
+    "a mountain village",
+    "a old library",
+    "a train journey",
+    "a garden in spring",
+    "a clockmaker",
+    "a desert crossing",
+    "a river town",
+    "a snowed-in cabin",
+    "a market day",
+    "a space station",
+    "a fishing boat",
+    "a quiet museum",
+    "a summer festival",
+]
 
 
 def one_stream(url: str, model: str, prompt: str, max_tokens: int, out: list, start_gate: threading.Barrier):
-    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
-            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     session = requests.Session()
     start_gate.wait()
     start = time.perf_counter()
@@ -54,16 +75,34 @@ def one_stream(url: str, model: str, prompt: str, max_tokens: int, out: list, st
                     stamps.append(time.perf_counter())
     except requests.RequestException as exc:  # counted, not hidden: a server that drops requests
         error = f"{type(exc).__name__}: {exc}"
-    out.append({"start": start, "stamps": stamps, "end": time.perf_counter(), "error": error,
-                "tokens": tokens if tokens is not None else len(stamps)})
+    out.append(
+        {
+            "start": start,
+            "stamps": stamps,
+            "end": time.perf_counter(),
+            "error": error,
+            "tokens": tokens if tokens is not None else len(stamps),
+        }
+    )
 
 
 def run_level(url: str, model: str, clients: int, max_tokens: int, round_no: int) -> dict:
     results: list[dict] = []
     gate = threading.Barrier(clients)
-    threads = [threading.Thread(target=one_stream, args=(
-        url, model, f"Request {round_no}-{i}: tell me a story about {TOPICS[i % len(TOPICS)]}.",
-        max_tokens, results, gate)) for i in range(clients)]
+    threads = [
+        threading.Thread(
+            target=one_stream,
+            args=(
+                url,
+                model,
+                f"Request {round_no}-{i}: tell me a story about {TOPICS[i % len(TOPICS)]}.",
+                max_tokens,
+                results,
+                gate,
+            ),
+        )
+        for i in range(clients)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -71,9 +110,14 @@ def run_level(url: str, model: str, clients: int, max_tokens: int, round_no: int
     wall = max(r["end"] for r in results) - min(r["start"] for r in results)
     ttfts = [r["stamps"][0] - r["start"] for r in results if r["stamps"]]
     gaps = [b - a for r in results for a, b in zip(r["stamps"], r["stamps"][1:], strict=False)]
-    return {"tokens": sum(r["tokens"] for r in results), "wall_s": wall, "ttfts": ttfts, "gaps": gaps,
-            "decode_rates": [decode_rate(r["tokens"], r["stamps"]) for r in results if len(r["stamps"]) > 1],
-            "errors": [r["error"] for r in results if r["error"]]}
+    return {
+        "tokens": sum(r["tokens"] for r in results),
+        "wall_s": wall,
+        "ttfts": ttfts,
+        "gaps": gaps,
+        "decode_rates": [decode_rate(r["tokens"], r["stamps"]) for r in results if len(r["stamps"]) > 1],
+        "errors": [r["error"] for r in results if r["error"]],
+    }
 
 
 def decode_rate(tokens: int, stamps: list[float]) -> float:
@@ -87,12 +131,18 @@ def summarize(runs: list[dict]) -> dict:
     rates = [x for r in runs for x in r["decode_rates"]]
     tokens, wall = sum(r["tokens"] for r in runs), sum(r["wall_s"] for r in runs)
     errors = [e for r in runs for e in r.get("errors", [])]
-    return {"aggregate_tok_s": tokens / wall, "tokens": tokens, "wall_s": wall,
-            "ttft_ms_p50": 1000 * statistics.median(ttfts), "ttft_ms_p95": 1000 * percentile(ttfts, 95),
-            "itl_ms_p50": 1000 * statistics.median(gaps) if gaps else None,
-            "itl_ms_p95": 1000 * percentile(gaps, 95) if gaps else None,
-            "stream_decode_tok_s": statistics.mean(rates) if rates else None,
-            "failed_requests": len(errors), "first_error": errors[0] if errors else None}
+    return {
+        "aggregate_tok_s": tokens / wall,
+        "tokens": tokens,
+        "wall_s": wall,
+        "ttft_ms_p50": 1000 * statistics.median(ttfts),
+        "ttft_ms_p95": 1000 * percentile(ttfts, 95),
+        "itl_ms_p50": 1000 * statistics.median(gaps) if gaps else None,
+        "itl_ms_p95": 1000 * percentile(gaps, 95) if gaps else None,
+        "stream_decode_tok_s": statistics.mean(rates) if rates else None,
+        "failed_requests": len(errors),
+        "first_error": errors[0] if errors else None,
+    }
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -100,8 +150,7 @@ def percentile(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
-def compare_levels(servers: dict[str, tuple[str, str]], levels: list[int], rounds: int,
-                   max_tokens: int) -> list[dict]:
+def compare_levels(servers: dict[str, tuple[str, str]], levels: list[int], rounds: int, max_tokens: int) -> list[dict]:
     """Every level on every server (name → (url, model)), rounds interleaved; one row each."""
     rows = []
     for clients in levels:
@@ -113,8 +162,7 @@ def compare_levels(servers: dict[str, tuple[str, str]], levels: list[int], round
             run_level(server_url, model, clients, 16, round_no=clients * 100 + 99)
         for round_no in range(rounds):
             for name, (server_url, model) in servers.items():
-                runs[name].append(run_level(server_url, model, clients, max_tokens,
-                                            round_no=clients * 100 + round_no))
+                runs[name].append(run_level(server_url, model, clients, max_tokens, round_no=clients * 100 + round_no))
         rows += [{"server": name, "concurrency": clients, **summarize(runs[name])} for name in servers]
     return rows
 
@@ -122,9 +170,22 @@ def compare_levels(servers: dict[str, tuple[str, str]], levels: list[int], round
 def start_mlx_lm_server(model_dir: Path, capacity: int, log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlx_lm.server", "--model", str(model_dir), "--port", str(port),
-         "--decode-concurrency", str(2 * capacity), "--prompt-concurrency", str(capacity)],
-        stdout=log.open("w"), stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "mlx_lm.server",
+            "--model",
+            str(model_dir),
+            "--port",
+            str(port),
+            "--decode-concurrency",
+            str(2 * capacity),
+            "--prompt-concurrency",
+            str(capacity),
+        ],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
 
     def answers():
@@ -170,18 +231,31 @@ def report(args, rows: list[dict]) -> None:
     device = device_name()
     single = next(r["aggregate_tok_s"] for r in rows if r["server"] == "ours" and r["concurrency"] == min(args.levels))
     print(f"\nmodel {args.model}, {args.max_tokens} tokens per request, greedy, {args.rounds} rounds, on {device}")
-    print(f"{'server':<14} {'clients':>7} {'agg tok/s':>10} {'TTFT p50':>9} {'TTFT p95':>9} "
-          f"{'ITL p50':>8} {'ITL p95':>8} {'ours/ref':>8}")
+    print(
+        f"{'server':<14} {'clients':>7} {'agg tok/s':>10} {'TTFT p50':>9} {'TTFT p95':>9} "
+        f"{'ITL p50':>8} {'ITL p95':>8} {'ours/ref':>8}"
+    )
     for row in rows:
         ref = next(r for r in rows if r["server"] == "mlx_lm.server" and r["concurrency"] == row["concurrency"])
         row["vs_mlx_lm_server"] = row["aggregate_tok_s"] / ref["aggregate_tok_s"]
         row["vs_own_single_stream"] = row["aggregate_tok_s"] / single if row["server"] == "ours" else None
-        print(f"{row['server']:<14} {row['concurrency']:>7} {row['aggregate_tok_s']:>10.1f} "
-              f"{row['ttft_ms_p50']:>8.0f}ms {row['ttft_ms_p95']:>7.0f}ms {row['itl_ms_p50'] or 0:>6.1f}ms "
-              f"{row['itl_ms_p95'] or 0:>6.1f}ms {row['vs_mlx_lm_server']:>8.2f}")
-    write_result(args.out, f"concurrency-{args.model.replace('/', '_')}",
-                 {"bench": "concurrency", "model": args.model, "max_tokens": args.max_tokens,
-                  "rounds": args.rounds, "capacity": args.capacity, "rows": rows})
+        print(
+            f"{row['server']:<14} {row['concurrency']:>7} {row['aggregate_tok_s']:>10.1f} "
+            f"{row['ttft_ms_p50']:>8.0f}ms {row['ttft_ms_p95']:>7.0f}ms {row['itl_ms_p50'] or 0:>6.1f}ms "
+            f"{row['itl_ms_p95'] or 0:>6.1f}ms {row['vs_mlx_lm_server']:>8.2f}"
+        )
+    write_result(
+        args.out,
+        f"concurrency-{args.model.replace('/', '_')}",
+        {
+            "bench": "concurrency",
+            "model": args.model,
+            "max_tokens": args.max_tokens,
+            "rounds": args.rounds,
+            "capacity": args.capacity,
+            "rows": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ the rate at which reading the weights once per step would allow (the KV cache is
 Rows go to bench/results/gpu-<shape>-<format>-<time>.json with `concurrency` and
 `vs_mlx_lm_server`. See docs/PERFORMANCE.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,23 +34,56 @@ from concurrency import TOPICS, compare_levels, decode_rate, start_mlx_lm_server
 
 from contract.settings import Settings
 
-BASE = {"model_type": "qwen2", "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
-        "max_position_embeddings": 32768, "hidden_act": "silu"}
+BASE = {
+    "model_type": "qwen2",
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 1000000.0,
+    "max_position_embeddings": 32768,
+    "hidden_act": "silu",
+}
 SHAPES = {  # the published Qwen2.5 configs, trimmed to what mlx-lm reads
-    "qwen2.5-0.5b": {**BASE, "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
-                     "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936,
-                     "tie_word_embeddings": True},
-    "qwen2.5-7b": {**BASE, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
-                   "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
-                   "tie_word_embeddings": False},
+    "qwen2.5-0.5b": {
+        **BASE,
+        "hidden_size": 896,
+        "intermediate_size": 4864,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+        "vocab_size": 151936,
+        "tie_word_embeddings": True,
+    },
+    "qwen2.5-7b": {
+        **BASE,
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "vocab_size": 152064,
+        "tie_word_embeddings": False,
+    },
     # Not a real model: a seconds-long smoke test of this script on any machine.
-    "smoke": {**BASE, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
-              "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 151936,
-              "tie_word_embeddings": True},
+    "smoke": {
+        **BASE,
+        "hidden_size": 128,
+        "intermediate_size": 256,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "vocab_size": 151936,
+        "tie_word_embeddings": True,
+    },
 }
 FORMATS = {"4bit": 4, "bf16": None}
-BANDWIDTH = {"H200": 4.8e12, "H100 NVL": 3.9e12, "H100 PCIe": 2.0e12, "H100": 3.35e12,
-             "A100-SXM4-80GB": 2.04e12, "A100": 1.55e12, "L40S": 0.864e12}
+BANDWIDTH = {
+    "H200": 4.8e12,
+    "H100 NVL": 3.9e12,
+    "H100 PCIe": 2.0e12,
+    "H100": 3.35e12,
+    "A100-SXM4-80GB": 2.04e12,
+    "A100": 1.55e12,
+    "L40S": 0.864e12,
+}
 """Memory bandwidth in bytes/s by card name (the vendors' data sheets); first match wins."""
 
 
@@ -72,8 +106,12 @@ def in_process(model_dir: Path, levels: list[int], max_tokens: int, rounds: int)
         done: dict[str, dict] = {}
         start = time.perf_counter()
         for i in range(clients):
-            job = ChatJob(model=model_dir.name, max_tokens=tokens, sampling=SamplingParams(temperature=0),
-                          messages=[ChatMessage(role="user", content=prompt(round_no, i))])
+            job = ChatJob(
+                model=model_dir.name,
+                max_tokens=tokens,
+                sampling=SamplingParams(temperature=0),
+                messages=[ChatMessage(role="user", content=prompt(round_no, i))],
+            )
             engine.add(f"{round_no}-{i}", job)
             stamps[f"{round_no}-{i}"] = []
         while len(done) < clients:
@@ -85,11 +123,14 @@ def in_process(model_dir: Path, levels: list[int], max_tokens: int, rounds: int)
             done.update(finished)
         wall = time.perf_counter() - start
         counts = {j: u["completion_tokens"] for j, u in done.items()}
-        return {"tokens": sum(counts.values()), "wall_s": wall,
-                "ttfts": [s[0] - start for s in stamps.values() if s],
-                "gaps": [b - a for s in stamps.values() for a, b in zip(s, s[1:], strict=False)],
-                "decode_rates": [decode_rate(counts[j], s) for j, s in stamps.items() if len(s) > 1],
-                "errors": []}
+        return {
+            "tokens": sum(counts.values()),
+            "wall_s": wall,
+            "ttfts": [s[0] - start for s in stamps.values() if s],
+            "gaps": [b - a for s in stamps.values() for a, b in zip(s, s[1:], strict=False)],
+            "decode_rates": [decode_rate(counts[j], s) for j, s in stamps.items() if len(s) > 1],
+            "errors": [],
+        }
 
     rows = []
     for clients in levels:
@@ -101,12 +142,24 @@ def in_process(model_dir: Path, levels: list[int], max_tokens: int, rounds: int)
 
 def measure_model(args, name: str, config: dict, bits: int | None) -> list[dict]:
     model_dir = args.models_dir / name
-    child = [sys.executable, __file__, "--child", name, "--levels", *map(str, args.levels),
-             "--max-tokens", str(args.max_tokens), "--rounds", str(args.rounds),
-             "--models-dir", str(args.models_dir)]
+    child = [
+        sys.executable,
+        __file__,
+        "--child",
+        name,
+        "--levels",
+        *map(str, args.levels),
+        "--max-tokens",
+        str(args.max_tokens),
+        "--rounds",
+        str(args.rounds),
+        "--models-dir",
+        str(args.models_dir),
+    ]
     # A child builds the model if needed and measures in-process; its GPU memory is freed on exit.
-    out = subprocess.run(child, check=True, stdout=subprocess.PIPE, text=True,
-                         input=json.dumps({"config": config, "bits": bits})).stdout
+    out = subprocess.run(
+        child, check=True, stdout=subprocess.PIPE, text=True, input=json.dumps({"config": config, "bits": bits})
+    ).stdout
     rows = json.loads(out.strip().splitlines()[-1])
     capacity = max(args.levels)
     with bench_stack(models_dir=str(args.models_dir)) as (stack, url, _env):
@@ -134,15 +187,19 @@ def card_bandwidth(device: str) -> float | None:
 
 def report(name: str, rows: list[dict], weight_bytes: int, device: str, args) -> None:
     print(f"\n{name}: {weight_bytes / 1e9:.2f} GB of weights, {args.max_tokens} tokens per stream, greedy, on {device}")
-    print(f"{'server':<14} {'streams':>7} {'agg tok/s':>10} {'stream dec':>10} {'TTFT p50':>9} "
-          f"{'ceiling':>8} {'of ceil':>7} {'vs mlx_lm':>9}")
+    print(
+        f"{'server':<14} {'streams':>7} {'agg tok/s':>10} {'stream dec':>10} {'TTFT p50':>9} "
+        f"{'ceiling':>8} {'of ceil':>7} {'vs mlx_lm':>9}"
+    )
     for row in rows:
         ceiling = row["bandwidth_ceiling_tok_s"]
-        print(f"{row['server']:<14} {row['concurrency']:>7} {row['aggregate_tok_s']:>10.1f} "
-              f"{row['stream_decode_tok_s'] or 0:>10.1f} {row['ttft_ms_p50']:>7.0f}ms "
-              f"{ceiling or 0:>8.0f} {row['aggregate_tok_s'] / ceiling if ceiling else 0:>6.0%} "
-              f"{row['vs_mlx_lm_server']:>9.2f}" + (f"  {row['failed_requests']} failed: {row['first_error']}"
-                                                      if row["failed_requests"] else ""))
+        print(
+            f"{row['server']:<14} {row['concurrency']:>7} {row['aggregate_tok_s']:>10.1f} "
+            f"{row['stream_decode_tok_s'] or 0:>10.1f} {row['ttft_ms_p50']:>7.0f}ms "
+            f"{ceiling or 0:>8.0f} {row['aggregate_tok_s'] / ceiling if ceiling else 0:>6.0%} "
+            f"{row['vs_mlx_lm_server']:>9.2f}"
+            + (f"  {row['failed_requests']} failed: {row['first_error']}" if row["failed_requests"] else "")
+        )
     single = {r["server"]: r["stream_decode_tok_s"] for r in rows if r["concurrency"] == 1}
     if "stack" in single and "in-process" in single:
         print(f"single-stream decode, stack / in-process: {single['stack'] / single['in-process']:.3f}")
@@ -172,11 +229,22 @@ def main() -> int:
             rows.sort(key=lambda r: (r["concurrency"], order.index(r["server"])))
             annotate(rows, weight_bytes, card_bandwidth(device))
             report(name, rows, weight_bytes, device, args)
-            write_result(args.out, f"gpu-{name}{args.label}", {
-                "bench": "gpu", "model": name, "config": SHAPES[shape], "bits": FORMATS[fmt],
-                "weight_bytes": weight_bytes, "bandwidth_bytes_s": card_bandwidth(device),
-                "max_tokens": args.max_tokens, "rounds": args.rounds, "rows": rows,
-                "flat_decode": Settings().flat_decode})
+            write_result(
+                args.out,
+                f"gpu-{name}{args.label}",
+                {
+                    "bench": "gpu",
+                    "model": name,
+                    "config": SHAPES[shape],
+                    "bits": FORMATS[fmt],
+                    "weight_bytes": weight_bytes,
+                    "bandwidth_bytes_s": card_bandwidth(device),
+                    "max_tokens": args.max_tokens,
+                    "rounds": args.rounds,
+                    "rows": rows,
+                    "flat_decode": Settings().flat_decode,
+                },
+            )
     return 0
 
 

@@ -8,6 +8,7 @@ Prints a table and writes bench/results/overhead-<model>-<time>.json. Both sides
 greedily, so they produce the same tokens; the stack side times from just before the HTTP
 request to the first SSE content delta, exactly as a client sees it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,14 @@ HTTP = requests.Session()
 
 
 def through_stack(url: str, model: str, max_tokens: int) -> tuple[float, float, int]:
-    body = {"model": model, "messages": PROMPT, "max_tokens": max_tokens, "temperature": 0,
-            "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": model,
+        "messages": PROMPT,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     start = time.perf_counter()
     stamps, tokens = [], 0
     with HTTP.post(url + "/v1/chat/completions", json=body, stream=True, timeout=600) as response:
@@ -53,7 +60,7 @@ def through_stack(url: str, model: str, max_tokens: int) -> tuple[float, float, 
         for line in response.iter_lines():
             if line.startswith(b"data: {") and b'"content":"' in line and b'"content":""' not in line:
                 stamps.append(time.perf_counter())
-            elif line.startswith(b'data: {') and b'"usage":{' in line:
+            elif line.startswith(b"data: {") and b'"usage":{' in line:
                 tokens = json.loads(line[6:])["usage"]["completion_tokens"]
     # An SSE event may carry several tokens (steps that outran Redis are merged), so the
     # rate counts tokens from the usage, between the first and the last content event.
@@ -105,16 +112,26 @@ def report(args, rows: dict, prompt_tokens: int) -> None:
     inp, stk = summary["in-process"], summary["stack"]
     added_ms = stk["ttft_ms_p50"] - inp["ttft_ms_p50"]
     decode_ratio = stk["decode_tok_s_p50"] / inp["decode_tok_s_p50"]
-    print(f"\nmodel {args.model}, prompt {prompt_tokens} tokens, {inp['tokens']} generated, "
-          f"{args.runs} runs each, interleaved, on {device_name()}")
+    print(
+        f"\nmodel {args.model}, prompt {prompt_tokens} tokens, {inp['tokens']} generated, "
+        f"{args.runs} runs each, interleaved, on {device_name()}"
+    )
     print(f"{'path':<12} {'TTFT p50 ms':>12} {'decode tok/s p50':>17}")
     for side in ("in-process", "stack"):
         print(f"{side:<12} {summary[side]['ttft_ms_p50']:>12.1f} {summary[side]['decode_tok_s_p50']:>17.2f}")
-    print(f"added TTFT p50: {added_ms:+.1f} ms (target <= 5 ms); "
-          f"decode ratio stack/in-process: {decode_ratio:.3f} (target >= 0.97)")
-    result = {"bench": "overhead", "model": args.model, "prompt_tokens": prompt_tokens,
-              "max_tokens": args.max_tokens, "added_ttft_ms_p50": added_ms, "decode_ratio": decode_ratio,
-              **summary}
+    print(
+        f"added TTFT p50: {added_ms:+.1f} ms (target <= 5 ms); "
+        f"decode ratio stack/in-process: {decode_ratio:.3f} (target >= 0.97)"
+    )
+    result = {
+        "bench": "overhead",
+        "model": args.model,
+        "prompt_tokens": prompt_tokens,
+        "max_tokens": args.max_tokens,
+        "added_ttft_ms_p50": added_ms,
+        "decode_ratio": decode_ratio,
+        **summary,
+    }
     write_result(args.out, f"overhead-{args.model.replace('/', '_')}", result)
 
 

@@ -15,6 +15,7 @@ tokens differ. The API's memory (RSS of the gunicorn master and its workers, fro
 is sampled every `--sample-every` seconds. Prints a summary and writes
 bench/results/soak-<model>-<time>.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,8 +62,15 @@ class Tally:
 
 def body(model: str, client: int, n: int, max_tokens: int, stream: bool) -> dict:
     prompt = f"Client {client}, request {n % 5}: tell me about {TOPICS[(client + n) % len(TOPICS)]}."
-    request = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
-               "temperature": 0, "seed": 1000 + client, "logprobs": True, "stream": stream}
+    request = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "seed": 1000 + client,
+        "logprobs": True,
+        "stream": stream,
+    }
     if stream:
         request["stream_options"] = {"include_usage": True}
     return request
@@ -173,13 +181,19 @@ def process_tree_rss(root: int) -> int:
     return total
 
 
-def sample_memory(api_pid: int, worker_pid: int, redis_conn, every: float, stop: threading.Event,
-                  samples: list) -> None:
+def sample_memory(
+    api_pid: int, worker_pid: int, redis_conn, every: float, stop: threading.Event, samples: list
+) -> None:
     started = time.monotonic()
     while True:
-        samples.append({"t": round(time.monotonic() - started, 1), "api_rss": process_tree_rss(api_pid),
-                        "worker_rss": process_tree_rss(worker_pid),
-                        "redis_used": redis_conn.info("memory")["used_memory"]})
+        samples.append(
+            {
+                "t": round(time.monotonic() - started, 1),
+                "api_rss": process_tree_rss(api_pid),
+                "worker_rss": process_tree_rss(worker_pid),
+                "redis_used": redis_conn.info("memory")["used_memory"],
+            }
+        )
         if stop.wait(every):
             return
 
@@ -216,12 +230,19 @@ def main() -> int:
         for i in range(2):  # warm-up, not counted
             stream_once(requests.Session(), url, body(args.model, i, 0, args.max_tokens, True), Tally())
         stop = threading.Event()
-        sampler = threading.Thread(target=sample_memory, daemon=True, args=(
-            api.pid, worker.pid, redis.Redis.from_url(env["REDIS_URL"]), args.sample_every, stop, samples))
+        sampler = threading.Thread(
+            target=sample_memory,
+            daemon=True,
+            args=(api.pid, worker.pid, redis.Redis.from_url(env["REDIS_URL"]), args.sample_every, stop, samples),
+        )
         sampler.start()
         started = time.monotonic()
-        threads = [threading.Thread(target=client, args=(i, url, args, started + args.duration, tally, counter,
-                                                         counter_lock), daemon=True) for i in range(args.clients)]
+        threads = [
+            threading.Thread(
+                target=client, args=(i, url, args, started + args.duration, tally, counter, counter_lock), daemon=True
+            )
+            for i in range(args.clients)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -237,39 +258,66 @@ def memory(samples: list[dict], key: str, settle: float) -> dict:
     """Idle (before the clients), then start/end/max and slope once `settle` seconds have passed."""
     settled = [s for s in samples if s["t"] >= settle] or samples
     values = [s[key] / MB for s in settled]
-    return {"idle": samples[0][key] / MB, "start": values[0], "end": values[-1], "max": max(values),
-            "slope_mb_per_min": slope_per_min(settled, key)}
+    return {
+        "idle": samples[0][key] / MB,
+        "start": values[0],
+        "end": values[-1],
+        "max": max(values),
+        "slope_mb_per_min": slope_per_min(settled, key),
+    }
 
 
 def report(args, tally: Tally, samples: list[dict], wall: float) -> None:
     settle = min(60.0, args.duration / 4)
     result = {
-        "bench": "soak", "model": args.model, "clients": args.clients, "duration_s": args.duration,
-        "wall_s": round(wall, 1), "capacity": args.capacity, "max_tokens": args.max_tokens,
-        "requests": tally.requests, "reruns": tally.reruns, "tokens": tally.tokens,
-        "tok_s": round(tally.tokens / wall, 1), "requests_per_s": round(tally.requests / wall, 2),
-        "errors": dict(tally.errors), "mismatches": dict(tally.mismatches), "examples": tally.examples,
+        "bench": "soak",
+        "model": args.model,
+        "clients": args.clients,
+        "duration_s": args.duration,
+        "wall_s": round(wall, 1),
+        "capacity": args.capacity,
+        "max_tokens": args.max_tokens,
+        "requests": tally.requests,
+        "reruns": tally.reruns,
+        "tokens": tally.tokens,
+        "tok_s": round(tally.tokens / wall, 1),
+        "requests_per_s": round(tally.requests / wall, 2),
+        "errors": dict(tally.errors),
+        "mismatches": dict(tally.mismatches),
+        "examples": tally.examples,
         "latency_s_p50": statistics.median(tally.latencies) if tally.latencies else None,
         "latency_s_p95": percentile(tally.latencies, 95) if tally.latencies else None,
         "ttft_s_p50": statistics.median(tally.ttfts) if tally.ttfts else None,
         "ttft_s_p95": percentile(tally.ttfts, 95) if tally.ttfts else None,
-        "memory_settle_s": settle, "api_rss_mb": memory(samples, "api_rss", settle),
-        "worker_rss_mb": memory(samples, "worker_rss", settle), "redis_used_mb": memory(samples, "redis_used", settle),
+        "memory_settle_s": settle,
+        "api_rss_mb": memory(samples, "api_rss", settle),
+        "worker_rss_mb": memory(samples, "worker_rss", settle),
+        "redis_used_mb": memory(samples, "redis_used", settle),
         "samples": samples,
     }
-    print(f"\nsoak: {args.clients} streaming clients, {wall:.0f} s, model {args.model}, capacity {args.capacity}, "
-          f"{args.max_tokens} tokens per request")
-    print(f"requests {tally.requests} ({result['requests_per_s']}/s), tokens {tally.tokens} ({result['tok_s']} tok/s), "
-          f"non-streamed reruns {tally.reruns}")
-    print(f"latency p50 {result['latency_s_p50'] or 0:.2f} s p95 {result['latency_s_p95'] or 0:.2f} s; "
-          f"TTFT p50 {result['ttft_s_p50'] or 0:.2f} s p95 {result['ttft_s_p95'] or 0:.2f} s")
-    print(f"errors {sum(tally.errors.values())} {dict(tally.errors)}; "
-          f"token mismatches {sum(tally.mismatches.values())} {dict(tally.mismatches)}")
+    print(
+        f"\nsoak: {args.clients} streaming clients, {wall:.0f} s, model {args.model}, capacity {args.capacity}, "
+        f"{args.max_tokens} tokens per request"
+    )
+    print(
+        f"requests {tally.requests} ({result['requests_per_s']}/s), tokens {tally.tokens} ({result['tok_s']} tok/s), "
+        f"non-streamed reruns {tally.reruns}"
+    )
+    print(
+        f"latency p50 {result['latency_s_p50'] or 0:.2f} s p95 {result['latency_s_p95'] or 0:.2f} s; "
+        f"TTFT p50 {result['ttft_s_p50'] or 0:.2f} s p95 {result['ttft_s_p95'] or 0:.2f} s"
+    )
+    print(
+        f"errors {sum(tally.errors.values())} {dict(tally.errors)}; "
+        f"token mismatches {sum(tally.mismatches.values())} {dict(tally.mismatches)}"
+    )
     print(f"memory in MB (start/end/max/slope from {settle:.0f} s on, when every client is connected):")
     for name in ("api_rss_mb", "worker_rss_mb", "redis_used_mb"):
         m = result[name]
-        print(f"  {name:<14} idle {m['idle']:6.1f}  start {m['start']:6.1f}  end {m['end']:6.1f}  "
-              f"max {m['max']:6.1f}  slope {m['slope_mb_per_min']:+.2f} MB/min")
+        print(
+            f"  {name:<14} idle {m['idle']:6.1f}  start {m['start']:6.1f}  end {m['end']:6.1f}  "
+            f"max {m['max']:6.1f}  slope {m['slope_mb_per_min']:+.2f} MB/min"
+        )
     for line in tally.examples:
         print("  ", line)
     write_result(args.out, f"soak-{args.model.replace('/', '_')}", result)

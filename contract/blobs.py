@@ -1,6 +1,7 @@
 """The blob store: validated bytes (images, later document pages) in Redis under their
 sha256, so job payloads carry keys, never the bytes (rq-dashboard shows payloads; Redis
 holds one copy of an image however many jobs name it)."""
+
 from __future__ import annotations
 
 import hashlib

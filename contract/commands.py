@@ -7,6 +7,7 @@ command has a status hash the API polls. An unload is not a command to managers:
 worker of the model reads `unload:<model>` in its heartbeat and stops itself, whichever
 machine it runs on.
 """
+
 from __future__ import annotations
 
 import json
@@ -82,23 +83,38 @@ def ensure_group(conn: redis.Redis, keys: Keys, kind: Kind) -> None:
 
 
 def add_command(conn: redis.Redis, keys: Keys, command: LoadCommand) -> None:
-    conn.xadd(keys.commands(command.kind), {"command": command.model_dump_json()},
-              maxlen=STREAM_MAXLEN, approximate=True)
+    conn.xadd(
+        keys.commands(command.kind), {"command": command.model_dump_json()}, maxlen=STREAM_MAXLEN, approximate=True
+    )
 
 
-def send_load(conn: redis.Redis, keys: Keys, kind: Kind, model: str, *, replicas: int = 1,
-              keep_alive: int | None = None, capacity: int | None = None) -> list[str]:
+def send_load(
+    conn: redis.Redis,
+    keys: Keys,
+    kind: Kind,
+    model: str,
+    *,
+    replicas: int = 1,
+    keep_alive: int | None = None,
+    capacity: int | None = None,
+) -> list[str]:
     """XADD one load command per replica to keys.commands(kind) (consumer group "managers",
     created with MKSTREAM if missing) and create a CommandStatus hash (keys.command(id),
     TTL 1 h) for each; returns the command ids."""
     ensure_group(conn, keys, kind)
     ids = []
     for _ in range(replicas):
-        command = LoadCommand(id=uuid.uuid4().hex, kind=kind, model=model, keep_alive=keep_alive,
-                              capacity=capacity)
+        command = LoadCommand(id=uuid.uuid4().hex, kind=kind, model=model, keep_alive=keep_alive, capacity=capacity)
         now = time.time()
-        status = CommandStatus(id=command.id, op=Op.LOAD, kind=kind, model=model,
-                               state=CommandState.PENDING, created_at=now, updated_at=now)
+        status = CommandStatus(
+            id=command.id,
+            op=Op.LOAD,
+            kind=kind,
+            model=model,
+            state=CommandState.PENDING,
+            created_at=now,
+            updated_at=now,
+        )
         _write_status(conn, keys, command.id, status.model_dump(mode="json"))
         add_command(conn, keys, command)  # after its status: a manager may update it at once
         ids.append(command.id)

@@ -3,6 +3,7 @@
 redis-py 8 defaults bite here (FACTS.md): a 5 s socket timeout would break blocking stream
 reads, and 100 pooled connections is too few for hundreds of open SSE streams.
 """
+
 from __future__ import annotations
 
 import time

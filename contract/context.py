@@ -5,6 +5,7 @@ manager's start-up — and handed down, so no function rebuilds `Keys(settings.k
 or reads the environment again. Bookkeeping job functions, which rq calls with their payload
 only, get theirs from `Context.for_current_job()` (the job's own connection).
 """
+
 from __future__ import annotations
 
 import functools

@@ -7,6 +7,7 @@ the work when it is called and returns `Done(value)`; the worker then finalizes 
 once with rq's own success path (result stored, dependents enqueued), without taking an
 engine slot. A job function that raises fails its job as any refused payload does.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

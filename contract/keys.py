@@ -3,6 +3,7 @@
 Queue names are rq queue names (rq adds its own `rq:queue:` prefix); model ids may contain
 `/` (Hugging Face repo ids), which rq accepts.
 """
+
 from __future__ import annotations
 
 from enum import StrEnum

@@ -5,6 +5,7 @@ model roots (a bare name, or a path inside a root). Everything else is refused: 
 absolute paths outside the roots, symlinks that escape a root, odd characters. Messages
 never echo server paths.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,7 @@ def parse_model_ref(ref: str, roots: list[Path]) -> ModelRef:
     if _HUB_ID.match(ref) and not ref.startswith("/"):
         return ModelRef(name=ref, repo_id=ref)
     raise InvalidModelRef(
-        f"model {ref!r} is neither a model directory under the model roots nor a "
-        "Hugging Face repo id (org/name)"
+        f"model {ref!r} is neither a model directory under the model roots nor a Hugging Face repo id (org/name)"
     )
 
 
@@ -54,9 +54,7 @@ def _check_shape(ref: str) -> None:
     if "://" in ref or ref.lower().startswith(("http:", "https:", "file:")):
         raise InvalidModelRef("a model reference may not be a URL")
     if not _SAFE_CHARS.match(ref):
-        raise InvalidModelRef(
-            f"model reference {ref!r} has characters outside letters, digits, '.', '_', '-', '/'"
-        )
+        raise InvalidModelRef(f"model reference {ref!r} has characters outside letters, digits, '.', '_', '-', '/'")
     if ".." in ref.split("/"):
         raise InvalidModelRef("a model reference may not contain '..'")
     if ref.endswith(UNFINISHED_SUFFIXES):

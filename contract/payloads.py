@@ -3,6 +3,7 @@
 rq stores them as the job's single keyword argument (`payload=<dict>`), so rq-dashboard can
 show them and the worker re-validates them on its side of the boundary.
 """
+
 from __future__ import annotations
 
 import math

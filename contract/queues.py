@@ -7,6 +7,7 @@ follow its priority: interactive work may wait QUEUED_TTL in a queue bounded by 
 depth limit (429 beyond it); batch work (document pages, batch lines and their bookkeeping
 jobs) may wait BATCH_QUEUED_TTL in an unbounded queue. Outcomes are kept RESULT_TTL.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -71,10 +72,16 @@ class JobSpec:
         s = ctx.settings
         payload = self.payload.model_dump(mode="json") if isinstance(self.payload, BaseModel) else self.payload
         waits = s.queued_ttl if self.priority == Priority.INTERACTIVE else s.batch_queued_ttl
-        return dict(kwargs={"payload": payload}, job_id=self.job_id, timeout=s.job_timeout, ttl=waits,
-                    result_ttl=s.result_ttl, failure_ttl=s.result_ttl,
-                    retry=Retry(max=self.retries) if self.retries else None,
-                    depends_on=Dependency(jobs=self.after, allow_failure=True) if self.after else None)
+        return dict(
+            kwargs={"payload": payload},
+            job_id=self.job_id,
+            timeout=s.job_timeout,
+            ttl=waits,
+            result_ttl=s.result_ttl,
+            failure_ttl=s.result_ttl,
+            retry=Retry(max=self.retries) if self.retries else None,
+            depends_on=Dependency(jobs=self.after, allow_failure=True) if self.after else None,
+        )
 
 
 def enqueue(ctx: Context, spec: JobSpec) -> Job:
@@ -119,8 +126,9 @@ def cancel_job(ctx: Context, job_id: str) -> None:
     if job is None or job.get_status(refresh=False) not in WAITING:
         return
     if mark_canceled(job) and job.func_name in CHAT_FUNC.values():
-        writer = StreamWriter(ctx.conn, ctx.keys, job_id, maxlen=ctx.settings.stream_maxlen,
-                              ttl=ctx.settings.result_ttl)
+        writer = StreamWriter(
+            ctx.conn, ctx.keys, job_id, maxlen=ctx.settings.stream_maxlen, ttl=ctx.settings.result_ttl
+        )
         writer.cancelled(reason="cancelled while queued")
 
 

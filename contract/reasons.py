@@ -1,4 +1,5 @@
 """Failure reasons fit to show a client: one line, server paths cut to their last part."""
+
 from __future__ import annotations
 
 import os

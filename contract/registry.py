@@ -7,6 +7,7 @@ It is how the API learns which models are live (`/v1/models`), which worker hold
 (to notice one that died mid-job) and, later, what `/admin/status` shows. rq keeps its own
 worker records; ours adds the model, kind and state, and expires within seconds of a death.
 """
+
 from __future__ import annotations
 
 import json
@@ -95,6 +96,7 @@ def serving_models(workers: list[WorkerInfo]) -> dict[str, list[WorkerInfo]]:
 
 # --- managers ---
 
+
 class ManagedState(StrEnum):
     """A worker as its manager sees it (ManagerInfo.workers)."""
 
@@ -142,12 +144,15 @@ def remove_manager(conn: redis.Redis, keys: Keys, name: str) -> None:
 
 def live_managers(conn: redis.Redis, keys: Keys, kind: Kind | None = None) -> list[ManagerInfo]:
     """Entries whose heartbeat has not lapsed (of one kind if given); prunes dead names."""
-    managers = [ManagerInfo.model_validate({**fields, "workers": json.loads(fields.get("workers", "[]"))})
-                for fields in _live(conn, keys.managers, keys.manager)]
+    managers = [
+        ManagerInfo.model_validate({**fields, "workers": json.loads(fields.get("workers", "[]"))})
+        for fields in _live(conn, keys.managers, keys.manager)
+    ]
     return [m for m in managers if kind is None or m.kind == kind]
 
 
 # --- one hash per entry with a TTL, plus a sorted-set index of names (workers, managers) ---
+
 
 def _publish(conn: redis.Redis, key: str, index: str, name: str, fields: dict, at: float, ttl: int) -> None:
     pipe = conn.pipeline(transaction=False)

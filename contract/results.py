@@ -5,6 +5,7 @@ RESULTS_TTL) before the job's stream expires (RESULT_TTL after the job ends). A 
 was retried (its worker died, or it failed with retries left) wrote its stream more than
 once: only the entries after its last `start` belong to the attempt that counts.
 """
+
 from __future__ import annotations
 
 from enum import StrEnum
@@ -51,8 +52,10 @@ def ending_without_event(job: Job | None) -> Event | None:
     (api/stored.py) and the results of documents and batches (read_result)."""
     status = job.get_status(refresh=False) if job is not None else None
     if status == JobStatus.FAILED:
-        return Event(EventType.ERROR, data={"code": "generation_failed",
-                                            "message": "the job failed in its worker (it may have died)"})
+        return Event(
+            EventType.ERROR,
+            data={"code": "generation_failed", "message": "the job failed in its worker (it may have died)"},
+        )
     if status in (JobStatus.CANCELED, JobStatus.STOPPED):
         return Event(EventType.CANCELLED)
     return None
@@ -67,16 +70,25 @@ def read_result(conn: redis.Redis, keys: Keys, job_id: str) -> JobResult:
         return JobResult(status=ResultStatus.RUNNING)
     events = StreamReader(conn, keys, job_id).read_all()
     starts = [i for i, e in enumerate(events) if e.type == EventType.START]
-    events = events[starts[-1]:] if starts else events
+    events = events[starts[-1] :] if starts else events
     text = "".join(e.data.get("text", "") for e in events if e.type == EventType.DELTA)
     ending = events[-1] if events and events[-1].is_terminal else ending_without_event(job)
     if ending is not None and ending.type == EventType.DONE:
-        return JobResult(status=ResultStatus.COMPLETED, text=text, usage=ending.data.get("usage"),
-                         finish_reason=ending.data.get("finish_reason"))
+        return JobResult(
+            status=ResultStatus.COMPLETED,
+            text=text,
+            usage=ending.data.get("usage"),
+            finish_reason=ending.data.get("finish_reason"),
+        )
     if ending is not None and ending.type == EventType.ERROR:
-        return JobResult(status=ResultStatus.FAILED, text=text, error={
-            "code": ending.data.get("code", "generation_failed"), "message": ending.data.get("message", "")})
+        return JobResult(
+            status=ResultStatus.FAILED,
+            text=text,
+            error={"code": ending.data.get("code", "generation_failed"), "message": ending.data.get("message", "")},
+        )
     if ending is not None and ending.type == EventType.CANCELLED:
         return JobResult(status=ResultStatus.CANCELED, text=text)
-    return JobResult(status=ResultStatus.FAILED, error={
-        "code": "result_expired", "message": "the job's result expired before it was recorded"})
+    return JobResult(
+        status=ResultStatus.FAILED,
+        error={"code": "result_expired", "message": "the job's result expired before it was recorded"},
+    )

@@ -3,6 +3,7 @@
 Every process (API, workers, tools) builds one `Settings` and passes it down; nothing else
 reads `os.environ`. Field names map to upper-case variables (`redis_url` ← `REDIS_URL`).
 """
+
 from __future__ import annotations
 
 import os

@@ -6,6 +6,7 @@ with the finish reason and usage, `error` with an OpenAI-style code and a safe m
 `cancelled` when a cancel request stopped the job, `progress` for long jobs. Every stream
 ends with exactly one of done / error / cancelled.
 """
+
 from __future__ import annotations
 
 import json

@@ -10,6 +10,7 @@ keep-alive, SIGTERM) and is let go. Each manager publishes a registry entry (`Ma
 memory, workers) like workers do, which is also how managers see each other for placement.
 Unloads do not pass through managers: workers read them in their heartbeats.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,6 +69,7 @@ CLAIM_IDLE_MS, CLAIM_INTERVAL = 30_000, 10.0
 
 # --- the manager ---
 
+
 @dataclass
 class Child:
     """One worker this manager runs, across its restarts."""
@@ -93,14 +95,18 @@ class Manager:
     """The loop of one manager process: supervise, heartbeat, take one command, repeat.
     Single-threaded on purpose: every decision sees the children as they are."""
 
-    def __init__(self, settings: Settings, kind: Kind, *, name: str | None = None,
-                 capacity: int | None = None):
+    def __init__(self, settings: Settings, kind: Kind, *, name: str | None = None, capacity: int | None = None):
         self.settings, self.kind, self.capacity = settings, kind, capacity
         self.ctx = Context.connect(settings)
         self.conn, self.keys = self.ctx.conn, self.ctx.keys
         host = socket.gethostname()
-        self.info = ManagerInfo(name=name or f"{kind}-manager.{host}.{os.getpid()}", kind=kind, host=host,
-                                pid=os.getpid(), started_at=time.time())
+        self.info = ManagerInfo(
+            name=name or f"{kind}-manager.{host}.{os.getpid()}",
+            kind=kind,
+            host=host,
+            pid=os.getpid(),
+            started_at=time.time(),
+        )
         self.name = self.info.name
         self.children: list[Child] = []
         self.stopping = threading.Event()
@@ -137,8 +143,16 @@ class Manager:
 
     def publish(self) -> None:
         self.info.mem_total_bytes, self.info.mem_available_bytes = machine_memory(self.settings)
-        self.info.workers = [ManagedWorker(model=c.model, pid=c.popen.pid if c.popen else 0, state=c.state,
-                                           restarts=c.restarts, keep_alive=c.keep_alive) for c in self.children]
+        self.info.workers = [
+            ManagedWorker(
+                model=c.model,
+                pid=c.popen.pid if c.popen else 0,
+                state=c.state,
+                restarts=c.restarts,
+                keep_alive=c.keep_alive,
+            )
+            for c in self.children
+        ]
         publish_manager(self.conn, self.keys, self.info, self.settings.worker_ttl)
 
     # --- commands ---
@@ -147,8 +161,9 @@ class Manager:
         stream = self.keys.commands(self.kind)
         try:
             # RESP2, undecoded: [[stream, [(entry_id, {field: value}), ...]], ...]
-            reply = cast(list[list[Any]], self.conn.xreadgroup(GROUP, self.name, {stream: ">"}, count=1,
-                                                                block=block_ms))
+            reply = cast(
+                list[list[Any]], self.conn.xreadgroup(GROUP, self.name, {stream: ">"}, count=1, block=block_ms)
+            )
         except redis.exceptions.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
@@ -196,11 +211,15 @@ class Manager:
         elif not decision.start:
             log.info("passing on load of %s (%s)", command.model, "does not fit" if decision.unfit else "placement")
             unfit = command.unfit + [self.name] if decision.unfit else command.unfit
-            add_command(self.conn, self.keys, command.model_copy(
-                update={"declined_by": command.declined_by + [self.name], "unfit": unfit}))
+            add_command(
+                self.conn,
+                self.keys,
+                command.model_copy(update={"declined_by": command.declined_by + [self.name], "unfit": unfit}),
+            )
         else:
-            keep_alive = command.keep_alive if command.keep_alive is not None \
-                else self.settings.keep_alive_for(command.model)
+            keep_alive = (
+                command.keep_alive if command.keep_alive is not None else self.settings.keep_alive_for(command.model)
+            )
             child = Child(command.model, keep_alive, command.capacity or self.capacity, command_id=command.id)
             try:
                 self._start(child)
@@ -208,8 +227,9 @@ class Manager:
                 self._fail(command, f"cannot start a worker: {exc.strerror}")
                 return
             assert child.popen is not None  # set by _start
-            update_status(self.conn, self.keys, command.id, CommandState.STARTING, manager=self.name,
-                          worker_pid=child.popen.pid)
+            update_status(
+                self.conn, self.keys, command.id, CommandState.STARTING, manager=self.name, worker_pid=child.popen.pid
+            )
             self.publish()  # other managers place the next replica knowing about this one
 
     def _fail(self, command: LoadCommand, message: str) -> None:
@@ -219,8 +239,15 @@ class Manager:
     # --- workers ---
 
     def _start(self, child: Child) -> None:
-        argv = [sys.executable, "-m", f"worker_{self.kind}", "--model", child.model,
-                "--keep-alive", str(child.keep_alive)]
+        argv = [
+            sys.executable,
+            "-m",
+            f"worker_{self.kind}",
+            "--model",
+            child.model,
+            "--keep-alive",
+            str(child.keep_alive),
+        ]
         if child.capacity:
             argv += ["--capacity", str(child.capacity)]
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -229,8 +256,14 @@ class Manager:
         with open(child.log_path, "ab") as out:
             # Its own process group: a Ctrl-C or honcho's SIGTERM to ours reaches the worker
             # once, through us, and not twice (a second signal is a cold shutdown).
-            child.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                           env={**os.environ, "MIS_MANAGER": self.name}, process_group=0)
+            child.popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "MIS_MANAGER": self.name},
+                process_group=0,
+            )
         child.state, child.started = ManagedState.RUNNING, time.monotonic()
         if child not in self.children:
             self.children.append(child)
@@ -263,9 +296,15 @@ class Manager:
     def _exited(self, child: Child, code: int, now: float) -> None:
         assert child.popen is not None  # the process that exited
         if child.command_id:
-            update_status(self.conn, self.keys, child.command_id, CommandState.FAILED, manager=self.name,
-                          worker_pid=child.popen.pid,
-                          message=f"the worker exited (code {code}) before serving: {self._log_tail(child)}")
+            update_status(
+                self.conn,
+                self.keys,
+                child.command_id,
+                CommandState.FAILED,
+                manager=self.name,
+                worker_pid=child.popen.pid,
+                message=f"the worker exited (code {code}) before serving: {self._log_tail(child)}",
+            )
             self.children.remove(child)
         elif code == 0:
             log.info("worker %d for %s stopped", child.popen.pid, child.model)
@@ -273,8 +312,13 @@ class Manager:
         else:
             if now - child.started > STABLE_AFTER:
                 child.delay = RESTART_MIN
-            log.warning("worker %d for %s exited with code %d; restarting in %.0f s",
-                        child.popen.pid, child.model, code, child.delay)
+            log.warning(
+                "worker %d for %s exited with code %d; restarting in %.0f s",
+                child.popen.pid,
+                child.model,
+                code,
+                child.delay,
+            )
             child.state, child.restart_at = ManagedState.RESTARTING, now + child.delay
             child.delay = min(child.delay * 2, RESTART_MAX)
 
@@ -296,8 +340,15 @@ class Manager:
                 child.popen.terminate()  # exits 0: let go, not restarted
             else:
                 continue
-            update_status(self.conn, self.keys, child.command_id, state, manager=self.name,
-                          worker_pid=child.popen.pid, message=message)
+            update_status(
+                self.conn,
+                self.keys,
+                child.command_id,
+                state,
+                manager=self.name,
+                worker_pid=child.popen.pid,
+                message=message,
+            )
             child.command_id = ""
 
     @staticmethod
@@ -312,16 +363,21 @@ class Manager:
     def _shutdown(self) -> None:
         """Warm shutdown of every worker (they finish their jobs), SIGKILL after SHUTDOWN_WAIT."""
         # Every child has been started (_start): its popen is set.
-        running = [c for c in self.children
-                   if c.state == ManagedState.RUNNING and cast("subprocess.Popen[bytes]", c.popen).poll() is None]
+        running = [
+            c
+            for c in self.children
+            if c.state == ManagedState.RUNNING and cast("subprocess.Popen[bytes]", c.popen).poll() is None
+        ]
         for child in self.children:
             child.state = ManagedState.STOPPED
         for child in running:
             assert child.popen is not None
             child.popen.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + SHUTDOWN_WAIT
-        while (any(cast("subprocess.Popen[bytes]", c.popen).poll() is None for c in running)
-               and time.monotonic() < deadline):
+        while (
+            any(cast("subprocess.Popen[bytes]", c.popen).poll() is None for c in running)
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.1)
         for child in running:
             assert child.popen is not None
@@ -338,10 +394,16 @@ class Manager:
 
 def main(kind: Kind, argv: list[str] | None = None) -> int:
     """The CLI of `python -m worker_<kind>.manager`."""
-    parser = argparse.ArgumentParser(prog=f"python -m worker_{kind}.manager",
-                                     description=f"Start and supervise this machine's {kind} workers.")
-    parser.add_argument("--preload", action="append", default=[], metavar="MODEL",
-                        help="start a worker for MODEL now, kept alive forever (repeatable)")
+    parser = argparse.ArgumentParser(
+        prog=f"python -m worker_{kind}.manager", description=f"Start and supervise this machine's {kind} workers."
+    )
+    parser.add_argument(
+        "--preload",
+        action="append",
+        default=[],
+        metavar="MODEL",
+        help="start a worker for MODEL now, kept alive forever (repeatable)",
+    )
     parser.add_argument("--name", default=None, help="registry name (default: <kind>-manager.<host>.<pid>)")
     parser.add_argument("--capacity", type=int, default=None, help="passed to the workers it starts")
     args = parser.parse_args(argv)

@@ -1,5 +1,6 @@
 """Where a model goes: this machine's memory, a model's estimated size, and the placement
 rule every manager applies to a load command (a pure function, so it is unit-tested)."""
+
 from __future__ import annotations
 
 import os
@@ -71,8 +72,9 @@ def place(me: ManagerInfo, managers: list[ManagerInfo], command: LoadCommand, ne
         unfit = set(command.unfit) | {me.name}
         if all(m.name in unfit for m in others):
             most = max([me.mem_available_bytes] + [m.mem_available_bytes for m in others])
-            return Decision(failure=f"does not fit on any machine (needs {_gb(need)}, "
-                                    f"most free is {_gb(most * HEADROOM)})")
+            return Decision(
+                failure=f"does not fit on any machine (needs {_gb(need)}, most free is {_gb(most * HEADROOM)})"
+            )
         return Decision(unfit=True)
     if len(command.declined_by) >= 2 * (len(others) + 1):
         return Decision(start=True)

@@ -1,5 +1,6 @@
 """Log-probabilities as OpenAI reports them: the chosen token's, and the `top_n` most likely
 tokens at that step, each with its text and UTF-8 bytes."""
+
 from __future__ import annotations
 
 from typing import Any, cast
@@ -14,8 +15,10 @@ def token_logprob(tokenizer: Any, logprobs: mx.array, token: int, top_n: int) ->
     top: list[dict] = []
     if top_n:
         ids = mx.argpartition(-logprobs, kth=top_n - 1)[:top_n]
-        ranked = sorted(zip(cast(list[int], ids.tolist()), cast(list[float], logprobs[ids].tolist()), strict=True),
-                        key=lambda p: -p[1])
+        ranked = sorted(
+            zip(cast(list[int], ids.tolist()), cast(list[float], logprobs[ids].tolist()), strict=True),
+            key=lambda p: -p[1],
+        )
         top = [token_entry(tokenizer, i, v) for i, v in ranked]
     return TokenLogprob(**token_entry(tokenizer, token, cast(float, logprobs[token].item())), top_logprobs=top)
 

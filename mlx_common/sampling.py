@@ -1,6 +1,7 @@
 """Seeded sampling: a job with a `seed` draws from its own PRNG key, so its output depends on
 its seed alone, never on what other jobs in the batch drew in between (MLX's global random
 state is shared by the whole process)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable

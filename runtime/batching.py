@@ -25,6 +25,7 @@ heartbeat (the same lapse after which our registry calls the worker dead), and e
 reaps its queues' expired executions every few seconds, so jobs of a killed worker end
 `failed` (or go back to their queue while they have retries left).
 """
+
 from __future__ import annotations
 
 import logging
@@ -66,8 +67,9 @@ class BatchingWorker(SimpleWorker):
     # arms it around job callbacks, and ours run in the recorder thread.
     death_penalty_class = TimerDeathPenalty
 
-    def __init__(self, queues: list[Queue], *, engine: EngineLoop, slots: Slots, keys: Keys,
-                 execution_ttl: int, **kwargs):
+    def __init__(
+        self, queues: list[Queue], *, engine: EngineLoop, slots: Slots, keys: Keys, execution_ttl: int, **kwargs
+    ):
         super().__init__(queues, **kwargs)
         self.engine, self.slots, self.keys = engine, slots, keys
         self.execution_ttl = execution_ttl
@@ -104,9 +106,14 @@ class BatchingWorker(SimpleWorker):
                     self.run_maintenance_tasks()
                 wait = ADMIT_WAIT if len(queues) == len(self.queues) else RESTRICTED_WAIT
                 # rq annotates the timeout as int; Redis's blocking pops take fractions of a second.
-                result = self.queue_class.dequeue_any(queues, wait, connection=self.connection,  # type: ignore[arg-type]
-                                                      job_class=self.job_class, serializer=self.serializer,
-                                                      death_penalty_class=self.death_penalty_class)
+                result = self.queue_class.dequeue_any(
+                    queues,
+                    wait,  # type: ignore[arg-type]
+                    connection=self.connection,
+                    job_class=self.job_class,
+                    serializer=self.serializer,
+                    death_penalty_class=self.death_penalty_class,
+                )
                 if result is not None:
                     self._single_queue_dequeue = len(queues) == 1
                     return result
@@ -124,8 +131,14 @@ class BatchingWorker(SimpleWorker):
         # rq 3.0 (pinned): with one queue, dequeue parks the id in an intermediate list.
         self.prepare_job_execution(job, remove_from_intermediate_queue=self._single_queue_dequeue)
         job.started_at = now()
-        admission = Admission(job, queue, execution, priority, request=None,
-                              deadline=time.monotonic() + (job.timeout or self.queue_class.DEFAULT_TIMEOUT))
+        admission = Admission(
+            job,
+            queue,
+            execution,
+            priority,
+            request=None,
+            deadline=time.monotonic() + (job.timeout or self.queue_class.DEFAULT_TIMEOUT),
+        )
         with self.admissions_lock:
             self.admissions[job.id] = admission
         # Cancelled between its dequeue and now (the API sets the flag before it cancels):

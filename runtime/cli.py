@@ -1,6 +1,7 @@
 """The command line every worker kind shares: `python -m worker_<kind> --model REF
 [--capacity N] [--keep-alive S]`. Each kind brings its default capacity and how to build its
 engine; the checks, logging setup and `serve` call live here once."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,14 +21,27 @@ EngineFactory = Callable[[str, Settings, int], Any]
 """(model reference, settings, capacity) -> the loaded engine; imports mlx when called."""
 
 
-def run_worker(kind: Kind, argv: list[str] | None, *, description: str, default_capacity: Callable[[Settings], int],
-               capacity_help: str, make_engine: EngineFactory) -> int:
+def run_worker(
+    kind: Kind,
+    argv: list[str] | None,
+    *,
+    description: str,
+    default_capacity: Callable[[Settings], int],
+    capacity_help: str,
+    make_engine: EngineFactory,
+) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m worker_{kind}", description=description)
-    parser.add_argument("--model", required=True,
-                        help="Hugging Face repo id (org/name) or a directory name under MODELS_DIR")
+    parser.add_argument(
+        "--model", required=True, help="Hugging Face repo id (org/name) or a directory name under MODELS_DIR"
+    )
     parser.add_argument("--capacity", type=int, default=None, help=capacity_help)
-    parser.add_argument("--keep-alive", type=int, default=-1, metavar="SECONDS",
-                        help="stop after this many idle seconds (default -1: never)")
+    parser.add_argument(
+        "--keep-alive",
+        type=int,
+        default=-1,
+        metavar="SECONDS",
+        help="stop after this many idle seconds (default -1: never)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
@@ -41,8 +55,14 @@ def run_worker(kind: Kind, argv: list[str] | None, *, description: str, default_
     except InvalidModelRef as exc:
         # A reference that can never be valid is a usage error, not a load failure to retry.
         return _usage_error(str(exc))
-    return serve(settings, args.model, kind, lambda: make_engine(args.model, settings, capacity), capacity,
-                 keep_alive=args.keep_alive)
+    return serve(
+        settings,
+        args.model,
+        kind,
+        lambda: make_engine(args.model, settings, capacity),
+        capacity,
+        keep_alive=args.keep_alive,
+    )
 
 
 def _usage_error(message: str) -> int:

@@ -6,6 +6,7 @@ admitted jobs into the running batch, advances every job by one step through the
 pipelined round trip (runtime/steps.py) that also reads their cancel flags. Every job leaves
 with exactly one terminal stream event and an `Outcome` for rq (runtime/batching.py).
 """
+
 from __future__ import annotations
 
 import logging
@@ -113,8 +114,14 @@ class EngineLoop(threading.Thread):
     """The thread that owns the model. Jobs enter through `submit`; each leaves with one
     terminal stream event and an `Outcome` passed to `on_end`."""
 
-    def __init__(self, engine: Engine, steps: StepSender, slots: Slots,
-                 on_end: Callable[[Outcome], None], on_change: Callable[[], None]):
+    def __init__(
+        self,
+        engine: Engine,
+        steps: StepSender,
+        slots: Slots,
+        on_end: Callable[[Outcome], None],
+        on_change: Callable[[], None],
+    ):
         super().__init__(name="engine", daemon=True)
         self.engine, self.steps, self.slots = engine, steps, slots
         self.on_end, self.on_change = on_end, on_change
@@ -191,8 +198,9 @@ class EngineLoop(threading.Thread):
             return
         except Exception as exc:  # a bug or a model failure: the job fails, the worker lives
             log.exception("job %s could not start", job_id)
-            self._end(job_id, error=exc, code="generation_failed",
-                      message="the worker failed while starting this response")
+            self._end(
+                job_id, error=exc, code="generation_failed", message="the worker failed while starting this response"
+            )
             return
         self.pending.append((job_id, EventType.START, start))
 
@@ -203,8 +211,7 @@ class EngineLoop(threading.Thread):
         if code:
             self._end(job_id, error=refusal, code=code, message=str(refusal))
         else:
-            self._end(job_id, error=refusal, code="invalid_payload",
-                      message="this worker cannot run the job's payload")
+            self._end(job_id, error=refusal, code="invalid_payload", message="this worker cannot run the job's payload")
 
     def _step(self) -> None:
         events, self.pending = self.pending, []
@@ -214,8 +221,12 @@ class EngineLoop(threading.Thread):
             log.exception("engine step failed")
             self.engine.remove(self._live())
             for job_id in self._live():
-                self._end(job_id, error=exc, code="generation_failed",
-                          message="the worker failed while generating this response")
+                self._end(
+                    job_id,
+                    error=exc,
+                    code="generation_failed",
+                    message="the worker failed while generating this response",
+                )
             self._write_endings()
             return
         events += step_events
@@ -235,8 +246,13 @@ class EngineLoop(threading.Thread):
         for job_id in overdue:
             timeout = self.running[job_id].job.timeout
             message = f"generation took longer than the job timeout ({timeout} s, JOB_TIMEOUT)"
-            self._end(job_id, error=JobTimeoutException(message), code="job_timeout", message=message,
-                      tokens=tokens.get(job_id, 0))
+            self._end(
+                job_id,
+                error=JobTimeoutException(message),
+                code="job_timeout",
+                message=message,
+                tokens=tokens.get(job_id, 0),
+            )
 
     def _cancel(self, flagged: set[str]) -> None:
         job_ids = [j for j in self._live() if j in flagged]
@@ -247,8 +263,17 @@ class EngineLoop(threading.Thread):
             log.info("job %s cancelled", job_id)
             self._end(job_id, cancelled=True, tokens=tokens.get(job_id, 0))
 
-    def _end(self, job_id: str, *, result: dict | None = None, error: BaseException | None = None,
-             code: str = "", message: str = "", cancelled: bool = False, tokens: int = 0) -> None:
+    def _end(
+        self,
+        job_id: str,
+        *,
+        result: dict | None = None,
+        error: BaseException | None = None,
+        code: str = "",
+        message: str = "",
+        cancelled: bool = False,
+        tokens: int = 0,
+    ) -> None:
         admission = self.running[job_id]
         self.ending_ids.add(job_id)
         if error is not None:

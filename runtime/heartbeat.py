@@ -12,6 +12,7 @@ snapshot taken under the same lock. The state's lifecycle:
 The heartbeat also decides the stops a worker makes itself (contract.commands.request_unload,
 the keep-alive, a manager that died) and keeps rq's records of the running executions alive.
 """
+
 from __future__ import annotations
 
 import logging

@@ -1,6 +1,7 @@
 """Requests an engine refuses at admission: the job ends with the exception's `code` and
 message as its client's error (a 400), and the worker and the other jobs carry on. Shared
 by every engine, so a refusal reads the same whichever kind of worker makes it."""
+
 from __future__ import annotations
 
 

@@ -11,6 +11,7 @@ writer thread was tried; on a 2-core CPU its hand-offs cost more than the round 
 The price: a cancel flag set during step k is seen after step k+1. `flush()` waits for every
 reply; a job calls it before it ends, so when rq marks a job finished its stream is complete.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -40,8 +41,13 @@ class StepSender:
         commands: list[tuple] = []
         slots: list[list[str] | None] = []
         for job_id, event_type, data in events:
-            for command in entry_commands(self.keys.stream(job_id), event_type, data,
-                                          maxlen=self.settings.stream_maxlen, ttl=self.settings.result_ttl):
+            for command in entry_commands(
+                self.keys.stream(job_id),
+                event_type,
+                data,
+                maxlen=self.settings.stream_maxlen,
+                ttl=self.settings.result_ttl,
+            ):
                 commands.append(command)
                 slots.append(None)
         if watch:

@@ -1,6 +1,7 @@
 """Stop strings over streamed text, for every engine: text is released only once it can no
 longer turn out to be the start of a stop string, so a stop never reaches the client, even
 when it arrives split across tokens."""
+
 from __future__ import annotations
 
 
@@ -23,7 +24,7 @@ class StopMatcher:
             return out, True
         keep = self._longest_stop_prefix_suffix()
         out = self.pending[: len(self.pending) - keep]
-        self.pending = self.pending[len(out):]
+        self.pending = self.pending[len(out) :]
         return out, False
 
     def flush(self) -> str:

@@ -12,6 +12,7 @@ Around the batching rq worker (runtime/batching.py) this adds what rq lacks:
   started it gone. They take the warm-shutdown path of SIGTERM and exit 0, which tells a
   manager not to restart the worker.
 """
+
 from __future__ import annotations
 
 import logging
@@ -64,11 +65,19 @@ def serve(
     SIGTERM/SIGINT, an unload or `keep_alive` idle seconds (-1: never). `load` returns the
     engine (runtime.engine_loop.Engine). Returns the exit code."""
     ctx = Context.connect(settings)
-    status = WorkerStatus(WorkerInfo(
-        name=worker_name(kind), model=model_id, kind=kind, host=socket.gethostname(),
-        pid=os.getpid(), capacity=capacity, started_at=time.time(), manager=settings.manager,
-        keep_alive=keep_alive,
-    ))
+    status = WorkerStatus(
+        WorkerInfo(
+            name=worker_name(kind),
+            model=model_id,
+            kind=kind,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            capacity=capacity,
+            started_at=time.time(),
+            manager=settings.manager,
+            keep_alive=keep_alive,
+        )
+    )
     heartbeat = Heartbeat(ctx, status)
     heartbeat.beat()
     heartbeat.start()
@@ -132,18 +141,27 @@ def _batching_worker(ctx: Context, heartbeat: Heartbeat, engine: Engine) -> Batc
 
     loop = EngineLoop(engine, StepSender(ctx), slots, on_end=on_end, on_change=on_change)
     queues = [Queue(name, connection=ctx.conn) for name in queue_names(info.kind, info.model)]
-    worker = BatchingWorker(queues, engine=loop, slots=slots, keys=ctx.keys, execution_ttl=ctx.settings.worker_ttl,
-                            name=info.name, connection=ctx.conn, worker_ttl=RQ_WORKER_TTL,
-                            default_result_ttl=ctx.settings.result_ttl,
-                            # rq's job description embeds the whole payload (every message):
-                            # formatting and logging it per job costs more than the dequeue.
-                            log_job_description=False)
+    worker = BatchingWorker(
+        queues,
+        engine=loop,
+        slots=slots,
+        keys=ctx.keys,
+        execution_ttl=ctx.settings.worker_ttl,
+        name=info.name,
+        connection=ctx.conn,
+        worker_ttl=RQ_WORKER_TTL,
+        default_result_ttl=ctx.settings.result_ttl,
+        # rq's job description embeds the whole payload (every message):
+        # formatting and logging it per job costs more than the dequeue.
+        log_job_description=False,
+    )
     loop.start()
     return worker
 
 
 def _load_with_retry(load, status: WorkerStatus, heartbeat: Heartbeat, stop: threading.Event):
     """Call `load` until it succeeds or a stop signal arrives (then return None)."""
+
     def on_signal(signum, frame):
         stop.set()
         raise KeyboardInterrupt  # interrupts a load in progress as well as the wait

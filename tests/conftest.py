@@ -1,5 +1,6 @@
 """Session fixtures that build real things: a Redis server on a free port, a model root with
 the tiny random-weight model, the API under gunicorn and a tiny-text worker process."""
+
 from __future__ import annotations
 
 import os
@@ -39,11 +40,17 @@ def models_dir(tmp_path_factory) -> Path:
 def stack(redis_server, models_dir, tmp_path_factory):
     env = dict(os.environ)
     env.update(
-        REDIS_URL=redis_server.url, KEY_PREFIX="test:", PYTHONPATH=str(ROOT),
+        REDIS_URL=redis_server.url,
+        KEY_PREFIX="test:",
+        PYTHONPATH=str(ROOT),
         MODELS_DIR=os.pathsep.join([str(models_dir), str(REAL_MODELS)]),
-        HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path_factory.mktemp("hf-cache")),
-        KEEPALIVE_INTERVAL="1", HEARTBEAT_INTERVAL="0.5", WORKER_TTL="3",
-        MAX_BODY_BYTES=str(16 * 1024 * 1024), MAX_DOCUMENT_BYTES=str(2_000_000),
+        HF_HUB_OFFLINE="1",
+        HF_HUB_CACHE=str(tmp_path_factory.mktemp("hf-cache")),
+        KEEPALIVE_INTERVAL="1",
+        HEARTBEAT_INTERVAL="0.5",
+        WORKER_TTL="3",
+        MAX_BODY_BYTES=str(16 * 1024 * 1024),
+        MAX_DOCUMENT_BYTES=str(2_000_000),
     )
     stack = Stack(env=env, logs=tmp_path_factory.mktemp("logs"))
     yield stack

@@ -1,4 +1,5 @@
 """Real processes for tests: a Redis server, gunicorn running the API, model workers."""
+
 from __future__ import annotations
 
 import os
@@ -50,8 +51,9 @@ class Proc:
 
     def start(self) -> Proc:
         self.log_file = open(self.log_path, "ab")  # noqa: SIM115 -- the child writes to it until stop() closes it
-        self.popen = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdout=self.log_file,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
+        self.popen = subprocess.Popen(
+            self.argv, env=self.env, cwd=ROOT, stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
         return self
 
     @property
@@ -94,8 +96,9 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.proc = Proc(server_argv(self.port, self.data_dir, appendonly=False), dict(os.environ),
-                         self.data_dir / "redis.log").start()
+        self.proc = Proc(
+            server_argv(self.port, self.data_dir, appendonly=False), dict(os.environ), self.data_dir / "redis.log"
+        ).start()
         client = redis.Redis(port=self.port)
         wait_until(lambda: _pings(client), 10, "redis")
         return self
@@ -121,16 +124,22 @@ class Stack:
     procs: list[Proc] = field(default_factory=list)
 
     def spawn(self, name: str, argv: list[str], **env) -> Proc:
-        proc = Proc(argv, {**self.env, **{k: str(v) for k, v in env.items()}},
-                    self.logs / f"{name}-{len(self.procs)}.log").start()
+        proc = Proc(
+            argv, {**self.env, **{k: str(v) for k, v in env.items()}}, self.logs / f"{name}-{len(self.procs)}.log"
+        ).start()
         self.procs.append(proc)
         return proc
 
     def start_api(self, **env) -> tuple[Proc, str]:
         """Another API process on a free port; `env` overrides settings (API_KEYS=..., HOST=...)."""
         port = free_port()
-        proc = self.spawn("api", [sys.executable, "-m", "gunicorn", "-c", "api/gunicorn_conf.py",
-                                  "api:create_app()"], API_PORT=port, WEB_CONCURRENCY=1, **env)
+        proc = self.spawn(
+            "api",
+            [sys.executable, "-m", "gunicorn", "-c", "api/gunicorn_conf.py", "api:create_app()"],
+            API_PORT=port,
+            WEB_CONCURRENCY=1,
+            **env,
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             wait_until(lambda: _answers(url), 30, "the API")
@@ -139,16 +148,18 @@ class Stack:
         return proc, url
 
     def start_worker(self, model: str, wait: bool = True, **env) -> Proc:
-        proc = self.spawn(f"worker-{model.replace('/', '_')}",
-                          [sys.executable, "-m", "worker_text", "--model", model], **env)
+        proc = self.spawn(
+            f"worker-{model.replace('/', '_')}", [sys.executable, "-m", "worker_text", "--model", model], **env
+        )
         if wait:
             self.wait_for_worker(proc, model)
         return proc
 
     def start_vision_worker(self, model: str, wait: bool = True, **env) -> Proc:
         """A vision worker, run by the vision venv's interpreter (mlx-vlm lives only there)."""
-        proc = self.spawn(f"vision-{model.replace('/', '_')}",
-                          [str(VISION_PYTHON), "-m", "worker_vision", "--model", model], **env)
+        proc = self.spawn(
+            f"vision-{model.replace('/', '_')}", [str(VISION_PYTHON), "-m", "worker_vision", "--model", model], **env
+        )
         if wait:
             self.wait_for_worker(proc, model)
         return proc

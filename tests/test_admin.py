@@ -1,5 +1,6 @@
 """The admin API over real HTTP: the token, model_path checks, health and status, load and
 unload through a real manager process, and loading on demand from a chat request."""
+
 from __future__ import annotations
 
 import sys
@@ -27,9 +28,16 @@ def admin(url, method, path, token=TOKEN, **params):
     return requests.request(method, url + path, params=params, headers=headers, timeout=120)
 
 
-@pytest.mark.parametrize("method, path, allowed", [
-    ("GET", "/admin/status", 200), ("GET", "/admin/health", 200), ("GET", "/admin/commands/nope", 404),
-    ("POST", "/admin/load", 400), ("POST", "/admin/unload", 400)])  # 400: no model_path given
+@pytest.mark.parametrize(
+    "method, path, allowed",
+    [
+        ("GET", "/admin/status", 200),
+        ("GET", "/admin/health", 200),
+        ("GET", "/admin/commands/nope", 404),
+        ("POST", "/admin/load", 400),
+        ("POST", "/admin/unload", 400),
+    ],
+)  # 400: no model_path given
 def test_the_token_is_required(admin_api, text_worker, method, path, allowed):
     missing = admin(admin_api, method, path, token=None)
     assert missing.status_code == 401 and missing.json()["error"]["code"] == "missing_admin_token"
@@ -51,8 +59,20 @@ def test_without_a_token_admin_is_open_on_loopback(api_url, text_worker):
     assert admin(api_url, "GET", "/admin/status", token=None).status_code == 200
 
 
-@pytest.mark.parametrize("bad", ["../x", "/etc/passwd", "https://example.com/model", "a;rm -rf /", "$(reboot)",
-                                 "name|cat", "no-such-model", "x" * 300, ""])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "../x",
+        "/etc/passwd",
+        "https://example.com/model",
+        "a;rm -rf /",
+        "$(reboot)",
+        "name|cat",
+        "no-such-model",
+        "x" * 300,
+        "",
+    ],
+)
 @pytest.mark.parametrize("path", ["/admin/load", "/admin/unload"])
 def test_bad_model_paths_are_400_with_a_clear_message(admin_api, path, bad):
     response = admin(admin_api, "POST", path, model_path=bad)
@@ -92,10 +112,14 @@ def test_load_without_a_manager_is_503(admin_api, models_dir):
 
 @pytest.fixture(scope="module")
 def manager(stack, conn, keys, tmp_path_factory):
-    proc = stack.spawn("manager", [sys.executable, "-m", "worker_text.manager", "--name", "admin-test-manager"],
-                       MANAGER_LOGS_DIR=tmp_path_factory.mktemp("manager-logs"))
-    wait_until(lambda: any(m.name == "admin-test-manager" for m in live_managers(conn, keys)), 30,
-               "the manager registered")
+    proc = stack.spawn(
+        "manager",
+        [sys.executable, "-m", "worker_text.manager", "--name", "admin-test-manager"],
+        MANAGER_LOGS_DIR=tmp_path_factory.mktemp("manager-logs"),
+    )
+    wait_until(
+        lambda: any(m.name == "admin-test-manager" for m in live_managers(conn, keys)), 30, "the manager registered"
+    )
     yield proc
     proc.stop()
 
@@ -120,8 +144,11 @@ def test_a_chat_request_loads_its_model_on_demand(admin_api, models_dir, manager
     model = alias(models_dir, "tiny-on-demand")
     reply = say_hi(admin_api, model, max_tokens=2)  # waits in the queue while the manager loads it
     assert reply.usage.completion_tokens == 2
-    wait_until(lambda: model in {m["id"] for m in requests.get(admin_api + "/v1/models", timeout=10)
-                                 .json()["data"]}, 10, "the model listed")
+    wait_until(
+        lambda: model in {m["id"] for m in requests.get(admin_api + "/v1/models", timeout=10).json()["data"]},
+        10,
+        "the model listed",
+    )
     admin(admin_api, "POST", "/admin/unload", model_path=model, wait=60)
 
 

@@ -1,6 +1,7 @@
 """API keys on /v1/* over real HTTP: the official client with a good key, a wrong one and
 none; keys from API_KEYS and from a file that is re-read; the admin token and API keys never
 standing in for each other; and /v1 refused without keys off loopback."""
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,7 @@ def keyed(stack, tmp_path_factory):
     """An API with a key in API_KEYS, another in API_KEYS_FILE, and an admin token."""
     key_file = tmp_path_factory.mktemp("keys") / "api-keys.txt"
     key_file.write_text(f"# keys for the tests\n\n{FILE_KEY}   # a comment after a key\n")
-    proc, url = stack.start_api(API_KEYS=f"{KEY}, sk-unused-second-key", API_KEYS_FILE=key_file,
-                                ADMIN_TOKEN=ADMIN)
+    proc, url = stack.start_api(API_KEYS=f"{KEY}, sk-unused-second-key", API_KEYS_FILE=key_file, ADMIN_TOKEN=ADMIN)
     yield url, key_file, proc
     proc.stop()
 
@@ -41,7 +41,8 @@ def test_the_official_client_works_with_either_key(keyed, text_worker):
     url, _, _ = keyed
     for key in (KEY, FILE_KEY):
         reply = client_for(url, api_key=key).chat.completions.create(
-            model="tiny-text", messages=HI, max_tokens=2, temperature=0)
+            model="tiny-text", messages=HI, max_tokens=2, temperature=0
+        )
         assert reply.usage.completion_tokens == 2
         assert "tiny-text" in {m.id for m in client_for(url, api_key=key).models.list().data}
 
@@ -55,12 +56,22 @@ def test_a_wrong_key_is_an_authentication_error(keyed, text_worker, wrong):
     assert caught.value.body["code"] == "invalid_api_key"
 
 
-@pytest.mark.parametrize("method, path", [("GET", "/v1/models"), ("GET", "/v1/models/tiny-text"),
-                                          ("POST", "/v1/chat/completions"), ("GET", "/v1/no-such-route")])
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("GET", "/v1/models"),
+        ("GET", "/v1/models/tiny-text"),
+        ("POST", "/v1/chat/completions"),
+        ("GET", "/v1/no-such-route"),
+    ],
+)
 def test_every_v1_path_needs_a_key(keyed, method, path):
     url, _, _ = keyed
-    for headers, code in (({}, "missing_api_key"), ({"Authorization": f"Basic {KEY}"}, "missing_api_key"),
-                          ({"Authorization": "Bearer nope"}, "invalid_api_key")):
+    for headers, code in (
+        ({}, "missing_api_key"),
+        ({"Authorization": f"Basic {KEY}"}, "missing_api_key"),
+        ({"Authorization": "Bearer nope"}, "invalid_api_key"),
+    ):
         response = requests.request(method, url + path, headers=headers, json={}, timeout=30)
         assert response.status_code == 401, response.text
         assert response.json()["error"]["code"] == code

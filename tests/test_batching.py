@@ -1,6 +1,7 @@
 """One worker, many requests: jobs share one batch, answers do not depend on what else is in
 it, interactive work overtakes batch work, and a conversation's next turn reuses the KV
 cache of the turns before it."""
+
 from __future__ import annotations
 
 import threading
@@ -19,13 +20,22 @@ from contract.settings import Settings
 
 from .support import alias, client_for, wait_until
 
-QUESTIONS = ["What is the capital of France?", "Hello, world!", "Count to five.", "Why is the sky blue?",
-             "Say something in German.", "What is forty-two?", "Name a fox.", "Write numbers 0123."]
+QUESTIONS = [
+    "What is the capital of France?",
+    "Hello, world!",
+    "Count to five.",
+    "Why is the sky blue?",
+    "Say something in German.",
+    "What is forty-two?",
+    "Name a fox.",
+    "Write numbers 0123.",
+]
 
 
 def ask(client, content, **kw):
     return client.chat.completions.create(
-        model="tiny-text", messages=[{"role": "user", "content": content}], **{"temperature": 0, **kw})
+        model="tiny-text", messages=[{"role": "user", "content": content}], **{"temperature": 0, **kw}
+    )
 
 
 def timed_stream(client, content, max_tokens):
@@ -78,16 +88,24 @@ def test_interactive_request_overtakes_a_batch_backlog(stack, api_url, models_di
     model = alias(models_dir, "tiny-priorities")
     worker = stack.start_worker(model, WORKER_CAPACITY=2)
     settings = Settings(redis_url=stack.env["REDIS_URL"], key_prefix=stack.env["KEY_PREFIX"])
-    payload = ChatJob(model=model, messages=[ChatMessage(role="user", content="go on")], max_tokens=1900,
-                      sampling=SamplingParams(temperature=0))
+    payload = ChatJob(
+        model=model,
+        messages=[ChatMessage(role="user", content="go on")],
+        max_tokens=1900,
+        sampling=SamplingParams(temperature=0),
+    )
     ctx = Context.of(conn, settings)
     batch = [enqueue(ctx, JobSpec.chat(payload, Kind.TEXT, priority=Priority.BATCH)) for _ in range(5)]
     batch_queue = Queue(f"text:{model}:batch", connection=conn)
     try:
-        wait_until(lambda: batch_queue.count == 3 and len(batch_queue.started_job_registry) == 2, 30,
-                   "two batch jobs running, three waiting")
+        wait_until(
+            lambda: batch_queue.count == 3 and len(batch_queue.started_job_registry) == 2,
+            30,
+            "two batch jobs running, three waiting",
+        )
         stream = client_for(api_url).chat.completions.create(
-            model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=5, temperature=0, stream=True)
+            model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=5, temperature=0, stream=True
+        )
         chunks = [c for c in stream]
         assert chunks[-1].choices[0].finish_reason in ("length", "stop")
         assert batch_queue.count == 3, "a waiting batch job ran before the chat request"
@@ -104,8 +122,13 @@ def wide_model(models_dir):
     from worker_text.tiny import build
 
     if not (models_dir / "tiny-wide").exists():
-        build(models_dir / "tiny-wide", hidden_size=256, intermediate_size=512, num_hidden_layers=4,
-              max_position_embeddings=4096)
+        build(
+            models_dir / "tiny-wide",
+            hidden_size=256,
+            intermediate_size=512,
+            num_hidden_layers=4,
+            max_position_embeddings=4096,
+        )
     return "tiny-wide"
 
 
@@ -113,15 +136,19 @@ def test_a_second_turn_reuses_the_prompt_cache(stack, api_url, wide_model):
     worker = stack.start_worker(wide_model)
     client = client_for(api_url)
     words = "The quick brown fox jumps over the lazy dog. Hello, world! It is forty-two. "
-    history = [{"role": "system", "content": words * 25},
-               {"role": "user", "content": "What is the capital of France?"}]
+    history = [{"role": "system", "content": words * 25}, {"role": "user", "content": "What is the capital of France?"}]
 
     def turn(messages):
         start, first = time.monotonic(), None
         text, usage = [], None
-        for chunk in client.chat.completions.create(model=wide_model, messages=messages, max_tokens=8,
-                                                    temperature=0, stream=True,
-                                                    stream_options={"include_usage": True}):
+        for chunk in client.chat.completions.create(
+            model=wide_model,
+            messages=messages,
+            max_tokens=8,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        ):
             if chunk.choices and chunk.choices[0].delta.content:
                 first = first or time.monotonic() - start
                 text.append(chunk.choices[0].delta.content)

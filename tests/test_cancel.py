@@ -1,5 +1,6 @@
 """A client that leaves cancels its job: a queued job leaves the queue and never runs; a
 running one stops generating within a step. Either way rq says `canceled`."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,13 @@ from .support import alias, wait_until
 
 
 def open_stream(api_url, max_tokens=2000, model="tiny-text"):
-    body = {"model": model, "messages": [{"role": "user", "content": "go on"}],
-            "max_tokens": max_tokens, "temperature": 0, "stream": True}
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "go on"}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+    }
     response = requests.post(api_url + "/v1/chat/completions", json=body, stream=True, timeout=30)
     assert response.status_code == 200
     job_id = response.headers["X-Request-Id"].removeprefix("chatcmpl-")
@@ -74,10 +80,13 @@ def test_disconnect_while_queued_takes_the_job_off_the_queue(stack, api_url, mod
 
 
 def test_after_cancellations_the_worker_still_serves(api_url, text_worker):
-    body = {"model": "tiny-text", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3,
-            "temperature": 0}
-    response = requests.post(api_url + "/v1/chat/completions", data=json.dumps(body),
-                             headers={"Content-Type": "application/json"}, timeout=30)
+    body = {"model": "tiny-text", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "temperature": 0}
+    response = requests.post(
+        api_url + "/v1/chat/completions",
+        data=json.dumps(body),
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
     assert response.status_code == 200
     assert response.json()["usage"]["completion_tokens"] == 3
 
@@ -85,8 +94,12 @@ def test_after_cancellations_the_worker_still_serves(api_url, text_worker):
 def test_non_streaming_client_that_gives_up_cancels_its_job(api_url, text_worker, conn):
     canceled = CanceledJobRegistry(queue=Queue("text:tiny-text:interactive", connection=conn))
     before = set(canceled.get_job_ids())
-    body = {"model": "tiny-text", "messages": [{"role": "user", "content": "go on"}],
-            "max_tokens": 2000, "temperature": 0}
+    body = {
+        "model": "tiny-text",
+        "messages": [{"role": "user", "content": "go on"}],
+        "max_tokens": 2000,
+        "temperature": 0,
+    }
     try:
         requests.post(api_url + "/v1/chat/completions", json=body, timeout=0.5)
         raise AssertionError("the request should outlast the client's timeout")

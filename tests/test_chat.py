@@ -1,5 +1,6 @@
 """Chat completions end to end: the official openai client → gunicorn → Redis → a real
 tiny-text worker process → token stream → back."""
+
 from __future__ import annotations
 
 import openai
@@ -42,8 +43,7 @@ def test_streamed_text_equals_non_streamed_text_and_usage_agrees(client):
     assert [c.choices[0].finish_reason for c in finals] == ["length"]
     usage = chunks[-1].usage
     assert chunks[-1].choices == []
-    assert (usage.prompt_tokens, usage.completion_tokens) == (
-        full.usage.prompt_tokens, full.usage.completion_tokens)
+    assert (usage.prompt_tokens, usage.completion_tokens) == (full.usage.prompt_tokens, full.usage.completion_tokens)
 
 
 def test_stream_without_include_usage_has_no_usage_chunk(client):
@@ -70,12 +70,16 @@ def test_stop_sequence_ends_output_before_it(client):
 
 def test_multi_turn_and_text_parts_shape_the_prompt(client):
     plain = ask(client, max_tokens=3)
-    parts = ask(client, max_tokens=3, messages=[
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": [{"type": "text", "text": "Hello "}, {"type": "text", "text": "there"}]},
-        {"role": "assistant", "content": "Hi!"},
-        {"role": "user", "content": "And again?"},
-    ])
+    parts = ask(
+        client,
+        max_tokens=3,
+        messages=[
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "Hello "}, {"type": "text", "text": "there"}]},
+            {"role": "assistant", "content": "Hi!"},
+            {"role": "user", "content": "And again?"},
+        ],
+    )
     assert parts.usage.prompt_tokens > plain.usage.prompt_tokens
 
 
@@ -87,8 +91,17 @@ def test_seed_makes_sampling_repeatable(client):
 
 def test_sampling_parameters_are_accepted_and_change_output(client):
     greedy = ask(client, max_tokens=20).choices[0].message.content
-    penalised = ask(client, max_tokens=20, frequency_penalty=2.0, presence_penalty=2.0,
-                    extra_body={"repetition_penalty": 1.5, "top_k": 5, "min_p": 0.05}).choices[0].message.content
+    penalised = (
+        ask(
+            client,
+            max_tokens=20,
+            frequency_penalty=2.0,
+            presence_penalty=2.0,
+            extra_body={"repetition_penalty": 1.5, "top_k": 5, "min_p": 0.05},
+        )
+        .choices[0]
+        .message.content
+    )
     assert penalised != greedy
     sampled = ask(client, max_tokens=20, temperature=1.5, top_p=0.9, seed=1)
     assert sampled.usage.completion_tokens == 20

@@ -1,6 +1,7 @@
 """The contract's own rules against a real Redis, without workers: the one way to enqueue
 (lifetimes by priority, retries, fan-ins, the interactive depth limit), the one cancel
 helper, queue names both ways, and the one rule for jobs rq ended without a stream ending."""
+
 from __future__ import annotations
 
 import pytest
@@ -19,9 +20,18 @@ from contract.stream import EventType, StreamReader
 @pytest.fixture()
 def small(redis_server, conn) -> Context:
     """A context whose limits are small and whose lifetimes are told apart."""
-    return Context.of(conn, Settings(redis_url=redis_server.url, key_prefix="contract:", queued_ttl=111,
-                                     batch_queued_ttl=2222, result_ttl=3333, job_timeout=44,
-                                     queue_depth_limits={"contract-model": 2}))
+    return Context.of(
+        conn,
+        Settings(
+            redis_url=redis_server.url,
+            key_prefix="contract:",
+            queued_ttl=111,
+            batch_queued_ttl=2222,
+            result_ttl=3333,
+            job_timeout=44,
+            queue_depth_limits={"contract-model": 2},
+        ),
+    )
 
 
 def chat(model="contract-model") -> ChatJob:
@@ -49,18 +59,19 @@ def test_only_interactive_queues_are_bounded(small):
 
 
 def test_a_fan_in_waits_for_its_jobs_failed_or_not(small):
-    pages = enqueue_many(small, [JobSpec.chat(chat("m-fan"), Kind.TEXT, priority=Priority.BATCH)
-                                 for _ in range(2)])
-    after = enqueue(small, JobSpec("work.documents.aggregate", {"id": "d"}, Kind.TEXT, "m-fan", Priority.BATCH,
-                                   after=pages))
+    pages = enqueue_many(small, [JobSpec.chat(chat("m-fan"), Kind.TEXT, priority=Priority.BATCH) for _ in range(2)])
+    after = enqueue(
+        small, JobSpec("work.documents.aggregate", {"id": "d"}, Kind.TEXT, "m-fan", Priority.BATCH, after=pages)
+    )
     assert after.get_status() == JobStatus.DEFERRED
     assert after.allow_dependency_failures and set(after.dependency_ids) == {p.id for p in pages}
 
 
 def test_cancel_takes_waiting_jobs_off_and_ends_a_chat_stream(small):
     queued = enqueue(small, JobSpec.chat(chat("m-cancel"), Kind.TEXT, priority=Priority.BATCH))
-    deferred = enqueue(small, JobSpec("work.batches.finalize", {"id": "b"}, Kind.TEXT, "m-cancel",
-                                      Priority.BATCH, after=[queued]))
+    deferred = enqueue(
+        small, JobSpec("work.batches.finalize", {"id": "b"}, Kind.TEXT, "m-cancel", Priority.BATCH, after=[queued])
+    )
     cancel_job(small, queued.id)
     cancel_job(small, deferred.id)
     assert queued.get_status() == JobStatus.CANCELED and deferred.get_status() == JobStatus.CANCELED
@@ -78,14 +89,17 @@ def test_queue_names_parse_back():
     assert parse_queue_name("default") is None and parse_queue_name("text::batch") is None
 
 
-@pytest.mark.parametrize("status, ending, result", [
-    (JobStatus.FAILED, EventType.ERROR, ResultStatus.FAILED),
-    (JobStatus.STOPPED, EventType.CANCELLED, ResultStatus.CANCELED),
-    (JobStatus.CANCELED, EventType.CANCELLED, ResultStatus.CANCELED),
-    (JobStatus.FINISHED, None, ResultStatus.FAILED),  # finished, yet its stream is gone: expired
-    (JobStatus.STARTED, None, ResultStatus.RUNNING),
-    (JobStatus.QUEUED, None, ResultStatus.QUEUED),
-])
+@pytest.mark.parametrize(
+    "status, ending, result",
+    [
+        (JobStatus.FAILED, EventType.ERROR, ResultStatus.FAILED),
+        (JobStatus.STOPPED, EventType.CANCELLED, ResultStatus.CANCELED),
+        (JobStatus.CANCELED, EventType.CANCELLED, ResultStatus.CANCELED),
+        (JobStatus.FINISHED, None, ResultStatus.FAILED),  # finished, yet its stream is gone: expired
+        (JobStatus.STARTED, None, ResultStatus.RUNNING),
+        (JobStatus.QUEUED, None, ResultStatus.QUEUED),
+    ],
+)
 def test_one_rule_for_jobs_rq_ended_without_a_stream_ending(small, status, ending, result):
     job = Job.create("worker_text.jobs.chat", connection=small.conn, kwargs={"payload": {}})
     job.save()

@@ -2,6 +2,7 @@
 per page on the tiny vision worker's batch queue → the aggregating job → per-page results in
 order; limits and corrupt input as 4xx; cancel; a worker killed mid-document; the API
 restarted mid-document."""
+
 from __future__ import annotations
 
 import base64
@@ -28,22 +29,23 @@ DOCS_MODEL = "tiny-vision-docs"
 @pytest.fixture(scope="module")
 def docs_worker(stack, models_dir):
     if not (models_dir / MODEL).exists():
-        subprocess.run([str(VISION_PYTHON), "-m", "worker_vision.tiny", str(models_dir / MODEL)],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [str(VISION_PYTHON), "-m", "worker_vision.tiny", str(models_dir / MODEL)], check=True, capture_output=True
+        )
     alias(models_dir, DOCS_MODEL, MODEL)
     return stack.start_vision_worker(DOCS_MODEL)
 
 
 def submit(api_url: str, data: bytes, *, filename="doc.pdf", mime="application/pdf", **fields) -> requests.Response:
     form = {"model": DOCS_MODEL, "prompt": "Read this page.", "max_tokens": "4", "dpi": "72", **fields}
-    return requests.post(api_url + "/v1/documents", data=form,
-                         files=[("file", (filename, data, mime))], timeout=30)
+    return requests.post(api_url + "/v1/documents", data=form, files=[("file", (filename, data, mime))], timeout=30)
 
 
 def wait_done(api_url: str, doc_id: str, timeout: float = 90) -> dict:
     def ended():
         body = requests.get(f"{api_url}/v1/documents/{doc_id}", timeout=10).json()
         return body if body["status"] in ("completed", "failed", "canceled") else None
+
     return wait_until(ended, timeout, f"document {doc_id}", interval=0.3)
 
 
@@ -63,21 +65,27 @@ def test_a_five_page_pdf_completes_with_its_pages_in_order(api_url, docs_worker)
     markdown = requests.get(f"{api_url}/v1/documents/{body['id']}/result?format=markdown", timeout=10)
     assert markdown.headers["Content-Type"].startswith("text/markdown")
     assert [line for line in markdown.text.splitlines() if line.startswith("## ")] == [
-        f"## Page {n}" for n in range(1, 6)]
+        f"## Page {n}" for n in range(1, 6)
+    ]
 
 
 def test_a_page_range_and_images_in_json(api_url, docs_worker):
     pages = [base64.b64encode(png(color=c)).decode() for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
-    answer = requests.post(api_url + "/v1/documents", json={
-        "model": DOCS_MODEL, "images": pages, "pages": "3,1-2", "max_tokens": 3}, timeout=30)
+    answer = requests.post(
+        api_url + "/v1/documents",
+        json={"model": DOCS_MODEL, "images": pages, "pages": "3,1-2", "max_tokens": 3},
+        timeout=30,
+    )
     assert answer.status_code == 202, answer.text
     final = wait_done(api_url, answer.json()["id"])
     assert final["status"] == "completed"
     assert [p["page"] for p in final["pages"]] == [3, 1, 2]
 
 
-@pytest.mark.parametrize(("data", "code"), [
-    (make_pdf(3)[:400], "invalid_pdf"), (encrypted_pdf(), "encrypted_pdf"), (b"not a document", "invalid_image")])
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [(make_pdf(3)[:400], "invalid_pdf"), (encrypted_pdf(), "encrypted_pdf"), (b"not a document", "invalid_image")],
+)
 def test_corrupt_or_encrypted_documents_are_400(api_url, docs_worker, data, code):
     answer = submit(api_url, data)
     assert answer.status_code == 400
@@ -116,6 +124,7 @@ def test_a_worker_killed_mid_document_has_its_pages_retried(api_url, stack, docs
     def running():
         view = requests.get(f"{api_url}/v1/documents/{body['id']}", timeout=10).json()
         return any(p["status"] == "running" for p in view["pages"])
+
     wait_until(running, 60, "a page running")
     docs_worker.stop(signal.SIGKILL)
     replacement = stack.start_vision_worker(DOCS_MODEL)
@@ -144,8 +153,9 @@ def test_status_and_results_survive_an_api_restart(stack, docs_worker):
 
 
 def test_combine_turns_the_pages_into_one_answer(api_url, docs_worker, text_worker):
-    body = submit(api_url, make_pdf(2), combine="Summarize the document.", combine_model="tiny-text",
-                  combine_max_tokens="5").json()
+    body = submit(
+        api_url, make_pdf(2), combine="Summarize the document.", combine_model="tiny-text", combine_max_tokens="5"
+    ).json()
     final = wait_done(api_url, body["id"])
     assert final["status"] == "completed"
     result = requests.get(f"{api_url}/v1/documents/{body['id']}/result", timeout=10).json()
@@ -159,13 +169,42 @@ def test_the_cli_submits_waits_and_writes_the_result(api_url, docs_worker, tmp_p
     pdf = tmp_path / "two.pdf"
     pdf.write_bytes(make_pdf(2))
     out = tmp_path / "result.md"
-    done = subprocess.run([sys.executable, "-m", "api.client", "--url", api_url, "document", str(pdf),
-                           "--model", DOCS_MODEL, "--max-tokens", "3", "--dpi", "72", "--wait",
-                           "--interval", "0.3", "--format", "markdown", "-o", str(out)],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "api.client",
+            "--url",
+            api_url,
+            "document",
+            str(pdf),
+            "--model",
+            DOCS_MODEL,
+            "--max-tokens",
+            "3",
+            "--dpi",
+            "72",
+            "--wait",
+            "--interval",
+            "0.3",
+            "--format",
+            "markdown",
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stderr
     assert "2/2 pages" in done.stderr and "completed" in done.stderr
     assert "## Page 1" in out.read_text() and "## Page 2" in out.read_text()
-    refused = subprocess.run([sys.executable, "-m", "api.client", "--url", api_url, "status", "doc_nope"],
-                             capture_output=True, text=True, timeout=60, cwd=ROOT)
+    refused = subprocess.run(
+        [sys.executable, "-m", "api.client", "--url", api_url, "status", "doc_nope"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert refused.returncode == 2 and "error 404" in refused.stderr

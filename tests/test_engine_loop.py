@@ -1,6 +1,7 @@
 """The engine loop alone: a fake engine and a fake step sender, no model, no Redis, one
 thread. Admissions are submitted, the loop is told to drain, and `run()` returns once every
 job has ended, so each test sees the whole life of its jobs deterministically."""
+
 from __future__ import annotations
 
 import time
@@ -88,8 +89,15 @@ class FakeSender:
 
 def admission(job_id, request, *, timeout=60, priority=Priority.INTERACTIVE, **fields):
     job = SimpleNamespace(id=job_id, timeout=timeout)
-    return Admission(job, queue=None, execution=None, priority=priority, request=request,
-                     deadline=time.monotonic() + timeout, **fields)
+    return Admission(
+        job,
+        queue=None,
+        execution=None,
+        priority=priority,
+        request=request,
+        deadline=time.monotonic() + timeout,
+        **fields,
+    )
 
 
 def run(engine, sender, admissions, capacity=8):
@@ -97,8 +105,13 @@ def run(engine, sender, admissions, capacity=8):
     slots = Slots(capacity)
     outcomes: dict[str, Outcome] = {}
     changes = []
-    loop = EngineLoop(engine, sender, slots, on_end=lambda o: outcomes.__setitem__(o.admission.job.id, o),
-                      on_change=lambda: changes.append(slots.total))
+    loop = EngineLoop(
+        engine,
+        sender,
+        slots,
+        on_end=lambda o: outcomes.__setitem__(o.admission.job.id, o),
+        on_change=lambda: changes.append(slots.total),
+    )
     for a in admissions:
         slots.take(a.priority)
         loop.submit(a)
@@ -146,8 +159,11 @@ def test_a_job_cancelled_before_admission_never_enters_the_engine():
 def test_refused_and_rejected_requests_end_with_their_error_and_the_rest_run():
     engine, sender = FakeEngine(), FakeSender()
     refused = admission("bad-payload", None, refusal=ValueError("no such field"))
-    outcomes, _ = run(engine, sender, [refused, admission("long-prompt", "too long"),
-                                       admission("crash", "crash"), admission("fine", 1)])
+    outcomes, _ = run(
+        engine,
+        sender,
+        [refused, admission("long-prompt", "too long"), admission("crash", "crash"), admission("fine", 1)],
+    )
     assert terminal(sender, "bad-payload")[1]["code"] == "invalid_payload"
     assert terminal(sender, "long-prompt")[1]["code"] == "context_length_exceeded"
     kind, data = terminal(sender, "crash")
@@ -187,8 +203,7 @@ def test_lost_redis_ends_every_running_job_without_writing():
 
 def test_batch_slots_are_freed_by_priority():
     engine, sender = FakeEngine(), FakeSender()
-    outcomes, _ = run(engine, sender, [admission("chat", 1), admission("page", 2, priority=Priority.BATCH)],
-                      capacity=1)
+    outcomes, _ = run(engine, sender, [admission("chat", 1), admission("page", 2, priority=Priority.BATCH)], capacity=1)
     assert set(outcomes) == {"chat", "page"}
 
 

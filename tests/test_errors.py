@@ -1,5 +1,6 @@
 """Every bad request gets an OpenAI-shaped JSON error with the right status — never a
 traceback, a path or a hang."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,9 @@ GOOD = {"model": "tiny-text", "messages": [{"role": "user", "content": "hi"}], "
 
 def post(api_url, body, **kw):
     data = body if isinstance(body, (str, bytes)) else json.dumps(body)
-    return requests.post(api_url + "/v1/chat/completions", data=data, timeout=30,
-                         headers={"Content-Type": "application/json"}, **kw)
+    return requests.post(
+        api_url + "/v1/chat/completions", data=data, timeout=30, headers={"Content-Type": "application/json"}, **kw
+    )
 
 
 def assert_error(response, status, code=None, param=None):
@@ -31,26 +33,29 @@ def assert_error(response, status, code=None, param=None):
     return error
 
 
-@pytest.mark.parametrize("change, param", [
-    ({"model": None}, "model"),
-    ({"messages": []}, "messages"),
-    ({"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
-    ({"messages": [{"role": "user", "content": [{"type": "audio", "x": 1}]}]}, "messages.0.content"),
-    ({"temperature": 3}, "temperature"),
-    ({"temperature": "hot"}, "temperature"),
-    ({"top_p": 0}, "top_p"),
-    ({"max_tokens": 0}, "max_tokens"),
-    ({"max_completion_tokens": -1}, "max_completion_tokens"),
-    ({"presence_penalty": 5}, "presence_penalty"),
-    ({"n": 2}, "n"),
-    ({"stop": ["a"] * 17}, "stop"),
-    ({"stop": [""]}, "stop"),
-    ({"logit_bias": {"abc": 1}}, "logit_bias"),
-    ({"logit_bias": {"1": 1000}}, "logit_bias"),
-    ({"top_logprobs": 2}, None),
-    ({"top_logprobs": 50, "logprobs": True}, "top_logprobs"),
-    ({"stream": "yes please"}, "stream"),
-])
+@pytest.mark.parametrize(
+    "change, param",
+    [
+        ({"model": None}, "model"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
+        ({"messages": [{"role": "user", "content": [{"type": "audio", "x": 1}]}]}, "messages.0.content"),
+        ({"temperature": 3}, "temperature"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_completion_tokens": -1}, "max_completion_tokens"),
+        ({"presence_penalty": 5}, "presence_penalty"),
+        ({"n": 2}, "n"),
+        ({"stop": ["a"] * 17}, "stop"),
+        ({"stop": [""]}, "stop"),
+        ({"logit_bias": {"abc": 1}}, "logit_bias"),
+        ({"logit_bias": {"1": 1000}}, "logit_bias"),
+        ({"top_logprobs": 2}, None),
+        ({"top_logprobs": 50, "logprobs": True}, "top_logprobs"),
+        ({"stream": "yes please"}, "stream"),
+    ],
+)
 def test_invalid_parameters_are_400_naming_the_field(api_url, text_worker, change, param):
     body = {**GOOD, **change}
     if change.get("model", 1) is None:
@@ -70,9 +75,18 @@ def test_unknown_model_is_404_naming_the_live_ones(api_url, text_worker):
 
 
 def test_images_for_a_text_model_are_400(api_url, text_worker):
-    body = {**GOOD, "messages": [{"role": "user", "content": [
-        {"type": "text", "text": "what is this?"},
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}
+    body = {
+        **GOOD,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is this?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                ],
+            }
+        ],
+    }
     error = assert_error(post(api_url, body), 400, code="images_not_supported")
     assert "images" in error["message"]
 

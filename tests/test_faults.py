@@ -3,6 +3,7 @@ SIGKILLed mid-stream under its manager, a worker's warm shutdown with jobs runni
 queued, and the API stopped (gracefully, past its graceful timeout, or killed) with jobs in
 flight. Everything here runs on a Redis of its own (append-only, like `make run`'s), so the
 session's stack never sees these faults."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,9 @@ class PersistentRedis(RedisServer):
 
     def start(self) -> PersistentRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.proc = Proc(server_argv(self.port, self.data_dir, appendonly=True), dict(os.environ),
-                         self.data_dir / "redis.log").start()
+        self.proc = Proc(
+            server_argv(self.port, self.data_dir, appendonly=True), dict(os.environ), self.data_dir / "redis.log"
+        ).start()
         wait_until(lambda: _pings(self.port), 10, "redis")
         return self
 
@@ -83,9 +85,17 @@ KEYS = Keys("test:")
 
 # --- reading SSE by hand: the tests must see error events and bound every wait ---
 
+
 def post_stream(url: str, model: str, max_tokens: int, **extra) -> requests.Response:
-    body = {"model": model, "messages": HI, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}, **extra}
+    body = {
+        "model": model,
+        "messages": HI,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        **extra,
+    }
     response = requests.post(url + "/v1/chat/completions", json=body, stream=True, timeout=(5, 15))
     assert response.status_code == 200, response.text
     response.job_id = response.headers["X-Request-Id"].removeprefix("chatcmpl-")
@@ -148,8 +158,10 @@ def entry(conn, pid: int):
 
 # --- Redis ---
 
+
 def test_redis_killed_while_idle_gives_quick_503s_and_all_recovers_by_itself(
-        faults, fault_api, own_redis, models_dir, conn):
+    faults, fault_api, own_redis, models_dir, conn
+):
     model = alias(models_dir, "fault-redis-idle")
     worker = faults.start_worker(model)
     try:
@@ -157,8 +169,9 @@ def test_redis_killed_while_idle_gives_quick_503s_and_all_recovers_by_itself(
         own_redis.kill()
         for path, method in [("/v1/chat/completions", "post"), ("/v1/models", "get"), ("/health", "get")]:
             started = time.monotonic()
-            response = requests.request(method, fault_api + path, timeout=10,
-                                        json={"model": model, "messages": HI, "max_tokens": 3})
+            response = requests.request(
+                method, fault_api + path, timeout=10, json={"model": model, "messages": HI, "max_tokens": 3}
+            )
             assert time.monotonic() - started < 3, path
             assert response.status_code == 503, (path, response.text)
             if path != "/health":
@@ -168,25 +181,32 @@ def test_redis_killed_while_idle_gives_quick_503s_and_all_recovers_by_itself(
         restarted = time.time()
         wait_until(lambda: served(fault_api, model), 45, "chat after the Redis restart", interval=0.5)
         assert worker.alive(), "the worker must reconnect, not restart"
-        wait_until(lambda: (e := entry(conn, worker.pid)) and e.heartbeat_at > restarted, 10,
-                   "the worker heart-beating into the new Redis")
+        wait_until(
+            lambda: (e := entry(conn, worker.pid)) and e.heartbeat_at > restarted,
+            10,
+            "the worker heart-beating into the new Redis",
+        )
     finally:
         own_redis.ensure_up()
         worker.stop()
 
 
-def test_redis_killed_mid_stream_ends_the_stream_and_service_resumes(
-        faults, fault_api, own_redis, models_dir, conn):
+def test_redis_killed_mid_stream_ends_the_stream_and_service_resumes(faults, fault_api, own_redis, models_dir, conn):
     model = alias(models_dir, "fault-redis-stream")
     worker = faults.start_worker(model)
     try:
         response = post_stream(fault_api, model, max_tokens=1900)
         first_content(response)
         plain: dict = {}
-        waiting = threading.Thread(target=lambda: plain.update(response=requests.post(
-            fault_api + "/v1/chat/completions",
-            json={"model": model, "messages": HI, "max_tokens": 1900, "temperature": 0},
-            timeout=30)))
+        waiting = threading.Thread(
+            target=lambda: plain.update(
+                response=requests.post(
+                    fault_api + "/v1/chat/completions",
+                    json={"model": model, "messages": HI, "max_tokens": 1900, "temperature": 0},
+                    timeout=30,
+                )
+            )
+        )
         waiting.start()
         wait_until(lambda: _running(conn, model) == 2, 10, "both jobs running")
         own_redis.kill()
@@ -205,8 +225,11 @@ def test_redis_killed_mid_stream_ends_the_stream_and_service_resumes(
         again = outcome(post_stream(fault_api, model, max_tokens=20), time.monotonic() + 30)
         assert again["done"] and again["usage"]["completion_tokens"] == 20
         # Its outcome could not be recorded; the started-registry sweep fails it.
-        wait_until(lambda: Job.fetch(response.job_id, connection=conn).get_status() == JobStatus.FAILED,
-                   20, "the interrupted job marked failed")
+        wait_until(
+            lambda: Job.fetch(response.job_id, connection=conn).get_status() == JobStatus.FAILED,
+            20,
+            "the interrupted job marked failed",
+        )
     finally:
         own_redis.ensure_up()
         worker.stop()
@@ -214,11 +237,16 @@ def test_redis_killed_mid_stream_ends_the_stream_and_service_resumes(
 
 # --- workers ---
 
+
 def test_worker_sigkilled_mid_stream_errors_within_10_s_and_its_manager_restores_service(
-        faults, fault_api, models_dir, conn):
+    faults, fault_api, models_dir, conn
+):
     model = alias(models_dir, "fault-kill")
-    manager = faults.spawn("manager", [sys.executable, "-m", "worker_text.manager", "--name", "fault-mgr",
-                                       "--preload", model], MANAGER_LOGS_DIR=faults.logs)
+    manager = faults.spawn(
+        "manager",
+        [sys.executable, "-m", "worker_text.manager", "--name", "fault-mgr", "--preload", model],
+        MANAGER_LOGS_DIR=faults.logs,
+    )
     try:
         wait_until(lambda: served(fault_api, model), 60, "the manager's worker serving", interval=0.5)
         response = post_stream(fault_api, model, max_tokens=1900)
@@ -239,8 +267,7 @@ def test_worker_sigkilled_mid_stream_errors_within_10_s_and_its_manager_restores
         manager.stop()
 
 
-def test_sigterm_finishes_running_jobs_and_leaves_queued_ones_for_the_next_worker(
-        faults, fault_api, models_dir, conn):
+def test_sigterm_finishes_running_jobs_and_leaves_queued_ones_for_the_next_worker(faults, fault_api, models_dir, conn):
     """Worker A holds two streams (its capacity) and two more wait in the queue. A
     replacement B is started, then A gets SIGTERM: A finishes its two in full and exits 0;
     the two queued jobs stay in the queue for B. No client sees an error."""
@@ -251,8 +278,14 @@ def test_sigterm_finishes_running_jobs_and_leaves_queued_ones_for_the_next_worke
     for response in running:
         first_content(response)
     results: dict[str, dict] = {}
-    waiting = [threading.Thread(target=lambda i=i: results.update(
-        {i: outcome(post_stream(fault_api, model, max_tokens=40), time.monotonic() + 90)})) for i in range(2)]
+    waiting = [
+        threading.Thread(
+            target=lambda i=i: results.update(
+                {i: outcome(post_stream(fault_api, model, max_tokens=40), time.monotonic() + 90)}
+            )
+        )
+        for i in range(2)
+    ]
     for thread in waiting:
         thread.start()
     wait_until(lambda: queue.count == 2, 15, "two queued jobs")
@@ -283,6 +316,7 @@ def test_sigterm_finishes_running_jobs_and_leaves_queued_ones_for_the_next_worke
 
 
 # --- the API ---
+
 
 def test_api_sighup_and_sigterm_let_requests_in_flight_finish(faults, models_dir):
     model = alias(models_dir, "fault-api-graceful")
@@ -339,9 +373,14 @@ def test_api_stopped_with_jobs_queued_they_complete_and_are_fetchable(faults, mo
     api, url = faults.start_api(GUNICORN_CMD_ARGS="--graceful-timeout 1")
     queue = Queue(f"text:{model}:interactive", connection=conn)
     body = {"model": model, "messages": HI, "max_tokens": 30, "temperature": 0}
-    clients = [threading.Thread(target=lambda stream=stream: _ignore_errors(
-        requests.post, url + "/v1/chat/completions", json={**body, "stream": stream}, timeout=60))
-        for stream in (True, True, False)]
+    clients = [
+        threading.Thread(
+            target=lambda stream=stream: _ignore_errors(
+                requests.post, url + "/v1/chat/completions", json={**body, "stream": stream}, timeout=60
+            )
+        )
+        for stream in (True, True, False)
+    ]
     try:
         worker.send(signal.SIGSTOP)
         # Its last blocking dequeue must end first, or Redis hands it the first job.
@@ -363,8 +402,7 @@ def test_api_stopped_with_jobs_queued_they_complete_and_are_fetchable(faults, mo
         assert queue.get_job_ids() == job_ids, "the jobs must wait in the queue, not be cancelled"
         worker.send(signal.SIGCONT)
         fetch = lambda j: requests.get(f"{url}/v1/chat/completions/chatcmpl-{j}", timeout=10)  # noqa: E731
-        wait_until(lambda: all(fetch(j).status_code == 200 for j in job_ids), 60, "all three fetchable",
-                   interval=0.5)
+        wait_until(lambda: all(fetch(j).status_code == 200 for j in job_ids), 60, "all three fetchable", interval=0.5)
         rerun = say_hi(url, model, max_tokens=30)
         for job_id in job_ids:
             kept = fetch(job_id).json()

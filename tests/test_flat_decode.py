@@ -1,5 +1,6 @@
 """The batched-decode reshape (worker_text/flat_decode.py) changes speed, never output: on the
 CPU, layers and whole batched generations give identical results with and without it."""
+
 from __future__ import annotations
 
 import mlx.core as mx

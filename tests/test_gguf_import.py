@@ -64,24 +64,45 @@ def encode_tensor(arr: np.ndarray, qtype: Q) -> tuple[np.ndarray, np.ndarray]:
     return data, gguf.quants.dequantize(data, qtype).astype(np.float32)
 
 
-def write_gguf(path: Path, layer_type: Q = Q.F32, embd_type: Q | None = None, output_type: Q | None = None,
-               arch: str = "llama", drop_keys: tuple[str, ...] = (), extra_tensors: tuple[str, ...] = (),
-               tensor_types: dict[str, Q] | None = None) -> dict:
+def write_gguf(
+    path: Path,
+    layer_type: Q = Q.F32,
+    embd_type: Q | None = None,
+    output_type: Q | None = None,
+    arch: str = "llama",
+    drop_keys: tuple[str, ...] = (),
+    extra_tensors: tuple[str, ...] = (),
+    tensor_types: dict[str, Q] | None = None,
+) -> dict:
     """Write a 2-layer llama GGUF; return its weights as HF-layout float32 (after the type's
     round trip). `output_type` None means tied embeddings (no output.weight); `tensor_types`
     overrides the type of single tensors by GGUF name."""
     rng = np.random.default_rng(0)
     normal = lambda *shape: (rng.standard_normal(shape) / np.sqrt(shape[-1])).astype(np.float32)  # noqa: E731
-    hf = {"model.embed_tokens.weight": (normal(len(TOKENS), HIDDEN) * 4, embd_type or layer_type, "token_embd.weight"),
-          "model.norm.weight": (1 + 0.1 * normal(HIDDEN), Q.F32, "output_norm.weight")}
+    hf = {
+        "model.embed_tokens.weight": (normal(len(TOKENS), HIDDEN) * 4, embd_type or layer_type, "token_embd.weight"),
+        "model.norm.weight": (1 + 0.1 * normal(HIDDEN), Q.F32, "output_norm.weight"),
+    }
     if output_type is not None:
         hf["lm_head.weight"] = (normal(len(TOKENS), HIDDEN), output_type, "output.weight")
-    shapes = {"attn_q": (HEADS * HEAD_DIM, HIDDEN), "attn_k": (KV_HEADS * HEAD_DIM, HIDDEN),
-              "attn_v": (KV_HEADS * HEAD_DIM, HIDDEN), "attn_output": (HIDDEN, HEADS * HEAD_DIM),
-              "ffn_gate": (FFN, HIDDEN), "ffn_up": (FFN, HIDDEN), "ffn_down": (HIDDEN, FFN)}
-    names = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-             "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-             "ffn_down": "mlp.down_proj"}
+    shapes = {
+        "attn_q": (HEADS * HEAD_DIM, HIDDEN),
+        "attn_k": (KV_HEADS * HEAD_DIM, HIDDEN),
+        "attn_v": (KV_HEADS * HEAD_DIM, HIDDEN),
+        "attn_output": (HIDDEN, HEADS * HEAD_DIM),
+        "ffn_gate": (FFN, HIDDEN),
+        "ffn_up": (FFN, HIDDEN),
+        "ffn_down": (HIDDEN, FFN),
+    }
+    names = {
+        "attn_q": "self_attn.q_proj",
+        "attn_k": "self_attn.k_proj",
+        "attn_v": "self_attn.v_proj",
+        "attn_output": "self_attn.o_proj",
+        "ffn_gate": "mlp.gate_proj",
+        "ffn_up": "mlp.up_proj",
+        "ffn_down": "mlp.down_proj",
+    }
     for i in range(LAYERS):
         for stem, shape in shapes.items():
             hf[f"model.layers.{i}.{names[stem]}.weight"] = (normal(*shape), layer_type, f"blk.{i}.{stem}.weight")
@@ -90,14 +111,22 @@ def write_gguf(path: Path, layer_type: Q = Q.F32, embd_type: Q | None = None, ou
 
     writer = gguf.GGUFWriter(str(path), arch)
     metadata = {
-        f"{arch}.block_count": ("uint32", LAYERS), f"{arch}.context_length": ("uint32", 256),
-        f"{arch}.embedding_length": ("uint32", HIDDEN), f"{arch}.feed_forward_length": ("uint32", FFN),
-        f"{arch}.attention.head_count": ("uint32", HEADS), f"{arch}.attention.head_count_kv": ("uint32", KV_HEADS),
-        f"{arch}.rope.freq_base": ("float32", 10000.0), f"{arch}.attention.layer_norm_rms_epsilon": ("float32", 1e-5),
-        "tokenizer.ggml.model": ("string", "gpt2"), "tokenizer.ggml.pre": ("string", "smollm"),
-        "tokenizer.ggml.tokens": ("array", TOKENS), "tokenizer.ggml.merges": ("array", MERGES),
-        "tokenizer.ggml.token_type": ("array", TOKEN_TYPES), "tokenizer.ggml.bos_token_id": ("uint32", 1),
-        "tokenizer.ggml.eos_token_id": ("uint32", 2), "tokenizer.ggml.add_bos_token": ("bool", False),
+        f"{arch}.block_count": ("uint32", LAYERS),
+        f"{arch}.context_length": ("uint32", 256),
+        f"{arch}.embedding_length": ("uint32", HIDDEN),
+        f"{arch}.feed_forward_length": ("uint32", FFN),
+        f"{arch}.attention.head_count": ("uint32", HEADS),
+        f"{arch}.attention.head_count_kv": ("uint32", KV_HEADS),
+        f"{arch}.rope.freq_base": ("float32", 10000.0),
+        f"{arch}.attention.layer_norm_rms_epsilon": ("float32", 1e-5),
+        "tokenizer.ggml.model": ("string", "gpt2"),
+        "tokenizer.ggml.pre": ("string", "smollm"),
+        "tokenizer.ggml.tokens": ("array", TOKENS),
+        "tokenizer.ggml.merges": ("array", MERGES),
+        "tokenizer.ggml.token_type": ("array", TOKEN_TYPES),
+        "tokenizer.ggml.bos_token_id": ("uint32", 1),
+        "tokenizer.ggml.eos_token_id": ("uint32", 2),
+        "tokenizer.ggml.add_bos_token": ("bool", False),
         "tokenizer.chat_template": ("string", CHATML),
     }
     for key, (kind, value) in metadata.items():
@@ -120,10 +149,19 @@ def write_gguf(path: Path, layer_type: Q = Q.F32, embd_type: Q | None = None, ou
 
 
 def reference_logits(weights: dict, ids: list[int]) -> np.ndarray:
-    args = llama.ModelArgs(model_type="llama", hidden_size=HIDDEN, num_hidden_layers=LAYERS,
-                           intermediate_size=FFN, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
-                           rms_norm_eps=1e-5, vocab_size=len(TOKENS), rope_theta=10000.0,
-                           rope_traditional=False, tie_word_embeddings="lm_head.weight" not in weights)
+    args = llama.ModelArgs(
+        model_type="llama",
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        intermediate_size=FFN,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        rms_norm_eps=1e-5,
+        vocab_size=len(TOKENS),
+        rope_theta=10000.0,
+        rope_traditional=False,
+        tie_word_embeddings="lm_head.weight" not in weights,
+    )
     model = llama.Model(args)
     model.load_weights([(k, mx.array(v)) for k, v in weights.items()])
     return np.array(model(mx.array([ids]))[0].astype(mx.float32))
@@ -156,8 +194,13 @@ def test_import_matches_reference_logits(tmp_path: Path, case: str) -> None:
 def test_mixed_bit_widths_get_per_module_quantization(tmp_path: Path) -> None:
     write_gguf(tmp_path / "tiny.gguf", Q.Q4_1, Q.Q8_0, Q.F16)
     config = json.loads((import_gguf(tmp_path / "tiny.gguf", tmp_path / "m") / "config.json").read_text())
-    assert config["quantization"] == {"group_size": 32, "bits": 4, "mode": "affine", "lm_head": False,
-                                      "model.embed_tokens": {"group_size": 32, "bits": 8, "mode": "affine"}}
+    assert config["quantization"] == {
+        "group_size": 32,
+        "bits": 4,
+        "mode": "affine",
+        "lm_head": False,
+        "model.embed_tokens": {"group_size": 32, "bits": 8, "mode": "affine"},
+    }
     assert config["rope_traditional"] is True and config["tie_word_embeddings"] is False
 
 
@@ -188,16 +231,19 @@ def test_chat_template_renders(tokenizer) -> None:
     assert tokenizer.encode(text)[0] == TOKENS.index("<|im_start|>")
 
 
-@pytest.mark.parametrize("kwargs, expected", [
-    ({"arch": "qwen2"}, "architecture 'qwen2' is not supported"),
-    ({"layer_type": Q.Q5_0}, "unsupported type Q5_0"),
-    ({"layer_type": Q.BF16}, "unsupported type BF16"),  # mx.load would silently give float16
-    ({"tensor_types": {"blk.1.ffn_down.weight": Q.Q6_K}}, "'blk.1.ffn_down.weight' has unsupported type Q6_K"),
-    ({"extra_tensors": ("rope_freqs.weight",)}, "unknown tensor 'rope_freqs.weight'"),
-    ({"drop_keys": ("llama.block_count",)}, "missing metadata 'llama.block_count'"),
-    ({"drop_keys": ("tokenizer.ggml.merges",)}, "missing metadata 'tokenizer.ggml.merges'"),
-    ({"drop_keys": ("llama.attention.head_count_kv",)}, "does not load: Expected shape"),  # K/V shapes disagree
-])
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        ({"arch": "qwen2"}, "architecture 'qwen2' is not supported"),
+        ({"layer_type": Q.Q5_0}, "unsupported type Q5_0"),
+        ({"layer_type": Q.BF16}, "unsupported type BF16"),  # mx.load would silently give float16
+        ({"tensor_types": {"blk.1.ffn_down.weight": Q.Q6_K}}, "'blk.1.ffn_down.weight' has unsupported type Q6_K"),
+        ({"extra_tensors": ("rope_freqs.weight",)}, "unknown tensor 'rope_freqs.weight'"),
+        ({"drop_keys": ("llama.block_count",)}, "missing metadata 'llama.block_count'"),
+        ({"drop_keys": ("tokenizer.ggml.merges",)}, "missing metadata 'tokenizer.ggml.merges'"),
+        ({"drop_keys": ("llama.attention.head_count_kv",)}, "does not load: Expected shape"),  # K/V shapes disagree
+    ],
+)
 def test_refusals(tmp_path: Path, kwargs: dict, expected: str) -> None:
     write_gguf(tmp_path / "bad.gguf", **kwargs)
     with pytest.raises(GGUFImportError, match=expected) as info:

@@ -1,6 +1,7 @@
 """The layout's rules, read from the source (docs/ARCHITECTURE.md draws them): which package
 may import which, that the API and the contract never import mlx, that views never import
 views, and that no package has an import cycle. Function-level imports count too."""
+
 from __future__ import annotations
 
 import ast
@@ -25,14 +26,22 @@ MAY_IMPORT = {
     "worker_vision": {"contract", "runtime", "managers", "work", "mlx_common"},
 }
 FORBIDDEN = {
-    "contract": MLX | WEB, "work": MLX | WEB, "runtime": MLX | WEB, "managers": MLX | WEB, "api": MLX,
-    "mlx_common": WEB | {"mlx_lm", "mlx_vlm"}, "worker_text": WEB | {"mlx_vlm"}, "worker_vision": WEB | {"mlx_lm"},
+    "contract": MLX | WEB,
+    "work": MLX | WEB,
+    "runtime": MLX | WEB,
+    "managers": MLX | WEB,
+    "api": MLX,
+    "mlx_common": WEB | {"mlx_lm", "mlx_vlm"},
+    "worker_text": WEB | {"mlx_vlm"},
+    "worker_vision": WEB | {"mlx_lm"},
 }
 
 
 def modules(package: str) -> dict[str, Path]:
-    return {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
-            for p in (ROOT / package).rglob("*.py")}
+    return {
+        ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in (ROOT / package).rglob("*.py")
+    }
 
 
 def imports(module: str, path: Path) -> set[str]:
@@ -84,7 +93,7 @@ def test_no_import_cycles():
         state[m] = "open"
         for n in graph[m]:
             if state.get(n) == "open":
-                cycles.append(" -> ".join(trail[trail.index(n):] + [n]))
+                cycles.append(" -> ".join(trail[trail.index(n) :] + [n]))
             elif n not in state:
                 visit(n, trail + [n])
         state[m] = "done"

@@ -5,6 +5,7 @@ a huge body, bad model paths on the admin API, wrong credentials, a prompt the w
 refuses, Redis unreachable) must answer without server paths, tracebacks, Redis URLs or
 secrets; each answer's `X-Request-Id` must appear in the API's log, on the access line and,
 for error answers, on the line that says why."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,7 @@ from .test_errors import GOOD
 KEY = "sk-leak-test-key-5f1e"
 ADMIN = "admin-leak-test-token-77a0"
 REDIS_PASSWORD = "hunter2-redis-password"
-FORBIDDEN = [str(ROOT), "/work/", "/tmp/", "Traceback", 'File "', "redis://", "rediss://", KEY, ADMIN,
-             REDIS_PASSWORD]
+FORBIDDEN = [str(ROOT), "/work/", "/tmp/", "Traceback", 'File "', "redis://", "rediss://", KEY, ADMIN, REDIS_PASSWORD]
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +102,7 @@ def test_chat_answers_carry_their_completion_id_as_request_id(guarded, text_work
     response = requests.post(url + "/v1/chat/completions", json=GOOD, headers=USER, timeout=60)
     assert response.status_code == 200
     assert response.headers["X-Request-Id"] == response.json()["id"]
-    streamed = requests.post(url + "/v1/chat/completions", json={**GOOD, "stream": True}, headers=USER,
-                             timeout=60)
+    streamed = requests.post(url + "/v1/chat/completions", json={**GOOD, "stream": True}, headers=USER, timeout=60)
     first = json.loads(streamed.text.split("data: ", 1)[1].split("\n", 1)[0])
     assert streamed.headers["X-Request-Id"] == first["id"]
 
@@ -112,9 +111,13 @@ def test_redis_unreachable_leaks_neither_its_url_nor_its_password(stack):
     dead = f"redis://:{REDIS_PASSWORD}@127.0.0.1:{free_port()}/0"
     proc, url = stack.start_api(REDIS_URL=dead, API_KEYS=KEY, ADMIN_TOKEN=ADMIN)
     try:
-        for method, path, headers in [("GET", "/v1/models", USER), ("POST", "/v1/chat/completions", USER),
-                                      ("GET", "/admin/status", ADMIN_AUTH), ("GET", "/health", {}),
-                                      ("GET", "/metrics", ADMIN_AUTH)]:
+        for method, path, headers in [
+            ("GET", "/v1/models", USER),
+            ("POST", "/v1/chat/completions", USER),
+            ("GET", "/admin/status", ADMIN_AUTH),
+            ("GET", "/health", {}),
+            ("GET", "/metrics", ADMIN_AUTH),
+        ]:
             response = requests.request(method, url + path, json=GOOD, headers=headers, timeout=30)
             assert response.status_code == 503, (path, response.text)
             assert_clean(response)

@@ -2,6 +2,7 @@
 the worker, a real 400 for streaming clients too, max_tokens capped by what is left), the
 configurable caps on messages, stop sequences and logit_bias, and sampling values at the
 edges of their ranges, which must never break the batch they run in."""
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,9 @@ def test_a_prompt_longer_than_the_context_is_a_real_400(api_url, text_worker, st
 
 def test_streaming_clients_get_the_400_from_the_official_client(client):
     with pytest.raises(openai.BadRequestError) as caught:
-        client.chat.completions.create(model="tiny-text", stream=True, max_tokens=2,
-                                       messages=[{"role": "user", "content": "x" * (CONTEXT + 50)}])
+        client.chat.completions.create(
+            model="tiny-text", stream=True, max_tokens=2, messages=[{"role": "user", "content": "x" * (CONTEXT + 50)}]
+        )
     assert caught.value.body["code"] == "context_length_exceeded"
 
 
@@ -45,8 +47,10 @@ def test_max_tokens_beyond_the_context_is_capped_to_what_is_left(client, stream)
     kw = dict(model="tiny-text", messages=messages, temperature=0, max_tokens=10**9, logit_bias={EOS: -100})
     if stream:
         chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
-        usage, finish = chunks[-1].usage, next(c.choices[0].finish_reason for c in chunks
-                                                if c.choices and c.choices[0].finish_reason)
+        usage, finish = (
+            chunks[-1].usage,
+            next(c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason),
+        )
     else:
         reply = client.chat.completions.create(**kw)
         usage, finish = reply.usage, reply.choices[0].finish_reason
@@ -54,18 +58,21 @@ def test_max_tokens_beyond_the_context_is_capped_to_what_is_left(client, stream)
     assert usage.total_tokens == CONTEXT and 0 < usage.completion_tokens < 40
 
 
-@pytest.mark.parametrize("change, param", [
-    ({"messages": HI * 2049}, "messages"),
-    ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
-    ({"stop": "s" * 513}, "stop"),
-    ({"logit_bias": {str(i): 1 for i in range(301)}}, "logit_bias"),
-    ({"logit_bias": {"²": 1}}, "logit_bias"),
-    ({"logit_bias": {"9" * 5000: 1}}, "logit_bias"),
-    ({"seed": -(2**63) - 1}, "seed"),
-    ({"seed": 2**64}, "seed"),
-    ({"repetition_penalty": 0.001}, "repetition_penalty"),
-    ({"top_logprobs": 21, "logprobs": True}, "top_logprobs"),
-])
+@pytest.mark.parametrize(
+    "change, param",
+    [
+        ({"messages": HI * 2049}, "messages"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"stop": "s" * 513}, "stop"),
+        ({"logit_bias": {str(i): 1 for i in range(301)}}, "logit_bias"),
+        ({"logit_bias": {"²": 1}}, "logit_bias"),
+        ({"logit_bias": {"9" * 5000: 1}}, "logit_bias"),
+        ({"seed": -(2**63) - 1}, "seed"),
+        ({"seed": 2**64}, "seed"),
+        ({"repetition_penalty": 0.001}, "repetition_penalty"),
+        ({"top_logprobs": 21, "logprobs": True}, "top_logprobs"),
+    ],
+)
 def test_limits_are_400_naming_the_field(api_url, text_worker, change, param):
     assert_error(post(api_url, {**GOOD, **change}), 400, code="invalid_value", param=param)
 
@@ -103,17 +110,21 @@ def _not_json(constant: str):
 def test_sampling_at_the_edges_of_its_ranges_never_breaks_a_batch(api_url, client):
     """One bad row would fail the engine step, and with it every job in the batch: each of
     these runs beside the others and a plain request, and all of them answer."""
+
     def run(extra):
         return post(api_url, {**GOOD, "max_tokens": 6, **extra})
 
     with ThreadPoolExecutor(len(EDGES) + 1) as pool:
-        plain = pool.submit(client.chat.completions.create, model="tiny-text", messages=HI, max_tokens=6,
-                            temperature=0)
+        plain = pool.submit(client.chat.completions.create, model="tiny-text", messages=HI, max_tokens=6, temperature=0)
         responses = list(pool.map(run, EDGES))
         assert plain.result().usage.completion_tokens >= 1
     for extra, response in zip(EDGES, responses, strict=True):
         assert response.status_code == 200, (extra, response.text)
         body = json.loads(response.text, parse_constant=_not_json)  # no NaN or Infinity in logprobs
         assert body["usage"]["completion_tokens"] >= 1
-    assert client_for(api_url).chat.completions.create(
-        model="tiny-text", messages=HI, max_tokens=2, temperature=0).usage.completion_tokens == 2
+    assert (
+        client_for(api_url)
+        .chat.completions.create(model="tiny-text", messages=HI, max_tokens=2, temperature=0)
+        .usage.completion_tokens
+        == 2
+    )

@@ -1,5 +1,6 @@
 """`make run` as a user runs it: everything starts, answers, and SIGTERM stops every process
 it started, leaving the port free."""
+
 from __future__ import annotations
 
 import os
@@ -28,9 +29,22 @@ def test_make_run_serves_and_sigterm_stops_everything(models_dir, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS", "REDIS_URL"))}
     env.update(MODELS_DIR=str(models_dir), REDIS_DATA_DIR=str(tmp_path / "redis"), KEY_PREFIX="mr:")
     log = open(tmp_path / "make-run.log", "wb")  # noqa: SIM115 -- make writes to it for the whole test
-    make = subprocess.Popen(["make", "--no-print-directory", "run", "TEXT_MODEL=tiny-text", "VISION_MODEL=tiny-vision",
-                             f"PORT={port}", f"REDIS_PORT={redis_port}"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    make = subprocess.Popen(
+        [
+            "make",
+            "--no-print-directory",
+            "run",
+            "TEXT_MODEL=tiny-text",
+            "VISION_MODEL=tiny-vision",
+            f"PORT={port}",
+            f"REDIS_PORT={redis_port}",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=30)
 
@@ -41,11 +55,13 @@ def test_make_run_serves_and_sigterm_stops_everything(models_dir, tmp_path):
                 return False
 
         wait_until(served, 180, "make run to serve tiny-text and tiny-vision", interval=0.5)
-        reply = client.chat.completions.create(model="tiny-text", max_tokens=3, temperature=0,
-                                               messages=[{"role": "user", "content": "hi"}])
+        reply = client.chat.completions.create(
+            model="tiny-text", max_tokens=3, temperature=0, messages=[{"role": "user", "content": "hi"}]
+        )
         assert reply.usage.completion_tokens == 3
-        seen = client.chat.completions.create(model="tiny-vision", max_tokens=3, messages=image_message(
-            data_uri(png())))
+        seen = client.chat.completions.create(
+            model="tiny-vision", max_tokens=3, messages=image_message(data_uri(png()))
+        )
         assert seen.usage.prompt_tokens > 10
         text = (tmp_path / "make-run.log").read_text()
         assert f"http://127.0.0.1:{port}/v1" in text and "curl" in text

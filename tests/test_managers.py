@@ -1,6 +1,7 @@
 """Managers as users run them: two `machines` (two managers on one Redis, each reporting a
 fixed free memory) place replicas, restart crashed workers, refuse what cannot load, and
 workers stop themselves on an unload or an idle keep-alive, exit 0 and stay stopped."""
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,12 @@ def managers(stack, models_dir, api_url, conn, keys):
     alias(models_dir, MODEL)
 
     def start(name, memory):
-        return stack.spawn(name, [sys.executable, "-m", "worker_text.manager", "--name", name],
-                           MIS_MANAGER_MEMORY_BYTES=memory, MANAGER_LOGS_DIR=stack.logs)
+        return stack.spawn(
+            name,
+            [sys.executable, "-m", "worker_text.manager", "--name", name],
+            MIS_MANAGER_MEMORY_BYTES=memory,
+            MANAGER_LOGS_DIR=stack.logs,
+        )
 
     procs = {"mgr-a": start("mgr-a", 16 * GB), "mgr-b": start("mgr-b", 8 * GB)}
     wait_until(lambda: {m.name for m in live_managers(conn, keys)} >= set(procs), 20, "both managers up")
@@ -55,6 +60,7 @@ def final(conn, keys, command_id, timeout=60):
     def ended():
         status = command_status(conn, keys, command_id)
         return status if status.state in (CommandState.DONE, CommandState.FAILED) else None
+
     return wait_until(ended, timeout, f"command {command_id} to end", interval=0.2)
 
 
@@ -79,8 +85,15 @@ def gone(pid: int) -> bool:
 
 def test_placement_prefers_fewer_replicas_then_more_memory():
     def info(name, mem, models=()):
-        return ManagerInfo(name=name, kind=Kind.TEXT, host="h", pid=1, mem_available_bytes=mem,
-                           workers=[{"model": m, "pid": 2, "state": "running"} for m in models])
+        return ManagerInfo(
+            name=name,
+            kind=Kind.TEXT,
+            host="h",
+            pid=1,
+            mem_available_bytes=mem,
+            workers=[{"model": m, "pid": 2, "state": "running"} for m in models],
+        )
+
     a, b = info("a", 16 * GB), info("b", 8 * GB)
     cmd = LoadCommand(id="1", kind=Kind.TEXT, model="m")
     assert place(a, [a, b], cmd, GB).start and not place(b, [a, b], cmd, GB).start
@@ -103,8 +116,15 @@ def test_two_replicas_land_on_two_machines_and_serve(managers, api_url, conn, ke
     entries = [w for w in live_workers(conn, keys) if w.model == MODEL]
     assert {w.manager for w in entries} == {"mgr-a", "mgr-b"}
     assert all(w.rss_bytes > 10**7 and w.keep_alive == 600 for w in entries)
-    wait_until(lambda: [w for w in live_workers(conn, keys) if w.model == MODEL and w.last_job_at
-                        and w.tokens_per_s > 0 and w.jobs_per_min > 0], 5, "rates in the registry")
+    wait_until(
+        lambda: [
+            w
+            for w in live_workers(conn, keys)
+            if w.model == MODEL and w.last_job_at and w.tokens_per_s > 0 and w.jobs_per_min > 0
+        ],
+        5,
+        "rates in the registry",
+    )
 
 
 def test_model_that_cannot_load_fails_and_its_worker_stops(managers, models_dir, conn, keys):
@@ -141,11 +161,17 @@ def test_model_that_fits_nowhere_fails(managers, models_dir, conn, keys):
 
 
 def test_crashed_worker_restarts_and_a_lost_machine_leaves_the_other(managers, api_url, conn, keys):
-    first, = [w.pid for w in manager(conn, keys, "mgr-a").workers if w.model == MODEL]
+    (first,) = [w.pid for w in manager(conn, keys, "mgr-a").workers if w.model == MODEL]
     os.kill(first, signal.SIGKILL)
-    restarted = wait_until(lambda: [w for w in manager(conn, keys, "mgr-a").workers
-                                    if w.restarts == 1 and w.pid != first and w.state == "running"],
-                           15, "the worker restarted")[0]
+    restarted = wait_until(
+        lambda: [
+            w
+            for w in manager(conn, keys, "mgr-a").workers
+            if w.restarts == 1 and w.pid != first and w.state == "running"
+        ],
+        15,
+        "the worker restarted",
+    )[0]
     wait_until(lambda: restarted.pid in serving_pids(conn, keys), 60, "the restarted worker serving")
     managers["mgr-a"].send(signal.SIGKILL)
     os.kill(restarted.pid, signal.SIGKILL)
@@ -154,12 +180,15 @@ def test_crashed_worker_restarts_and_a_lost_machine_leaves_the_other(managers, a
 
 
 def test_unload_lets_running_jobs_finish_then_the_worker_exits_for_good(managers, api_url, conn, keys):
-    pid, = [w.pid for w in manager(conn, keys, "mgr-b").workers if w.model == MODEL]
+    (pid,) = [w.pid for w in manager(conn, keys, "mgr-b").workers if w.model == MODEL]
     response, job_id = open_stream(api_url, model=MODEL, max_tokens=2000)
     read_until(response, lambda line: '"content":"' in line)
     cutoff = request_unload(conn, keys, MODEL, cancel=False)
-    wait_until(lambda: [w for w in live_workers(conn, keys) if w.pid == pid and w.state == WorkerState.STOPPING],
-               5, "the worker to start stopping")
+    wait_until(
+        lambda: [w for w in live_workers(conn, keys) if w.pid == pid and w.state == WorkerState.STOPPING],
+        5,
+        "the worker to start stopping",
+    )
     time.sleep(ADMIT_WAIT + 0.5)  # the admission loop has left: the worker drains its engine
     assert Job.fetch(job_id, connection=conn).get_status() == JobStatus.STARTED
     os.kill(pid, signal.SIGTERM)  # what its manager sends when it stops: still a warm shutdown

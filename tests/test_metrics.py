@@ -1,6 +1,7 @@
 """/metrics and the /rq dashboard: the admin token over real HTTP, the metrics that chat
 requests leave behind (read through prometheus_client's own parser), rq-dashboard against our
 rq 3.0 queues, and recording that survives a dead Redis."""
+
 from __future__ import annotations
 
 import pytest
@@ -37,8 +38,11 @@ def scrape(url: str, token: str | None = None) -> dict[tuple, float]:
     response = get(url, "/metrics", token)
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(response.text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
 
 
 def value(samples: dict, name: str, **labels) -> float:
@@ -50,6 +54,7 @@ def delta(before: dict, after: dict, name: str, **labels) -> float:
 
 
 # ---- the admin token ----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("path", ADMIN_PATHS)
 def test_admin_paths_need_the_token(token_api, path):
@@ -73,9 +78,10 @@ def test_rq_dashboard_actions_are_guarded_too(token_api):
 @pytest.fixture(scope="module")
 def test_app(redis_server):
     """A Flask test client app for checks that need no worker: off loopback, or Redis gone."""
+
     def build(**settings):
-        return api.create_app(Settings(**{"redis_url": redis_server.url, "key_prefix": "unit:",
-                                          **settings}))
+        return api.create_app(Settings(**{"redis_url": redis_server.url, "key_prefix": "unit:", **settings}))
+
     return build
 
 
@@ -95,14 +101,19 @@ def test_without_a_token_admin_paths_are_open_on_loopback(api_url):
 
 # ---- metrics from real requests -----------------------------------------------------------
 
+
 def chat(api_url: str, stream: bool) -> int:
     """One greedy completion; returns its completion tokens (usage, streamed or not)."""
     client = client_for(api_url)
     if not stream:
-        return client.chat.completions.create(model=MODEL, messages=HI, temperature=0,
-                                              max_tokens=12).usage.completion_tokens
-    chunks = list(client.chat.completions.create(model=MODEL, messages=HI, temperature=0, max_tokens=9,
-                                                 stream=True, stream_options={"include_usage": True}))
+        return client.chat.completions.create(
+            model=MODEL, messages=HI, temperature=0, max_tokens=12
+        ).usage.completion_tokens
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL, messages=HI, temperature=0, max_tokens=9, stream=True, stream_options={"include_usage": True}
+        )
+    )
     return chunks[-1].usage.completion_tokens
 
 
@@ -114,12 +125,17 @@ def test_chat_requests_show_in_the_metrics(api_url, client):
     requests.get(api_url + "/no/such/path", timeout=30)
     after = scrape(api_url)
 
-    assert delta(before, after, "mis_http_requests_total", endpoint="/v1/chat/completions",
-                 method="POST", status="200") == 4
-    assert delta(before, after, "mis_http_requests_total", endpoint="/v1/models/<path:model_id>",
-                 method="GET", status="404") == 1
-    assert delta(before, after, "mis_http_requests_total", endpoint="unmatched",
-                 method="GET", status="404") == 1
+    assert (
+        delta(before, after, "mis_http_requests_total", endpoint="/v1/chat/completions", method="POST", status="200")
+        == 4
+    )
+    assert (
+        delta(
+            before, after, "mis_http_requests_total", endpoint="/v1/models/<path:model_id>", method="GET", status="404"
+        )
+        == 1
+    )
+    assert delta(before, after, "mis_http_requests_total", endpoint="unmatched", method="GET", status="404") == 1
     assert delta(before, after, "mis_tokens_generated_total", model=MODEL) == sum(tokens)
     assert delta(before, after, "mis_time_to_first_token_seconds_count", model=MODEL) == 4
     assert delta(before, after, "mis_time_to_first_token_seconds_bucket", model=MODEL, le="+Inf") == 4
@@ -129,8 +145,7 @@ def test_chat_requests_show_in_the_metrics(api_url, client):
     assert value(after, "mis_queue_depth", model=MODEL, kind="text", priority="interactive") == 0
     assert value(after, "mis_jobs", queue=QUEUE, state="finished") >= 4
     assert value(after, "mis_jobs", queue=QUEUE, state="queued") == 0
-    live = sum(value(after, "mis_live_workers", model=MODEL, kind="text", state=state)
-               for state in ("idle", "busy"))
+    live = sum(value(after, "mis_live_workers", model=MODEL, kind="text", state=state) for state in ("idle", "busy"))
     assert live >= 1
     assert (("mis_live_workers", (("kind", "text"), ("model", MODEL), ("state", "error")))) in after
 
@@ -139,8 +154,13 @@ def test_histogram_buckets_are_cumulative(api_url, client):
     chat(api_url, stream=True)
     samples = scrape(api_url)
     for name in ("mis_time_to_first_token_seconds", "mis_inter_token_seconds"):
-        buckets = sorted(((float(dict(labels)["le"]), v) for (n, labels), v in samples.items()
-                          if n == f"{name}_bucket" and dict(labels)["model"] == MODEL))
+        buckets = sorted(
+            (
+                (float(dict(labels)["le"]), v)
+                for (n, labels), v in samples.items()
+                if n == f"{name}_bucket" and dict(labels)["model"] == MODEL
+            )
+        )
         counts = [v for _, v in buckets]
         assert counts == sorted(counts) and buckets[-1][0] == float("inf")
         assert counts[-1] == value(samples, f"{name}_count", model=MODEL)
@@ -156,6 +176,7 @@ def test_metrics_are_shared_by_api_processes(api_url, token_api, client):
 
 
 # ---- rq-dashboard -------------------------------------------------------------------------
+
 
 def test_rq_dashboard_renders_and_lists_our_queues_and_workers(token_api, client):
     chat(token_api, stream=False)
@@ -177,6 +198,7 @@ def test_rq_dashboard_renders_and_lists_our_queues_and_workers(token_api, client
 
 # ---- failure-proof recording --------------------------------------------------------------
 
+
 def test_a_dead_redis_never_breaks_recording(test_app, monkeypatch):
     monkeypatch.setattr(telemetry, "_paused_until", 0.0)
     dead = test_app(redis_url=f"redis://127.0.0.1:{free_port()}/0").test_client()
@@ -192,11 +214,17 @@ def test_a_dead_redis_never_breaks_recording(test_app, monkeypatch):
     timer.finish({"completion_tokens": 3})
 
 
-@pytest.mark.parametrize("name, parsed", [
-    ("text:tiny-text:interactive", ("tiny-text", "text", "interactive")),
-    ("vision:org/name:batch", ("org/name", "vision", "batch")),
-    ("text:a:b:batch", ("a:b", "text", "batch")),
-    ("default", None), ("text::batch", None), ("audio:m:batch", None), ("text:m:urgent", None),
-])
+@pytest.mark.parametrize(
+    "name, parsed",
+    [
+        ("text:tiny-text:interactive", ("tiny-text", "text", "interactive")),
+        ("vision:org/name:batch", ("org/name", "vision", "batch")),
+        ("text:a:b:batch", ("a:b", "text", "batch")),
+        ("default", None),
+        ("text::batch", None),
+        ("audio:m:batch", None),
+        ("text:m:urgent", None),
+    ],
+)
 def test_queue_names_parse_into_labels(name, parsed):
     assert metrics.queue_labels(name) == parsed

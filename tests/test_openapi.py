@@ -9,6 +9,7 @@ narrowed to the served model (or one that does not exist) and a few tokens, so t
 worker answers each in a moment. The admin load and unload operations are left out: they
 start and stop worker processes, which other tests share.
 """
+
 from __future__ import annotations
 
 import requests
@@ -27,8 +28,13 @@ from contract.settings import Settings
 
 EXAMPLES = 30
 """Generated examples per operation (the coverage phase adds its boundary cases)."""
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
-          response_schema_conformance, response_headers_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+]
 
 
 def narrowed(document: dict) -> dict:
@@ -64,11 +70,28 @@ def test_the_served_document_is_the_one_tested(api_url):
 def test_the_document_describes_every_public_endpoint():
     paths = document()["paths"]
     assert set(paths) >= {
-        "/v1/chat/completions", "/v1/chat/completions/{completion_id}", "/v1/models", "/v1/models/{model_id}",
-        "/health", "/openapi.json", "/admin/health", "/admin/status", "/admin/load", "/admin/unload",
-        "/admin/commands/{command_id}", "/metrics", "/v1/documents", "/v1/documents/{doc_id}",
-        "/v1/documents/{doc_id}/result", "/v1/files", "/v1/files/{file_id}", "/v1/files/{file_id}/content",
-        "/v1/batches", "/v1/batches/{batch_id}", "/v1/batches/{batch_id}/cancel"}
+        "/v1/chat/completions",
+        "/v1/chat/completions/{completion_id}",
+        "/v1/models",
+        "/v1/models/{model_id}",
+        "/health",
+        "/openapi.json",
+        "/admin/health",
+        "/admin/status",
+        "/admin/load",
+        "/admin/unload",
+        "/admin/commands/{command_id}",
+        "/metrics",
+        "/v1/documents",
+        "/v1/documents/{doc_id}",
+        "/v1/documents/{doc_id}/result",
+        "/v1/files",
+        "/v1/files/{file_id}",
+        "/v1/files/{file_id}/content",
+        "/v1/batches",
+        "/v1/batches/{batch_id}",
+        "/v1/batches/{batch_id}/cancel",
+    }
     chat = paths["/v1/chat/completions"]["post"]["responses"]["200"]["content"]
     assert set(chat) == {"application/json", "text/event-stream"}
 

@@ -1,5 +1,6 @@
 """StepSender against a real Redis: writes land in order, replies are read one step late,
 cancel flags come back, and an interrupted step never leaves a stale reply behind."""
+
 from __future__ import annotations
 
 from contract.queues import request_cancel

@@ -1,4 +1,5 @@
 """Pure pieces, called directly: model references and stop-sequence matching."""
+
 from __future__ import annotations
 
 import pytest
@@ -32,13 +33,24 @@ def test_hub_ids_when_no_local_directory_matches(roots):
     assert ref.repo_id == "mlx-community/Qwen2.5-0.5B-Instruct-4bit" and ref.local_path is None
 
 
-@pytest.mark.parametrize("bad, words", [
-    ("", "1 to"), ("x" * 300, "1 to"), ("../local", ".."), ("org/../../etc", ".."),
-    ("/etc", "inside the model roots"), ("https://huggingface.co/x/y", "URL"),
-    ("file:///etc/passwd", "URL"), ("a;rm -rf /", "characters"), ("$(id)", "characters"),
-    ("sneaky", "outside the model roots"), ("nothing-here", "neither"), ("a/b/c", "neither"),
-    ("half.partial", "unfinished"),
-])
+@pytest.mark.parametrize(
+    "bad, words",
+    [
+        ("", "1 to"),
+        ("x" * 300, "1 to"),
+        ("../local", ".."),
+        ("org/../../etc", ".."),
+        ("/etc", "inside the model roots"),
+        ("https://huggingface.co/x/y", "URL"),
+        ("file:///etc/passwd", "URL"),
+        ("a;rm -rf /", "characters"),
+        ("$(id)", "characters"),
+        ("sneaky", "outside the model roots"),
+        ("nothing-here", "neither"),
+        ("a/b/c", "neither"),
+        ("half.partial", "unfinished"),
+    ],
+)
 def test_refused_references(roots, bad, words):
     with pytest.raises(InvalidModelRef) as caught:
         parse_model_ref(bad, roots)

@@ -1,6 +1,7 @@
 """Image chat end to end: the openai client → API (image intake, blob store) → a vision
 worker in .venv-vision running the tiny random-weight Qwen2.5-VL; every bad image input
 gets its own clear 4xx; text chat keeps working beside it."""
+
 from __future__ import annotations
 
 import base64
@@ -43,8 +44,9 @@ def image_message(*uris: str, text: str = "What is in the picture?") -> list[dic
 @pytest.fixture(scope="module")
 def vision_worker(stack, models_dir):
     if not (models_dir / MODEL).exists():
-        subprocess.run([str(VISION_PYTHON), "-m", "worker_vision.tiny", str(models_dir / MODEL)],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [str(VISION_PYTHON), "-m", "worker_vision.tiny", str(models_dir / MODEL)], check=True, capture_output=True
+        )
     return stack.start_vision_worker(MODEL)
 
 
@@ -62,8 +64,9 @@ def test_the_vision_model_is_listed_with_its_kind(vclient):
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_prompt_longer_than_the_context_is_400(vclient, stream):
     with pytest.raises(openai.BadRequestError) as caught:
-        vclient.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x " * 40_000}],
-                                        max_tokens=2, stream=stream)
+        vclient.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "x " * 40_000}], max_tokens=2, stream=stream
+        )
     assert caught.value.body["code"] == "context_length_exceeded"
     assert "32768" in caught.value.body["message"]
 
@@ -71,18 +74,21 @@ def test_a_prompt_longer_than_the_context_is_400(vclient, stream):
 def test_sampling_at_the_edges_of_its_ranges(vclient):
     """Values the API accepts must never fail the engine step (and every job with it)."""
     for extra in ({"seed": -1, "temperature": 1e-300}, {"top_k": 10**9, "temperature": 1, "seed": 2**64 - 1}):
-        answer = vclient.chat.completions.create(model=MODEL, messages=image_message(data_uri(png())),
-                                                 max_tokens=3, extra_body=extra)
+        answer = vclient.chat.completions.create(
+            model=MODEL, messages=image_message(data_uri(png())), max_tokens=3, extra_body=extra
+        )
         assert answer.usage.completion_tokens >= 1
 
 
 def test_one_image_non_streamed(vclient):
-    answer = vclient.chat.completions.create(model=MODEL, messages=image_message(data_uri(png(size=(256, 256)))),
-                                             max_tokens=8, temperature=0)
+    answer = vclient.chat.completions.create(
+        model=MODEL, messages=image_message(data_uri(png(size=(256, 256)))), max_tokens=8, temperature=0
+    )
     assert answer.choices[0].finish_reason in ("stop", "length")
     assert isinstance(answer.choices[0].message.content, str)
     text_only = vclient.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "What is in the picture?"}], max_tokens=1)
+        model=MODEL, messages=[{"role": "user", "content": "What is in the picture?"}], max_tokens=1
+    )
     # The image's own tokens count: 256 x 256 pixels are 81 tokens for Qwen2.5-VL (14-pixel
     # patches merged 2 x 2), so the prompt is that much longer than the same text alone.
     assert answer.usage.prompt_tokens >= text_only.usage.prompt_tokens + 81
@@ -92,8 +98,16 @@ def test_one_image_non_streamed(vclient):
 def test_two_images_streamed_equal_non_streamed(vclient):
     messages = image_message(data_uri(png()), data_uri(png((0, 0, 255), (40, 30), "JPEG"), "image/jpeg"))
     whole = vclient.chat.completions.create(model=MODEL, messages=messages, max_tokens=10, temperature=0)
-    chunks = list(vclient.chat.completions.create(model=MODEL, messages=messages, max_tokens=10, temperature=0,
-                                                  stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        vclient.chat.completions.create(
+            model=MODEL,
+            messages=messages,
+            max_tokens=10,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == whole.choices[0].message.content
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
@@ -106,25 +120,32 @@ def test_stop_and_max_tokens_are_honoured(vclient):
     assert free.usage.completion_tokens <= 12
     text = free.choices[0].message.content
     if len(text) > 3:
-        cut = vclient.chat.completions.create(model=MODEL, messages=messages, max_tokens=12, temperature=0,
-                                              stop=[text[2:4]])
+        cut = vclient.chat.completions.create(
+            model=MODEL, messages=messages, max_tokens=12, temperature=0, stop=[text[2:4]]
+        )
         assert text[2:4] not in cut.choices[0].message.content
 
 
 def test_text_only_chat_with_a_vision_model(vclient):
-    answer = vclient.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
-                                             max_tokens=3, temperature=0)
+    answer = vclient.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=3, temperature=0
+    )
     assert answer.usage.completion_tokens <= 3
 
 
 def test_text_chat_keeps_working_beside_vision(vclient, client):
-    assert client.chat.completions.create(model="tiny-text", messages=[{"role": "user", "content": "hi"}],
-                                          max_tokens=2, temperature=0).usage.completion_tokens == 2
+    assert (
+        client.chat.completions.create(
+            model="tiny-text", messages=[{"role": "user", "content": "hi"}], max_tokens=2, temperature=0
+        ).usage.completion_tokens
+        == 2
+    )
 
 
 def post(api_url, messages, model=MODEL):
-    return requests.post(api_url + "/v1/chat/completions", timeout=30,
-                         json={"model": model, "messages": messages, "max_tokens": 2})
+    return requests.post(
+        api_url + "/v1/chat/completions", timeout=30, json={"model": model, "messages": messages, "max_tokens": 2}
+    )
 
 
 def truncated_png() -> bytes:
@@ -135,23 +156,26 @@ def bomb_png() -> bytes:
     """A real PNG whose header claims 30000 x 30000 pixels (CRC fixed up)."""
     data = bytearray(png())
     ihdr = 8 + 8  # signature, then length + "IHDR"
-    data[ihdr:ihdr + 8] = struct.pack(">II", 30000, 30000)
-    data[ihdr + 13:ihdr + 17] = struct.pack(">I", zlib.crc32(bytes(data[ihdr - 4:ihdr + 13])))
+    data[ihdr : ihdr + 8] = struct.pack(">II", 30000, 30000)
+    data[ihdr + 13 : ihdr + 17] = struct.pack(">I", zlib.crc32(bytes(data[ihdr - 4 : ihdr + 13])))
     return bytes(data)
 
 
-@pytest.mark.parametrize("url, status, code", [
-    ("data:image/png;base64,@@@not-base64@@@", 400, "invalid_image"),
-    ("data:image/gif;base64," + base64.b64encode(b"GIF89a").decode(), 400, "unsupported_image_type"),
-    (data_uri(b"this is not an image"), 400, "invalid_image"),
-    (data_uri(truncated_png()), 400, "invalid_image"),
-    (data_uri(png(fmt="BMP")), 400, "unsupported_image_type"),
-    (data_uri(bomb_png()), 400, "image_too_many_pixels"),
-    ("data:image/png,rawbytes", 400, "invalid_image"),
-    ("ftp://example.com/cat.png", 400, "invalid_image_url"),
-    ("file:///etc/passwd", 400, "invalid_image_url"),
-    ("https://example.com/cat.png", 400, "remote_images_disabled"),
-])
+@pytest.mark.parametrize(
+    "url, status, code",
+    [
+        ("data:image/png;base64,@@@not-base64@@@", 400, "invalid_image"),
+        ("data:image/gif;base64," + base64.b64encode(b"GIF89a").decode(), 400, "unsupported_image_type"),
+        (data_uri(b"this is not an image"), 400, "invalid_image"),
+        (data_uri(truncated_png()), 400, "invalid_image"),
+        (data_uri(png(fmt="BMP")), 400, "unsupported_image_type"),
+        (data_uri(bomb_png()), 400, "image_too_many_pixels"),
+        ("data:image/png,rawbytes", 400, "invalid_image"),
+        ("ftp://example.com/cat.png", 400, "invalid_image_url"),
+        ("file:///etc/passwd", 400, "invalid_image_url"),
+        ("https://example.com/cat.png", 400, "remote_images_disabled"),
+    ],
+)
 def test_bad_images_get_clear_errors(api_url, vision_worker, url, status, code):
     response = post(api_url, image_message(url))
     assert response.status_code == status, response.text
@@ -240,10 +264,17 @@ def test_a_vision_model_that_cannot_load_is_503_with_the_reason(stack, api_url, 
     ref = "mlx-community/Qwen2.5-VL-7B-Instruct-4bit"
     proc = stack.start_vision_worker(ref, wait=False)
     try:
-        wait_until(lambda: requests.get(api_url + "/health", timeout=5).json()["workers"]
-                   and any(w["model"] == ref and w["state"] == "error"
-                           for w in requests.get(api_url + "/health", timeout=5).json()["workers"]),
-                   60, "the vision worker in state error")
+        wait_until(
+            lambda: (
+                requests.get(api_url + "/health", timeout=5).json()["workers"]
+                and any(
+                    w["model"] == ref and w["state"] == "error"
+                    for w in requests.get(api_url + "/health", timeout=5).json()["workers"]
+                )
+            ),
+            60,
+            "the vision worker in state error",
+        )
         response = post(api_url, image_message(data_uri(png())), model=ref)
         assert response.status_code == 503
         assert response.json()["error"]["code"] == "model_unavailable"

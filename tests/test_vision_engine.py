@@ -4,6 +4,7 @@ mlx-vlm lives in its own venv (.venv-vision, `make install-vision`), not in the 
 the engine runs in a child process of that venv: the script below builds the tiny model,
 drives the engine and prints what it saw as JSON; the tests here judge it.
 """
+
 from __future__ import annotations
 
 import json
@@ -201,8 +202,15 @@ print(json.dumps(out))
 def seen(tmp_path_factory) -> dict:
     assert VISION_PYTHON.exists(), "the vision venv is missing: run `make install-vision`"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run([str(VISION_PYTHON), "-c", SCRIPT, str(tmp_path_factory.mktemp("models"))],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, check=False)
+    proc = subprocess.run(
+        [str(VISION_PYTHON), "-c", SCRIPT, str(tmp_path_factory.mktemp("models"))],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

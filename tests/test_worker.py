@@ -1,5 +1,6 @@
 """The worker process: model references, load failures, the Hugging Face cache offline,
 warm shutdown on SIGTERM and what a client sees when a worker dies."""
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,14 @@ from .support import HI, ROOT, alias, say_hi, wait_until
 
 @pytest.mark.parametrize("ref", ["../tiny-text", "/etc", "https://example.com/m", "a;rm -rf", "no-such-model"])
 def test_bad_model_references_are_refused_at_start(stack, ref):
-    result = subprocess.run([sys.executable, "-m", "worker_text", "--model", ref], env=stack.env,
-                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "worker_text", "--model", ref],
+        env=stack.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert result.stderr.startswith("error: ")
     assert "Traceback" not in result.stderr
@@ -34,8 +41,14 @@ def test_symlink_escaping_the_model_root_is_refused(stack, models_dir, tmp_path)
     outside = tmp_path / "outside"
     shutil.copytree(models_dir / "tiny-text", outside)
     (models_dir / "escape").symlink_to(outside)
-    result = subprocess.run([sys.executable, "-m", "worker_text", "--model", "escape"], env=stack.env,
-                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "worker_text", "--model", "escape"],
+        env=stack.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "outside the model roots" in result.stderr
 
 
@@ -75,8 +88,7 @@ def test_hub_repo_id_loads_offline_from_the_local_cache(stack, api_url, models_d
 def test_sigterm_finishes_the_running_job_before_exiting(stack, api_url, models_dir):
     model = alias(models_dir, "tiny-sigterm")
     proc = stack.start_worker(model)
-    stream = say_hi(api_url, model, max_tokens=400, stream=True, temperature=0,
-                    stream_options={"include_usage": True})
+    stream = say_hi(api_url, model, max_tokens=400, stream=True, temperature=0, stream_options={"include_usage": True})
     chunks = iter(stream)
     next(chunks), next(chunks)
     proc.send(signal.SIGTERM)
@@ -121,8 +133,11 @@ def test_worker_killed_mid_stream_fails_its_jobs_and_the_next_worker_serves(stac
     assert queued["error"].status_code == 503 and "no worker serves" in queued["error"].message
     # the waiting job was taken off the queue, not left for a future worker
     wait_until(lambda: Queue(f"text:{model}:interactive", connection=conn).count == 0, 5, "queue emptied")
-    wait_until(lambda: all(Job.fetch(j, connection=conn).get_status() == JobStatus.FAILED for j in job_ids),
-               20, "the killed worker's jobs marked failed")
+    wait_until(
+        lambda: all(Job.fetch(j, connection=conn).get_status() == JobStatus.FAILED for j in job_ids),
+        20,
+        "the killed worker's jobs marked failed",
+    )
     replacement = stack.start_worker(model)
     try:
         assert say_hi(api_url, model, max_tokens=3).usage.completion_tokens == 3
@@ -136,8 +151,9 @@ def test_worker_survives_a_redis_restart(stack, models_dir, tmp_path):
     own_redis = RedisServer(free_port(), tmp_path / "redis").start()
     model = alias(models_dir, "tiny-redis-restart")
     api, url = stack.start_api(REDIS_URL=own_redis.url)
-    proc = stack.spawn("worker-restart", [sys.executable, "-m", "worker_text", "--model", model],
-                       REDIS_URL=own_redis.url)
+    proc = stack.spawn(
+        "worker-restart", [sys.executable, "-m", "worker_text", "--model", model], REDIS_URL=own_redis.url
+    )
     ask = lambda: say_hi(url, model, max_tokens=3)  # noqa: E731
     try:
         wait_until(lambda: requests.get(url + "/health", timeout=5).json()["status"] == "ok", 60, "worker up")
@@ -145,8 +161,9 @@ def test_worker_survives_a_redis_restart(stack, models_dir, tmp_path):
         own_redis.stop()
         time.sleep(2)
         own_redis.start()
-        wait_until(lambda: requests.get(url + "/health", timeout=5).json()["status"] == "ok", 30,
-                   "worker back in the registry")
+        wait_until(
+            lambda: requests.get(url + "/health", timeout=5).json()["status"] == "ok", 30, "worker back in the registry"
+        )
         assert ask().usage.completion_tokens == 3
         assert proc.alive()
     finally:
@@ -178,8 +195,9 @@ def test_a_full_queue_answers_429_with_retry_after(stack, models_dir, conn):
         waiting = threading.Thread(target=lambda: say_hi(url, model, max_tokens=2))
         waiting.start()
         wait_until(lambda: Queue(f"text:{model}:interactive", connection=conn).count == 1, 10, "a queued job")
-        response = requests.post(url + "/v1/chat/completions", timeout=10,
-                                 json={"model": model, "messages": HI, "max_tokens": 2})
+        response = requests.post(
+            url + "/v1/chat/completions", timeout=10, json={"model": model, "messages": HI, "max_tokens": 2}
+        )
         assert response.status_code == 429
         assert int(response.headers["Retry-After"]) > 0
         assert response.json()["error"]["code"] == "queue_full"

@@ -13,6 +13,7 @@ record (`Keys.batch`, RESULTS_TTL) holds the Batch object's fields and each line
 outcome from its job's stream and writes the output and error files in OpenAI's format:
 `{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error"}`.
 """
+
 from __future__ import annotations
 
 import json
@@ -99,9 +100,18 @@ def finish(ctx: Context, batch_id: str, status: BatchStatus) -> None:
         counts["completed" if ok else "failed"] += 1
     ids = {}
     for name, lines in (("output_file_id", output), ("error_file_id", errors)):
-        ids[name] = files.put(ctx.conn, ctx.keys, "".join(json.dumps(x) + "\n" for x in lines).encode(),
-                              filename=f"{batch_id}_{name[:-8]}.jsonl", purpose="batch_output",
-                              ttl=ctx.settings.results_ttl)["id"] if lines else None
+        ids[name] = (
+            files.put(
+                ctx.conn,
+                ctx.keys,
+                "".join(json.dumps(x) + "\n" for x in lines).encode(),
+                filename=f"{batch_id}_{name[:-8]}.jsonl",
+                purpose="batch_output",
+                ttl=ctx.settings.results_ttl,
+            )["id"]
+            if lines
+            else None
+        )
     set_status(ctx, batch_id, status, request_counts=counts, **ids)
 
 
@@ -110,27 +120,47 @@ def _output_line(ctx: Context, line: dict, created: int) -> tuple[dict, bool]:
     entry = {"id": f"batch_req_{job_id or new_job_id()}", "custom_id": line["custom_id"], "error": None}
     if job_id is None:
         error = line["error"]
-        entry["response"] = {"status_code": error.get("status", 400), "request_id": None,
-                             "body": {"error": _error_body(error)}}
+        entry["response"] = {
+            "status_code": error.get("status", 400),
+            "request_id": None,
+            "body": {"error": _error_body(error)},
+        }
         return entry, False
     result = read_result(ctx.conn, ctx.keys, job_id)
     request_id = f"chatcmpl-{job_id}"
     if result.status == ResultStatus.COMPLETED:
-        body = {"id": request_id, "object": "chat.completion", "created": created, "model": line["model"],
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
-                             "logprobs": None, "finish_reason": result.finish_reason}],
-                "usage": result.usage}
+        body = {
+            "id": request_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": line["model"],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": result.text},
+                    "logprobs": None,
+                    "finish_reason": result.finish_reason,
+                }
+            ],
+            "usage": result.usage,
+        }
         entry["response"] = {"status_code": 200, "request_id": request_id, "body": body}
         return entry, True
-    error = result.error or {"code": "cancelled" if result.status == ResultStatus.CANCELED else "not_finished",
-                             "message": f"the request was {result.status.value} before it finished"}
+    error = result.error or {
+        "code": "cancelled" if result.status == ResultStatus.CANCELED else "not_finished",
+        "message": f"the request was {result.status.value} before it finished",
+    }
     entry["response"] = {"status_code": 500, "request_id": request_id, "body": {"error": _error_body(error)}}
     return entry, False
 
 
 def _error_body(error: dict) -> dict:
-    return {"message": error.get("message", ""), "type": error.get("type", "invalid_request_error"),
-            "param": error.get("param"), "code": error.get("code")}
+    return {
+        "message": error.get("message", ""),
+        "type": error.get("type", "invalid_request_error"),
+        "param": error.get("param"),
+        "code": error.get("code"),
+    }
 
 
 def request_counts(conn: redis.Redis, record: dict) -> dict:

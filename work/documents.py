@@ -15,6 +15,7 @@ are ordinary vision chat jobs on the model's batch queue with `Retry(max=2)`: a 
 worker died or that failed goes back to its queue twice before it counts as failed.
 `aggregate` and `combined` are bookkeeping jobs (contract/done.py) that any batching worker runs.
 """
+
 from __future__ import annotations
 
 import json
@@ -76,9 +77,16 @@ class PageResult(JobResult):
 
 # ---- the record -----------------------------------------------------------------------------
 
+
 def create(ctx: Context, doc: DocumentJob, status: DocStatus) -> None:
-    records.create(ctx.conn, ctx.keys.document(doc.id), status.value, ctx.settings.results_ttl,
-                   meta=doc.model_dump(mode="json"), pages_total=len(doc.page_numbers))
+    records.create(
+        ctx.conn,
+        ctx.keys.document(doc.id),
+        status.value,
+        ctx.settings.results_ttl,
+        meta=doc.model_dump(mode="json"),
+        pages_total=len(doc.page_numbers),
+    )
 
 
 def set_status(ctx: Context, doc_id: str, status: DocStatus, **fields) -> bool:
@@ -107,27 +115,31 @@ def _remember(ctx: Context, doc_id: str, field: str, job_id: str) -> None:
 
 # ---- work -----------------------------------------------------------------------------------
 
+
 def enqueue_render(ctx: Context, doc: DocumentJob) -> None:
     job = enqueue(ctx, JobSpec(RENDER_FUNC, doc, Kind.VISION, doc.model, Priority.BATCH))
     _remember(ctx, doc.id, "render_job", job.id)
 
 
 def page_job(doc: DocumentJob, page: ImagePart) -> ChatJob:
-    return ChatJob(model=doc.model, max_tokens=doc.max_tokens, messages=[
-        ChatMessage(role="user", content=[page, TextPart(text=doc.prompt)])])
+    return ChatJob(
+        model=doc.model,
+        max_tokens=doc.max_tokens,
+        messages=[ChatMessage(role="user", content=[page, TextPart(text=doc.prompt)])],
+    )
 
 
 def fan_out(ctx: Context, doc: DocumentJob, pages: list[ImagePart]) -> list[str]:
     """One chat job per page on the model's batch queue, and the aggregating job after them."""
-    specs = [JobSpec.chat(page_job(doc, p), Kind.VISION, priority=Priority.BATCH, retries=PAGE_RETRIES)
-             for p in pages]
+    specs = [JobSpec.chat(page_job(doc, p), Kind.VISION, priority=Priority.BATCH, retries=PAGE_RETRIES) for p in pages]
     page_ids = [spec.job_id for spec in specs]
     # Ids first, so a status read between the two enqueues already sees every page.
     if not set_status(ctx, doc.id, DocStatus.RUNNING, page_jobs=page_ids):
         return []  # cancelled meanwhile
     jobs = enqueue_many(ctx, specs)
-    aggregate = enqueue(ctx, JobSpec(AGGREGATE_FUNC, {"id": doc.id}, Kind.VISION, doc.model, Priority.BATCH,
-                                     after=jobs))
+    aggregate = enqueue(
+        ctx, JobSpec(AGGREGATE_FUNC, {"id": doc.id}, Kind.VISION, doc.model, Priority.BATCH, after=jobs)
+    )
     _remember(ctx, doc.id, "aggregate_job", aggregate.id)
     return page_ids
 
@@ -139,8 +151,10 @@ def page_results(ctx: Context, record: dict) -> list[PageResult]:
     numbers = record["meta"].page_numbers
     if "page_jobs" not in record:
         return [PageResult(page=n, status=ResultStatus.QUEUED) for n in numbers]
-    return [_page(n, read_result(ctx.conn, ctx.keys, job_id))
-            for n, job_id in zip(numbers, record["page_jobs"], strict=True)]
+    return [
+        _page(n, read_result(ctx.conn, ctx.keys, job_id))
+        for n, job_id in zip(numbers, record["page_jobs"], strict=True)
+    ]
 
 
 def _page(number: int, result: JobResult) -> PageResult:
@@ -158,8 +172,13 @@ def aggregate(payload: dict) -> Done:
     done = [p for p in pages if p.status == ResultStatus.COMPLETED]
     dumped = [p.model_dump(mode="json") for p in pages]
     if not done:
-        set_status(ctx, doc.id, DocStatus.FAILED, pages=dumped,
-                   error={"code": "all_pages_failed", "message": "no page could be read"})
+        set_status(
+            ctx,
+            doc.id,
+            DocStatus.FAILED,
+            pages=dumped,
+            error={"code": "all_pages_failed", "message": "no page could be read"},
+        )
     elif doc.combine and doc.combine_model:
         set_status(ctx, doc.id, DocStatus.RUNNING, pages=dumped)
         _enqueue_combine(ctx, doc, done)
@@ -171,12 +190,17 @@ def aggregate(payload: dict) -> Done:
 def _enqueue_combine(ctx: Context, doc: DocumentJob, pages: list[PageResult]) -> None:
     assert doc.combine_model is not None
     text = "\n\n".join(f"## Page {p.page}\n\n{p.text}" for p in pages)
-    job = ChatJob(model=doc.combine_model, max_tokens=doc.combine_max_tokens,
-                  messages=[ChatMessage(role="user", content=f"{doc.combine}\n\n{text}")])
+    job = ChatJob(
+        model=doc.combine_model,
+        max_tokens=doc.combine_max_tokens,
+        messages=[ChatMessage(role="user", content=f"{doc.combine}\n\n{text}")],
+    )
     combine = enqueue(ctx, JobSpec.chat(job, doc.combine_kind, priority=Priority.BATCH, retries=PAGE_RETRIES))
     _remember(ctx, doc.id, "combine_job", combine.id)
-    enqueue(ctx, JobSpec(COMBINED_FUNC, {"id": doc.id}, doc.combine_kind, doc.combine_model, Priority.BATCH,
-                         after=[combine]))
+    enqueue(
+        ctx,
+        JobSpec(COMBINED_FUNC, {"id": doc.id}, doc.combine_kind, doc.combine_model, Priority.BATCH, after=[combine]),
+    )
 
 
 def combined(payload: dict) -> Done:

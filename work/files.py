@@ -1,6 +1,7 @@
 """Files of the Batch API (`/v1/files`): bytes and OpenAI's file object in one Redis hash,
 kept RESULTS_TTL. Input files are what clients upload; batches write their output and error
 files here too (purpose `batch_output`)."""
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,17 @@ def put(conn: redis.Redis, keys: Keys, data: bytes, *, filename: str, purpose: s
     """Store a file; returns its OpenAI file object."""
     now = int(time.time())
     file_id = new_file_id()
-    info = {"id": file_id, "object": "file", "bytes": len(data), "created_at": now,
-            "expires_at": now + ttl, "filename": filename, "purpose": purpose, "status": "processed",
-            "status_details": None}
+    info = {
+        "id": file_id,
+        "object": "file",
+        "bytes": len(data),
+        "created_at": now,
+        "expires_at": now + ttl,
+        "filename": filename,
+        "purpose": purpose,
+        "status": "processed",
+        "status_details": None,
+    }
     key = keys.file(file_id)
     with conn.pipeline() as pipe:
         pipe.hset(key, mapping={"info": json.dumps(info), "content": data})

@@ -4,6 +4,7 @@ status only `write_status` writes (one writer per lifecycle).
 A status is written only while the record exists and has not ended: a cancel is never undone
 by a job that was already running, and a record that expired is never re-created by a late
 job (without its request it would be unreadable)."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,14 @@ return 1
 def create(conn: redis.Redis, key: str, status: str, ttl: int, **fields) -> None:
     """A new record: `fields` are JSON-encoded, the status is set, the TTL starts."""
     with conn.pipeline() as pipe:
-        pipe.hset(key, mapping={"status": status, f"{status}_at": int(time.time()),
-                                **{k: json.dumps(v) for k, v in fields.items()}})
+        pipe.hset(
+            key,
+            mapping={
+                "status": status,
+                f"{status}_at": int(time.time()),
+                **{k: json.dumps(v) for k, v in fields.items()},
+            },
+        )
         pipe.expire(key, ttl)
         pipe.execute()
 
@@ -38,8 +45,11 @@ def write_status(conn: redis.Redis, key: str, status: str, terminal: Iterable[st
     """Set the status (and `<status>_at`, and `fields` JSON-encoded) unless the record has
     ended or expired; False when nothing was written."""
     terminal = list(terminal)
-    mapping: dict[str, str | int] = {"status": status, f"{status}_at": int(time.time()),
-                                     **{k: json.dumps(v) for k, v in fields.items()}}
+    mapping: dict[str, str | int] = {
+        "status": status,
+        f"{status}_at": int(time.time()),
+        **{k: json.dumps(v) for k, v in fields.items()},
+    }
     args: list[str | int] = [len(terminal), *terminal, *(item for pair in mapping.items() for item in pair)]
     return bool(conn.eval(_WRITE_STATUS, 1, key, *args))
 

@@ -1,4 +1,5 @@
 """`python -m worker_text --model REF`: one long-lived worker serving one mlx-lm model."""
+
 from __future__ import annotations
 
 import sys
@@ -16,9 +17,14 @@ def make_engine(model: str, settings: Settings, capacity: int):
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_worker(Kind.TEXT, argv, description=__doc__, make_engine=make_engine,
-                      default_capacity=lambda settings: settings.worker_capacity,
-                      capacity_help="jobs run at once in one batch (default: WORKER_CAPACITY, 8)")
+    return run_worker(
+        Kind.TEXT,
+        argv,
+        description=__doc__,
+        make_engine=make_engine,
+        default_capacity=lambda settings: settings.worker_capacity,
+        capacity_help="jobs run at once in one batch (default: WORKER_CAPACITY, 8)",
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ at a time, for the engine thread of runtime/batching.py to send. Text is only re
 can no longer turn out to be the start of a stop sequence, so a stop string never reaches
 the client, even split across tokens.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -101,9 +102,12 @@ class TextEngine:
         # Made on first use, in the engine thread, on that thread's default stream.
         if self._generator is None:
             self._generator = BatchGenerator(
-                self.text_model.model, stream=mx.default_stream(mx.default_device()),
+                self.text_model.model,
+                stream=mx.default_stream(mx.default_device()),
                 # Interactive jobs may join while batch work fills every slot (runtime/batching.py).
-                completion_batch_size=2 * self.capacity, prefill_batch_size=self.capacity)
+                completion_batch_size=2 * self.capacity,
+                prefill_batch_size=self.capacity,
+            )
         return self._generator
 
     def add(self, job_id: str, request: ChatJob) -> dict:
@@ -116,16 +120,24 @@ class TextEngine:
         cache, rest = self._cached_prefix(prompt)
         cached = len(prompt) - len(rest)
         (uid,) = self.generator.insert(
-            [rest], max_tokens=[min(request.max_tokens, model.context_length - len(prompt))],
+            [rest],
+            max_tokens=[min(request.max_tokens, model.context_length - len(prompt))],
             caches=[cache],  # type: ignore[list-item]  # None (no cache) is fine; mlx-lm's hint lacks it
-            all_tokens=[prompt[:cached]], samplers=[self.samplers.get(params)],
-            logits_processors=[make_logits_processors(
-                logit_bias=params.logit_bias or None, repetition_penalty=params.repetition_penalty,
-                presence_penalty=params.presence_penalty or None,
-                frequency_penalty=params.frequency_penalty or None)],
-            stop_sequences=[self.eos_stops])
-        self.sequences[uid] = _Sequence(job_id, uid, request, len(prompt), cached, StopMatcher(request.stop),
-                                        model.tokenizer.detokenizer)
+            all_tokens=[prompt[:cached]],
+            samplers=[self.samplers.get(params)],
+            logits_processors=[
+                make_logits_processors(
+                    logit_bias=params.logit_bias or None,
+                    repetition_penalty=params.repetition_penalty,
+                    presence_penalty=params.presence_penalty or None,
+                    frequency_penalty=params.frequency_penalty or None,
+                )
+            ],
+            stop_sequences=[self.eos_stops],
+        )
+        self.sequences[uid] = _Sequence(
+            job_id, uid, request, len(prompt), cached, StopMatcher(request.stop), model.tokenizer.detokenizer
+        )
         self.uid_of[job_id] = uid
         return {"prompt_tokens": len(prompt), "cached_tokens": cached}
 
@@ -139,8 +151,11 @@ class TextEngine:
                 continue
             seq.tokens += 1
             text, finish = self._text(seq, response)
-            logprob = (token_logprob(self.text_model.tokenizer, response.logprobs, response.token,
-                                     seq.request.top_logprobs) if seq.request.logprobs else None)
+            logprob = (
+                token_logprob(self.text_model.tokenizer, response.logprobs, response.token, seq.request.top_logprobs)
+                if seq.request.logprobs
+                else None
+            )
             if text or logprob is not None:
                 extra = {"logprobs": [logprob.model_dump()]} if logprob is not None else {}
                 events.append((seq.job_id, EventType.DELTA, {"text": text, **extra}))
@@ -196,10 +211,12 @@ class TextEngine:
         if cache is not None and tokens:
             self.prompt_cache.insert_cache(self.text_model.model_id, list(tokens), cache)
         self._forget(seq.uid)
-        return Usage(prompt_tokens=seq.prompt_tokens, completion_tokens=seq.tokens,
-                     total_tokens=seq.prompt_tokens + seq.tokens,
-                     prompt_tokens_details=PromptTokensDetails(cached_tokens=seq.cached_tokens)
-                     ).model_dump()
+        return Usage(
+            prompt_tokens=seq.prompt_tokens,
+            completion_tokens=seq.tokens,
+            total_tokens=seq.prompt_tokens + seq.tokens,
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=seq.cached_tokens),
+        ).model_dump()
 
     def _forget(self, uid: int) -> _Sequence:
         seq = self.sequences.pop(uid)
@@ -225,6 +242,7 @@ class SamplerCache:
         if key not in self.shared:
             if len(self.shared) > 256:
                 self.shared.clear()
-            self.shared[key] = make_sampler(temp=params.temperature, top_p=params.top_p,
-                                            min_p=params.min_p, top_k=params.top_k)
+            self.shared[key] = make_sampler(
+                temp=params.temperature, top_p=params.top_p, min_p=params.min_p, top_k=params.top_k
+            )
         return self.shared[key]

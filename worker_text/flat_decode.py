@@ -12,6 +12,7 @@ the same, so outputs do not change (tests/test_flat_decode.py checks that on the
 embedding used as the output head) to classes that do the reshape; parameters, names and
 weights stay as they are, so no mlx-lm code is forked. `FLAT_DECODE=0` leaves a model alone.
 """
+
 from __future__ import annotations
 
 import mlx.core as mx
@@ -39,8 +40,10 @@ class FlatDecodeQuantizedEmbedding(nn.QuantizedEmbedding):
 
 # Exact classes only: a subclass of these (QQLinear, a model's own variant) may compute
 # differently and is left alone.
-_SWAPS: dict[type[nn.Module], type[nn.Module]] = {nn.QuantizedLinear: FlatDecodeQuantizedLinear,
-                                                   nn.QuantizedEmbedding: FlatDecodeQuantizedEmbedding}
+_SWAPS: dict[type[nn.Module], type[nn.Module]] = {
+    nn.QuantizedLinear: FlatDecodeQuantizedLinear,
+    nn.QuantizedEmbedding: FlatDecodeQuantizedEmbedding,
+}
 
 
 def flatten_decode(model: nn.Module) -> int:

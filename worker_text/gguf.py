@@ -46,16 +46,65 @@ QUANT_BITS = {2: 4, 3: 4, 8: 8}
 FLOAT_TYPES = {0: "F32", 1: "F16"}
 """Types mx.load returns unchanged as plain arrays."""
 
-TYPE_NAMES = dict(enumerate(
-    ["F32", "F16", "Q4_0", "Q4_1", "-", "-", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16", "-", "-", "-", "TQ1_0", "TQ2_0", "-", "-", "-", "MXFP4"]))  # noqa: E501 -- ggml type table
+TYPE_NAMES = dict(
+    enumerate(
+        [
+            "F32",
+            "F16",
+            "Q4_0",
+            "Q4_1",
+            "-",
+            "-",
+            "Q5_0",
+            "Q5_1",
+            "Q8_0",
+            "Q8_1",
+            "Q2_K",
+            "Q3_K",
+            "Q4_K",
+            "Q5_K",
+            "Q6_K",
+            "Q8_K",
+            "IQ2_XXS",
+            "IQ2_XS",
+            "IQ3_XXS",
+            "IQ1_S",
+            "IQ4_NL",
+            "IQ3_S",
+            "IQ2_S",
+            "IQ4_XS",
+            "I8",
+            "I16",
+            "I32",
+            "I64",
+            "F64",
+            "IQ1_M",
+            "BF16",
+            "-",
+            "-",
+            "-",
+            "TQ1_0",
+            "TQ2_0",
+            "-",
+            "-",
+            "-",
+            "MXFP4",
+        ]
+    )
+)
 """Names for error messages (ggml's GGMLQuantizationType)."""
 
 GLOBAL_TENSORS = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 BLOCK_TENSORS = {
-    "attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
-    "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
 }
 """GGUF llama tensor stems -> mlx-lm llama module paths (each tensor is `<stem>.weight`)."""
 
@@ -291,12 +340,15 @@ def _write_tokenizer(h: GGUFHeader, out: Path, max_length: int) -> None:
     typed = list(zip(tokens, types, strict=True))  # lengths checked in _validate
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, ty in typed if ty == 3])
     tok.add_tokens([AddedToken(t, normalized=False) for t, ty in typed if ty == 4])
-    name = {key: tokens[i] if (i := _token_id(h, f"tokenizer.ggml.{key}_token_id", None)) is not None else None
-            for key in ("bos", "eos", "unknown", "padding")}
+    name = {
+        key: tokens[i] if (i := _token_id(h, f"tokenizer.ggml.{key}_token_id", None)) is not None else None
+        for key in ("bos", "eos", "unknown", "padding")
+    }
     if name["bos"] is not None and h.get("tokenizer.ggml.add_bos_token", False):
         bos, bos_id = name["bos"], h.get("tokenizer.ggml.bos_token_id")
         tok.post_processor = processors.TemplateProcessing(
-            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)])
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]
+        )
     tok.save(str(out / "tokenizer.json"))
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",

@@ -4,6 +4,7 @@ A batching worker (runtime/batching.py) calls a job function when it admits the 
 function checks the payload on the worker's side of the boundary and returns the request
 its engine runs. Generation itself happens in the engine thread, with the other jobs.
 """
+
 from __future__ import annotations
 
 from contract.payloads import ChatJob

@@ -3,6 +3,7 @@
 A reference has been checked by `contract.modelref` (the same check the API applies) and becomes
 a directory there (`resolve`); here it is loaded with mlx-lm.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,9 +28,13 @@ def load_text_model(model_ref: str, settings: Settings) -> TextModel:
     if settings.flat_decode:
         flatten_decode(model)
     config = json.loads((path / "config.json").read_text())
-    return TextModel(model_id=model_ref, model=model, tokenizer=tokenizer,
-                     context_length=_context_length(config, tokenizer),
-                     vocab_size=_vocab_size(config, tokenizer))
+    return TextModel(
+        model_id=model_ref,
+        model=model,
+        tokenizer=tokenizer,
+        context_length=_context_length(config, tokenizer),
+        vocab_size=_vocab_size(config, tokenizer),
+    )
 
 
 def _context_length(config: dict, tokenizer) -> int:

@@ -49,8 +49,10 @@ def check_model_name(name: str) -> str:
     """A model name is one plain directory name, so DIR/NAME can never escape DIR."""
     bad = any(c in name for c in ("/", "\\", "\0")) or ".." in name or name.startswith(".")
     if not name or bad or name.endswith(RESERVED_SUFFIXES):
-        raise CLIError(f"invalid model name {name!r}: use a plain directory name "
-                       "(no '/' or '..', not starting with '.', not ending in .partial or .old)")
+        raise CLIError(
+            f"invalid model name {name!r}: use a plain directory name "
+            "(no '/' or '..', not starting with '.', not ending in .partial or .old)"
+        )
     return name
 
 
@@ -101,8 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m worker_text.models", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--models-dir", type=Path, default=None,
-                        help="model root (default: first entry of MODELS_DIR, else var/models)")
+    common.add_argument(
+        "--models-dir", type=Path, default=None, help="model root (default: first entry of MODELS_DIR, else var/models)"
+    )
     common.add_argument("--quiet", action="store_true", help="no progress bar")
     imp = sub.add_parser("import-gguf", parents=[common], help="import a llama GGUF file as NAME")
     imp.add_argument("file", help="a llama-architecture .gguf file (Q4_0, Q4_1, Q8_0, F16 or F32)")

@@ -10,6 +10,7 @@ here on a few sentences (deterministic), with ChatML special tokens and chat tem
 end-of-turn token's output row is zeroed so greedy decoding never ends early by chance:
 lengths in tests are then set by max_tokens and stop sequences, not by luck.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,9 +50,12 @@ def build_tokenizer():
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tokenizer.train_from_iterator(CORPUS, trainer=trainer)
     return tokenizer
 
@@ -69,8 +73,12 @@ def build(out_dir: Path, seed: int = 0, **config_overrides) -> Path:
     model = llama.Model(llama.ModelArgs.from_dict(config))
     _never_end(model, [tokenizer.token_to_id("<|im_end|>")])
 
-    return _write_model_dir(out_dir, dict(tree_flatten(model.parameters())), config,
-                            lambda partial: _write_tokenizer(tokenizer, partial, config))
+    return _write_model_dir(
+        out_dir,
+        dict(tree_flatten(model.parameters())),
+        config,
+        lambda partial: _write_tokenizer(tokenizer, partial, config),
+    )
 
 
 def build_twin(source: Path, out_dir: Path, seed: int = 0, bits: int = 4, group_size: int = 64) -> Path:
@@ -136,17 +144,28 @@ def build_shaped(out_dir: Path, config: dict, bits: int | None = 4, group_size: 
     if bits:
         nn.quantize(model, group_size=group_size, bits=bits)
         config["quantization"] = {"group_size": group_size, "bits": bits}
-    return _write_model_dir(out_dir, dict(tree_flatten(model.parameters())), config,
-                            lambda partial: _write_tokenizer(tokenizer, partial, config))
+    return _write_model_dir(
+        out_dir,
+        dict(tree_flatten(model.parameters())),
+        config,
+        lambda partial: _write_tokenizer(tokenizer, partial, config),
+    )
 
 
 def _write_tokenizer(tokenizer, partial: Path, config: dict) -> None:
     tokenizer.save(str(partial / "tokenizer.json"))
-    (partial / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|im_end|>",
-        "pad_token": "<|endoftext|>", "chat_template": CHATML,
-        "model_max_length": config["max_position_embeddings"],
-    }, indent=1))
+    (partial / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "eos_token": "<|im_end|>",
+                "pad_token": "<|endoftext|>",
+                "chat_template": CHATML,
+                "model_max_length": config["max_position_embeddings"],
+            },
+            indent=1,
+        )
+    )
 
 
 def _never_end(model, tokens: list[int]) -> None:
@@ -176,8 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m worker_text.tiny", description=__doc__.split("\n")[0])
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--like", type=Path, metavar="MODEL_DIR",
-                        help="build a random 4-bit twin of this model (its config and tokenizer)")
+    parser.add_argument(
+        "--like",
+        type=Path,
+        metavar="MODEL_DIR",
+        help="build a random 4-bit twin of this model (its config and tokenizer)",
+    )
     args = parser.parse_args(argv)
     if args.like:
         print(f"wrote {build_twin(args.like, args.out_dir, args.seed)}")

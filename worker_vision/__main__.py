@@ -4,6 +4,7 @@ Its jobs run concurrently but not in one batched forward pass (see worker_vision
 each step costs one forward pass per running job, so the default capacity is small (4), not
 WORKER_CAPACITY, which sizes the text worker's shared batch.
 """
+
 from __future__ import annotations
 
 import sys
@@ -25,10 +26,15 @@ def make_engine(model: str, settings: Settings, capacity: int):
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_worker(Kind.VISION, argv, description=__doc__.split("\n")[0], make_engine=make_engine,
-                      default_capacity=lambda settings: DEFAULT_CAPACITY,
-                      capacity_help=f"jobs interleaved at once (default: {DEFAULT_CAPACITY}; "
-                                    "no shared batch, so WORKER_CAPACITY does not apply)")
+    return run_worker(
+        Kind.VISION,
+        argv,
+        description=__doc__.split("\n")[0],
+        make_engine=make_engine,
+        default_capacity=lambda settings: DEFAULT_CAPACITY,
+        capacity_help=f"jobs interleaved at once (default: {DEFAULT_CAPACITY}; "
+        "no shared batch, so WORKER_CAPACITY does not apply)",
+    )
 
 
 if __name__ == "__main__":

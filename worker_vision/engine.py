@@ -28,6 +28,7 @@ MLX streams: the engine is created in the main thread, but all its MLX work runs
 engine thread, on that thread's default stream. mlx-vlm's module-level `generation_stream`
 (made at import, thread-local) is never used here.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -158,8 +159,7 @@ class VisionEngine:
     def _check(self, request: VisionRequest) -> None:
         job, vm = request.job, self.vm
         if len(request.images) > self.max_images:
-            raise RequestRejected(f"at most {self.max_images} images per request; this one has "
-                                  f"{len(request.images)}")
+            raise RequestRejected(f"at most {self.max_images} images per request; this one has {len(request.images)}")
         if any(m.images and m.role != "user" for m in job.messages):
             raise RequestRejected("images are accepted in user messages only")
         check_logit_bias(job.sampling.logit_bias, vm.vocab_size)
@@ -171,8 +171,12 @@ class VisionEngine:
         messages = [_template_message(m) for m in request.job.messages]
         text = apply_chat_template(vm.processor, vm.config, messages, num_images=len(request.images))
         try:
-            inputs = prepare_inputs(vm.processor, images=request.images or None, prompts=text,
-                                    add_special_tokens=should_add_special_tokens(vm.model_type, vm.processor))
+            inputs = prepare_inputs(
+                vm.processor,
+                images=request.images or None,
+                prompts=text,
+                add_special_tokens=should_add_special_tokens(vm.model_type, vm.processor),
+            )
         except ValueError as exc:  # the image processor refused an image (say, a 1 x 400 strip)
             raise RequestRejected(f"an image could not be prepared for this model: {_short(exc)}") from exc
         extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "pixel_values", "attention_mask")}
@@ -181,19 +185,26 @@ class VisionEngine:
     def _prefill(self, job_id: str, job: ChatJob, prompt: _Prompt, max_tokens: int) -> _Sequence:
         """Encode the images, run the prompt through the language model, and start sampling
         the first token."""
-        features = self.vm.model.get_input_embeddings(prompt.input_ids, prompt.pixel_values,
-                                                      mask=prompt.mask, **prompt.extra)
+        features = self.vm.model.get_input_embeddings(
+            prompt.input_ids, prompt.pixel_values, mask=prompt.mask, **prompt.extra
+        )
         positions, delta = features.position_ids, features.rope_deltas
         cache = make_prompt_cache(self.vm.model.language_model)
         logits = self._run_prompt(prompt.input_ids, features.inputs_embeds, positions, cache)
         seq = _Sequence(
-            job_id=job_id, request=job, prompt_tokens=prompt.length, max_tokens=max_tokens, cache=cache,
+            job_id=job_id,
+            request=job,
+            prompt_tokens=prompt.length,
+            max_tokens=max_tokens,
+            cache=cache,
             rope_delta=int(delta.reshape(-1)[0].item()) if delta is not None else 0,
             position_shape=(3, 1, 1) if positions.ndim == 3 else (1, 1),
             sampler=_sampler(job.sampling.normalized(self.vm.vocab_size), self.vm.vocab_size),
             processors=_processors(job.sampling),
-            stops=StopMatcher(job.stop), text=TextStream(self.vm.processor),
-            history=prompt.input_ids.reshape(-1)[-PENALTY_CONTEXT:])
+            stops=StopMatcher(job.stop),
+            text=TextStream(self.vm.processor),
+            history=prompt.input_ids.reshape(-1)[-PENALTY_CONTEXT:],
+        )
         seq.pending, seq.pending_logprobs = self._sample(seq, logits)
         mx.async_eval(seq.pending, seq.pending_logprobs)
         return seq
@@ -216,8 +227,9 @@ class VisionEngine:
         assert seq.pending is not None  # sampled in _prefill, and by every _decode since
         offset = seq.prompt_tokens + seq.tokens - 1  # the token just emitted goes there
         positions = mx.full(seq.position_shape, offset + seq.rope_delta, dtype=mx.int32)
-        logits = self.vm.model.language_model(seq.pending.reshape(1, 1), cache=seq.cache,
-                                              position_ids=positions).logits[:, -1, :]
+        logits = self.vm.model.language_model(
+            seq.pending.reshape(1, 1), cache=seq.cache, position_ids=positions
+        ).logits[:, -1, :]
         seq.pending, seq.pending_logprobs = self._sample(seq, logits)
 
     def _sample(self, seq: _Sequence, logits: mx.array) -> tuple[mx.array, mx.array]:
@@ -263,9 +275,12 @@ class VisionEngine:
         return finish
 
     def _usage(self, seq: _Sequence) -> dict:
-        return Usage(prompt_tokens=seq.prompt_tokens, completion_tokens=seq.tokens,
-                     total_tokens=seq.prompt_tokens + seq.tokens,
-                     prompt_tokens_details=PromptTokensDetails(cached_tokens=0)).model_dump()
+        return Usage(
+            prompt_tokens=seq.prompt_tokens,
+            completion_tokens=seq.tokens,
+            total_tokens=seq.prompt_tokens + seq.tokens,
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=0),
+        ).model_dump()
 
     def _logprob(self, seq: _Sequence, token: int) -> TokenLogprob:
         assert seq.pending_logprobs is not None  # set with seq.pending
@@ -314,17 +329,20 @@ def _template_message(message) -> dict:
     with an image marker where each image goes."""
     if not message.images:
         return {"role": message.role, "content": message.text}
-    parts = [{"type": "image"} if p.type == "image" else {"type": "text", "text": p.text}
-             for p in message.content]
+    parts = [{"type": "image"} if p.type == "image" else {"type": "text", "text": p.text} for p in message.content]
     return {"role": message.role, "content": parts}
 
 
 def _processors(params: SamplingParams) -> list:
     return make_logits_processors(
-        logit_bias=params.logit_bias or None, repetition_penalty=params.repetition_penalty,
-        repetition_context_size=PENALTY_CONTEXT, presence_penalty=params.presence_penalty or None,
-        presence_context_size=PENALTY_CONTEXT, frequency_penalty=params.frequency_penalty or None,
-        frequency_context_size=PENALTY_CONTEXT)
+        logit_bias=params.logit_bias or None,
+        repetition_penalty=params.repetition_penalty,
+        repetition_context_size=PENALTY_CONTEXT,
+        presence_penalty=params.presence_penalty or None,
+        presence_context_size=PENALTY_CONTEXT,
+        frequency_penalty=params.frequency_penalty or None,
+        frequency_context_size=PENALTY_CONTEXT,
+    )
 
 
 def _sampler(params: SamplingParams, vocab_size: int):

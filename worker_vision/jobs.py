@@ -9,6 +9,7 @@ generates for every other job.
 Images reach mlx-vlm only as decoded PIL images, never as strings: mlx-vlm's `load_image`
 opens any string as a local path and follows URLs (and their redirects).
 """
+
 from __future__ import annotations
 
 import io

@@ -5,6 +5,7 @@ a directory there (`resolve`); here its config is checked before mlx-vlm loads i
 model this worker cannot serve fails its load with a clear reason (the worker stays up in
 state `error` with that reason in the registry) instead of failing every request.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,9 +64,14 @@ def load_vision_model(model_ref: str, settings: Settings) -> VisionModel:
     if not hasattr(processor, "image_processor") or not hasattr(processor, "tokenizer"):
         raise ModelLoadError(f"{model_ref} has no image processor: not a vision-language model")
     return VisionModel(
-        model_id=model_ref, model=model, processor=processor, config=config,
-        context_length=_context_length(config), vocab_size=_vocab_size(config, processor),
-        eos_token_ids=_eos_ids(model, processor))
+        model_id=model_ref,
+        model=model,
+        processor=processor,
+        config=config,
+        context_length=_context_length(config),
+        vocab_size=_vocab_size(config, processor),
+        eos_token_ids=_eos_ids(model, processor),
+    )
 
 
 def read_config(model_ref: str, path: Path) -> dict:
@@ -79,11 +85,13 @@ def read_config(model_ref: str, path: Path) -> dict:
         raise ModelLoadError(f"{model_ref} has an unreadable config.json") from exc
     model_type = config.get("model_type") if isinstance(config, dict) else None
     if not isinstance(model_type, str) or "vision_config" not in config:
-        raise ModelLoadError(f"{model_ref} is not a vision-language model (its config has no "
-                             "model_type and vision_config)")
+        raise ModelLoadError(
+            f"{model_ref} is not a vision-language model (its config has no model_type and vision_config)"
+        )
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ModelLoadError(f"{model_ref} is a {model_type!r} model; the vision worker serves "
-                             f"{', '.join(SUPPORTED_MODEL_TYPES)} models")
+        raise ModelLoadError(
+            f"{model_ref} is a {model_type!r} model; the vision worker serves {', '.join(SUPPORTED_MODEL_TYPES)} models"
+        )
     return config
 
 

@@ -1,5 +1,6 @@
 """`python -m worker_vision.manager [--preload MODEL]`: starts and supervises this machine's
 vision workers, taking load commands from Redis (see managers/manager.py)."""
+
 from __future__ import annotations
 
 import sys

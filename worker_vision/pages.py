@@ -7,6 +7,7 @@ fanned out as chat jobs (`documents.fan_out`). Rendering runs in the worker's ad
 thread (contract/done.py): 7–47 ms a page at 150 dpi, so a 200-page document holds admission for
 seconds; running jobs keep generating meanwhile.
 """
+
 from __future__ import annotations
 
 import io
@@ -38,11 +39,17 @@ def render(payload: dict) -> Done:
         assert doc.source_blob is not None  # render jobs are made for uploaded PDFs only
         data = blobs.get(conn, keys, doc.source_blob)
         ttl = settings.batch_queued_ttl + settings.job_timeout
-        parts = [_store(conn, keys, png, ttl) for png in render_pages(data, doc.page_numbers, doc.dpi,
-                                                                      settings.max_image_pixels)]
+        parts = [
+            _store(conn, keys, png, ttl)
+            for png in render_pages(data, doc.page_numbers, doc.dpi, settings.max_image_pixels)
+        ]
     except Exception as exc:
-        documents.set_status(ctx, doc.id, DocStatus.FAILED,
-                             error={"code": "render_failed", "message": f"the document could not be rendered: {exc}"})
+        documents.set_status(
+            ctx,
+            doc.id,
+            DocStatus.FAILED,
+            error={"code": "render_failed", "message": f"the document could not be rendered: {exc}"},
+        )
         raise
     documents.fan_out(ctx, doc, parts)
     return Done({"pages": len(parts)})

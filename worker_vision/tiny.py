@@ -21,6 +21,7 @@ repeats the last input token, an untied one gives varied text. Its end-of-turn r
 zeroed so greedy decoding never ends early by chance: lengths in tests come from max_tokens
 and stop strings.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,20 @@ from pathlib import Path
 from typing import cast
 
 SPECIAL = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
 ]
 """Qwen2.5's special tokens in their real order (ids 151643.. in the real model)."""
 PRETOKENIZE_REGEX = (
@@ -57,13 +69,16 @@ CHAT_TEMPLATE = (  # Qwen2-VL / Qwen2.5-VL-*-Instruct chat_template.json
     "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-CORPUS = """
+CORPUS = (
+    """
 Invoice number 2024-0117. Date: 12 March 2024. Total amount due: 1,234.56 EUR.
 The quick brown fox jumps over the lazy dog. Describe this image in one sentence.
 What is written on the page? Extract the table as JSON with keys name, price, quantity.
 A red square, a green circle and a blue triangle on a white background.
 Wörter mit Umlauten, 日本語のテキスト, emojis 🙂 and numbers 0123456789 ()[]{}<>:;,.!?'"-_/@#
-""".strip().splitlines() * 4
+""".strip().splitlines()
+    * 4
+)
 BPE_VOCAB = 512
 HIDDEN, LAYERS, HEADS, KV_HEADS = 64, 2, 4, 2
 VISION_HIDDEN, VISION_DEPTH = 64, 2
@@ -86,29 +101,53 @@ def build_tokenizer(out: Path) -> dict[str, int]:
 
     tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
     tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=BPE_VOCAB, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=BPE_VOCAB, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
     tok.train_from_iterator(CORPUS, trainer=trainer)
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL])
     tok.save(str(out / "tokenizer.json"))
     ids = {t: cast(int, tok.token_to_id(t)) for t in SPECIAL}  # just added: never None
-    _write_json(out / "tokenizer_config.json", {
-        "add_bos_token": False, "add_prefix_space": False, "bos_token": None,
-        "added_tokens_decoder": {str(ids[t]): {"content": t, "lstrip": False, "normalized": False,
-                                               "rstrip": False, "single_word": False, "special": True}
-                                 for t in SPECIAL},
-        "additional_special_tokens": SPECIAL[1:], "chat_template": CHAT_TEMPLATE,
-        "clean_up_tokenization_spaces": False, "eos_token": "<|im_end|>", "errors": "replace",
-        "model_max_length": 32768, "pad_token": "<|endoftext|>", "split_special_tokens": False,
-        "tokenizer_class": "Qwen2Tokenizer", "unk_token": None,
-    })
-    _write_json(out / "special_tokens_map.json", {
-        "additional_special_tokens": SPECIAL[1:], "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"})
+    _write_json(
+        out / "tokenizer_config.json",
+        {
+            "add_bos_token": False,
+            "add_prefix_space": False,
+            "bos_token": None,
+            "added_tokens_decoder": {
+                str(ids[t]): {
+                    "content": t,
+                    "lstrip": False,
+                    "normalized": False,
+                    "rstrip": False,
+                    "single_word": False,
+                    "special": True,
+                }
+                for t in SPECIAL
+            },
+            "additional_special_tokens": SPECIAL[1:],
+            "chat_template": CHAT_TEMPLATE,
+            "clean_up_tokenization_spaces": False,
+            "eos_token": "<|im_end|>",
+            "errors": "replace",
+            "model_max_length": 32768,
+            "pad_token": "<|endoftext|>",
+            "split_special_tokens": False,
+            "tokenizer_class": "Qwen2Tokenizer",
+            "unk_token": None,
+        },
+    )
+    _write_json(
+        out / "special_tokens_map.json",
+        {"additional_special_tokens": SPECIAL[1:], "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+    )
     ids["_size"] = tok.get_vocab_size()
     return ids
 
@@ -118,45 +157,83 @@ def model_config(ids: dict[str, int]) -> dict:
     half = head_dim // 2  # mrope_section sums to half the head size (real: [16, 24, 24] for 128)
     hw = (half - half // 4) // 2
     return {
-        "architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl",
-        "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
+        "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+        "model_type": "qwen2_5_vl",
+        "bos_token_id": ids["<|endoftext|>"],
+        "eos_token_id": ids["<|im_end|>"],
         "pad_token_id": ids["<|endoftext|>"],
-        "vision_start_token_id": ids["<|vision_start|>"], "vision_end_token_id": ids["<|vision_end|>"],
-        "vision_token_id": ids["<|vision_pad|>"], "image_token_id": ids["<|image_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+        "vision_token_id": ids["<|vision_pad|>"],
+        "image_token_id": ids["<|image_pad|>"],
         "video_token_id": ids["<|video_pad|>"],
-        "hidden_act": "silu", "hidden_size": HIDDEN, "intermediate_size": 2 * HIDDEN,
-        "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS, "num_hidden_layers": LAYERS,
-        "max_position_embeddings": 32768, "max_window_layers": LAYERS, "rms_norm_eps": 1e-6,
-        "rope_theta": 1000000.0, "rope_scaling": {"type": "mrope", "mrope_section": [half - 2 * hw, hw, hw]},
-        "sliding_window": 32768, "use_sliding_window": False, "tie_word_embeddings": False,
-        "torch_dtype": "bfloat16", "use_cache": True,
+        "hidden_act": "silu",
+        "hidden_size": HIDDEN,
+        "intermediate_size": 2 * HIDDEN,
+        "num_attention_heads": HEADS,
+        "num_key_value_heads": KV_HEADS,
+        "num_hidden_layers": LAYERS,
+        "max_position_embeddings": 32768,
+        "max_window_layers": LAYERS,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0,
+        "rope_scaling": {"type": "mrope", "mrope_section": [half - 2 * hw, hw, hw]},
+        "sliding_window": 32768,
+        "use_sliding_window": False,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "use_cache": True,
         "vocab_size": (ids["_size"] + 63) // 64 * 64,  # padded like Qwen's
         "vision_config": {
-            "model_type": "qwen2_5_vl", "depth": VISION_DEPTH, "hidden_act": "silu",
-            "hidden_size": VISION_HIDDEN, "intermediate_size": 2 * VISION_HIDDEN, "num_heads": 4,
-            "in_chans": 3, "in_channels": 3, "out_hidden_size": HIDDEN, "patch_size": 14,
-            "spatial_merge_size": 2, "spatial_patch_size": 14, "temporal_patch_size": 2,
-            "window_size": 112, "fullatt_block_indexes": [VISION_DEPTH - 1], "tokens_per_second": 2,
+            "model_type": "qwen2_5_vl",
+            "depth": VISION_DEPTH,
+            "hidden_act": "silu",
+            "hidden_size": VISION_HIDDEN,
+            "intermediate_size": 2 * VISION_HIDDEN,
+            "num_heads": 4,
+            "in_chans": 3,
+            "in_channels": 3,
+            "out_hidden_size": HIDDEN,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "spatial_patch_size": 14,
+            "temporal_patch_size": 2,
+            "window_size": 112,
+            "fullatt_block_indexes": [VISION_DEPTH - 1],
+            "tokens_per_second": 2,
         },
     }
 
 
 def write_processor_files(out: Path, ids: dict[str, int]) -> None:
     image = {
-        "min_pixels": 56 * 56, "max_pixels": MAX_PIXELS, "patch_size": 14, "temporal_patch_size": 2,
-        "merge_size": 2, "image_mean": [0.48145466, 0.4578275, 0.40821073],
-        "image_std": [0.26862954, 0.26130258, 0.27577711], "do_rescale": True,
-        "rescale_factor": 1 / 255, "do_normalize": True, "do_convert_rgb": True,
-        "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2_5_VLProcessor",
+        "min_pixels": 56 * 56,
+        "max_pixels": MAX_PIXELS,
+        "patch_size": 14,
+        "temporal_patch_size": 2,
+        "merge_size": 2,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "do_convert_rgb": True,
+        "image_processor_type": "Qwen2VLImageProcessor",
+        "processor_class": "Qwen2_5_VLProcessor",
     }
     _write_json(out / "preprocessor_config.json", image)
-    _write_json(out / "video_preprocessor_config.json",
-                {**image, "video_processor_type": "Qwen2VLVideoProcessor"})
+    _write_json(out / "video_preprocessor_config.json", {**image, "video_processor_type": "Qwen2VLVideoProcessor"})
     _write_json(out / "processor_config.json", {"processor_class": "Qwen2_5_VLProcessor"})
     _write_json(out / "chat_template.json", {"chat_template": CHAT_TEMPLATE})
-    _write_json(out / "generation_config.json", {
-        "bos_token_id": ids["<|endoftext|>"], "eos_token_id": [ids["<|im_end|>"], ids["<|endoftext|>"]],
-        "pad_token_id": ids["<|endoftext|>"], "do_sample": False})
+    _write_json(
+        out / "generation_config.json",
+        {
+            "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": [ids["<|im_end|>"], ids["<|endoftext|>"]],
+            "pad_token_id": ids["<|endoftext|>"],
+            "do_sample": False,
+        },
+    )
 
 
 def random_weights(config: dict, ids: dict[str, int], seed: int) -> tuple[dict, dict]:
@@ -177,11 +254,14 @@ def random_weights(config: dict, ids: dict[str, int], seed: int) -> tuple[dict, 
     head = model.language_model.lm_head.weight
     for name in ("<|im_end|>", "<|endoftext|>"):
         head[ids[name]] = 0.0  # never end early by chance
-    head[ids["_size"]:] = 0.0  # padding rows name no token: keep them out of greedy picks
+    head[ids["_size"] :] = 0.0  # padding rows name no token: keep them out of greedy picks
 
     def quantizable(path: str, module) -> bool:  # the vision tower stays in full precision
-        return (hasattr(module, "to_quantized") and not skip_multimodal_module(path)
-                and module.weight.shape[-1] % GROUP_SIZE == 0)
+        return (
+            hasattr(module, "to_quantized")
+            and not skip_multimodal_module(path)
+            and module.weight.shape[-1] % GROUP_SIZE == 0
+        )
 
     nn.quantize(model, group_size=GROUP_SIZE, bits=BITS, class_predicate=quantizable)
     return dict(tree_flatten(model.parameters())), {"group_size": GROUP_SIZE, "bits": BITS, "mode": "affine"}
