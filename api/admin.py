@@ -39,20 +39,7 @@ def health():
     ext = _ext()
     ext.conn.ping()
     now = time.time()
-    workers = [
-        {
-            "name": w.name,
-            "model": w.model,
-            "kind": w.kind,
-            "state": w.state,
-            "error": w.error or None,
-            "host": w.host,
-            "pid": w.pid,
-            "rss_bytes": w.rss_bytes,
-            "last_heartbeat_s": round(now - w.heartbeat_at, 2),
-        }
-        for w in registry.live_workers(ext.conn, ext.keys)
-    ]
+    workers = [w.summary(now, "rss_bytes") for w in registry.live_workers(ext.conn, ext.keys)]
     managers = [m.model_dump(mode="json") for m in live_managers(ext.conn, ext.keys)]
     status = "ok" if any(w["state"] in registry.SERVING_STATES for w in workers) else "degraded"
     return jsonify(status=status, redis=True, workers=workers, managers=managers)

@@ -21,20 +21,6 @@ def health():
     except redis.exceptions.RedisError:
         return jsonify(status="unavailable", redis=False, workers=[]), 503
     now = time.time()
-    listed = [
-        {
-            "name": w.name,
-            "model": w.model,
-            "kind": w.kind,
-            "state": w.state,
-            "error": w.error or None,
-            "host": w.host,
-            "pid": w.pid,
-            "jobs_done": w.jobs_done,
-            "tokens_generated": w.tokens_generated,
-            "last_heartbeat_s": round(now - w.heartbeat_at, 2),
-        }
-        for w in workers
-    ]
+    listed = [w.summary(now, "jobs_done", "tokens_generated") for w in workers]
     serving = any(w.serving for w in workers)
     return jsonify(status="ok" if serving else "degraded", redis=True, workers=listed)

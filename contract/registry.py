@@ -64,6 +64,16 @@ class WorkerInfo(BaseModel):
     def serving(self) -> bool:
         return self.state in SERVING_STATES
 
+    def summary(self, now: float, *extra: str) -> dict:
+        """The entry as /health and /admin/health list it: who and where, its state, how fresh,
+        and the `extra` fields asked for."""
+        return {
+            "name": self.name, "model": self.model, "kind": self.kind, "state": self.state,
+            "error": self.error or None, "host": self.host, "pid": self.pid,
+            **{name: getattr(self, name) for name in extra},
+            "last_heartbeat_s": round(now - self.heartbeat_at, 2),
+        }  # fmt: skip
+
 
 def publish(conn: redis.Redis, keys: Keys, info: WorkerInfo, ttl: int) -> None:
     """Write the whole entry and push its expiry `ttl` seconds out (one round trip)."""

@@ -14,7 +14,7 @@ from contract.context import Context
 from contract.keys import Keys
 from contract.settings import Settings
 
-from .support import ROOT, RedisServer, Stack, free_port
+from .support import ROOT, SLOW, RedisServer, Stack, free_port
 
 REAL_MODELS = ROOT / "var" / "models"
 SMOLLM2 = "SmolLM2-135M-Instruct"
@@ -33,6 +33,16 @@ def models_dir(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("models")
     build(root / "tiny-text")
+    # Wider and deeper: ~100 tokens/s on a 2-core CPU instead of ~1,000, so a test that needs
+    # a job still running a few seconds after it started (unload, cancel) has one on any machine.
+    build(
+        root / SLOW,
+        hidden_size=512,
+        intermediate_size=1024,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+    )
     return root
 
 

@@ -190,6 +190,10 @@ def _answers(url: str) -> bool:
         return False
 
 
+SLOW = "tiny-slow"
+"""A tiny model about ten times slower than tiny-text (built by conftest's models_dir)."""
+
+
 def alias(models_dir: Path, name: str, target: str = "tiny-text") -> str:
     """Another model id for a tiny model, so a test's worker gets queues of its own."""
     link = models_dir / name

@@ -13,7 +13,7 @@ from rq.registry import CanceledJobRegistry
 
 from contract.stream import EventType, StreamReader
 
-from .support import alias, wait_until
+from .support import SLOW, alias, wait_until
 
 
 def open_stream(api_url, max_tokens=2000, model="tiny-text"):
@@ -61,7 +61,7 @@ def test_disconnect_cancels_a_running_job_within_a_step(api_url, text_worker, co
 
 
 def test_disconnect_while_queued_takes_the_job_off_the_queue(stack, api_url, models_dir, conn, keys):
-    model = alias(models_dir, "tiny-one-slot")
+    model = alias(models_dir, "tiny-one-slot", target=SLOW)  # the busy job is still running when it is closed
     worker = stack.start_worker(model, WORKER_CAPACITY=1)
     busy, busy_id = open_stream(api_url, model=model)
     read_until(busy, lambda line: line.startswith("data:"))

@@ -26,7 +26,7 @@ from contract.stream import EventType, StreamReader
 from managers.placement import machine_memory, place
 from runtime.batching import ADMIT_WAIT
 
-from .support import alias, say_hi, wait_until
+from .support import SLOW, alias, say_hi, wait_until
 from .test_cancel import open_stream, read_until
 
 GB = 10**9
@@ -35,7 +35,7 @@ MODEL = "mgr-tiny"
 
 @pytest.fixture(scope="module")
 def managers(stack, models_dir, api_url, conn, keys):
-    alias(models_dir, MODEL)
+    alias(models_dir, MODEL, target=SLOW)  # slow enough that a running job outlasts an unload's checks
 
     def start(name, memory):
         return stack.spawn(
