@@ -19,7 +19,7 @@ from rq.job import JobStatus
 from contract import registry
 from contract.context import Context
 from contract.queues import cancel_job, fetch_job, reap_orphaned_job
-from contract.results import ending_without_event
+from contract.results import ending_without_event, worker_died
 from contract.stream import Event, EventType, StreamReader
 
 from . import autoload
@@ -100,10 +100,7 @@ class JobRelay:
             and not registry.is_alive(self.conn, self.keys, job.worker_name)
         ):
             reap_orphaned_job(self.conn, job)
-            return Event(
-                EventType.ERROR,
-                data={"code": "worker_died", "message": "the worker running this job stopped responding; please retry"},
-            )
+            return worker_died()
         if status == JobStatus.QUEUED and not self._model_has_workers():
             loading, failure = autoload.state(self.conn, self.keys, self.model)
             if loading:

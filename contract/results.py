@@ -12,6 +12,7 @@ from enum import StrEnum
 
 import redis
 from pydantic import BaseModel
+from rq.exceptions import AbandonedJobError
 from rq.job import Job, JobStatus
 
 from contract.keys import Keys
@@ -46,19 +47,36 @@ class JobResult(BaseModel):
 def ending_without_event(job: Job | None) -> Event | None:
     """The one rule for a job that rq ended without a terminal stream event (its worker died,
     or it was cancelled while queued): the ending its client gets. rq's FAILED is an error;
-    CANCELED and STOPPED (a stop asked for on purpose) are cancellations. None while the job
+    a job rq failed as abandoned is `worker_died`, whoever noticed the death first; CANCELED and
+    STOPPED (a stop asked for on purpose) are cancellations. None while the job
     may still write its own ending, and for a job rq no longer knows (each caller says what
     an expired job means to it). Used by the relay (api/relay.py), stored completions
     (api/stored.py) and the results of documents and batches (read_result)."""
     status = job.get_status(refresh=False) if job is not None else None
+    if job is not None and status == JobStatus.FAILED and _abandoned(job):
+        return worker_died()
     if status == JobStatus.FAILED:
         return Event(
             EventType.ERROR,
-            data={"code": "generation_failed", "message": "the job failed in its worker (it may have died)"},
+            data={"code": "generation_failed", "message": "the job failed in its worker"},
         )
     if status in (JobStatus.CANCELED, JobStatus.STOPPED):
         return Event(EventType.CANCELLED)
     return None
+
+
+def worker_died() -> Event:
+    return Event(
+        EventType.ERROR,
+        data={"code": "worker_died", "message": "the worker running this job stopped responding; please retry"},
+    )
+
+
+def _abandoned(job: Job) -> bool:
+    """rq failed the job because its worker stopped heart-beating (its abandoned-job cleanup,
+    run by the API's relay or by any live worker's sweep, whichever comes first)."""
+    result = job.latest_result()
+    return result is not None and AbandonedJobError.__name__ in (result.exc_string or "")
 
 
 def read_result(conn: redis.Redis, keys: Keys, job_id: str) -> JobResult:

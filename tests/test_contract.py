@@ -117,3 +117,19 @@ def test_the_queue_of_a_spec_is_where_enqueue_puts_it(small):
     spec = JobSpec.chat(chat("m-where"), Kind.VISION, priority=Priority.BATCH)
     job = enqueue(small, spec)
     assert Queue(spec.queue, connection=small.conn).job_ids == [job.id]
+
+
+def test_a_job_rq_failed_as_abandoned_is_a_dead_worker_whoever_noticed(small):
+    """A worker's sweep may fail a dead worker's job before the relay looks: the client still
+    hears that the worker died, not a generic failure."""
+    job = enqueue(small, JobSpec.chat(chat("m-abandoned"), Kind.TEXT))
+    queue = Queue(job.origin, connection=small.conn)
+    queue.remove(job)
+    job.set_status(JobStatus.STARTED)
+    small.conn.zadd(queue.started_job_registry.key, {f"{job.id}:execution": 1})  # expired long ago
+    queue.started_job_registry.cleanup()  # what every live worker's sweep runs
+    job = Job.fetch(job.id, connection=small.conn)
+    assert job.get_status() == JobStatus.FAILED
+    event = ending_without_event(job)
+    assert event is not None and event.data["code"] == "worker_died"
+    assert read_result(small.conn, small.keys, job.id).error["code"] == "worker_died"

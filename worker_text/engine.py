@@ -1,7 +1,7 @@
 """Text generation over mlx-lm: chat templating, sampling, stop sequences, logprobs.
 
 No Redis here: `TextEngine` turns admitted `ChatJob`s into stream events, one engine step
-at a time, for the engine thread of runtime/batching.py to send. Text is only released once it
+at a time, for the engine thread (runtime/engine_loop.py) to send. Text is only released once it
 can no longer turn out to be the start of a stop sequence, so a stop string never reaches
 the client, even split across tokens.
 """
@@ -74,7 +74,7 @@ class _Sequence:
 
 
 class TextEngine:
-    """The text worker's engine (runtime.batching.Engine) over mlx-lm's `BatchGenerator`.
+    """The text worker's engine (runtime.engine_loop.Engine) over mlx-lm's `BatchGenerator`.
 
     Each job brings its own sampler, logits processors, stop strings and token limit.
     Prompts reuse the KV cache of their longest known prefix from an LRU bounded in bytes

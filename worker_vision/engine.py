@@ -1,7 +1,7 @@
 """Chat over text and images with mlx-vlm: prompts, sampling, stop strings, logprobs.
 
 No Redis here: `VisionEngine` turns admitted `VisionRequest`s into stream events, one engine
-step at a time, for the engine thread of runtime/batching.py to send.
+step at a time, for the engine thread (runtime/engine_loop.py) to send.
 
 Concurrency without a shared batch: every admitted job has its own KV cache and its own
 decoding state, and `step()` advances EVERY running job by one token, round-robin, one
