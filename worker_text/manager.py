@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from contract.keys import Kind
-from managers.manager import main
+from managers.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(Kind.TEXT))
