@@ -41,7 +41,9 @@ def limit(info: ValidationInfo, name: str) -> int:
     return getattr(settings, name) if settings is not None else Settings.model_fields[name].default
 
 
-class TextPart(BaseModel):
+class TextContent(BaseModel):
+    """A text part of a request message (OpenAI's `{"type": "text", "text": ...}`)."""
+
     type: Literal["text"]
     text: str
 
@@ -51,25 +53,28 @@ class ImageURL(BaseModel):
     detail: Literal["auto", "low", "high"] | None = None
 
 
-class ImagePart(BaseModel):
+class ImageURLContent(BaseModel):
+    """An image part of a request message (OpenAI's `{"type": "image_url", "image_url": {...}}`);
+    api/images.py turns it into the payload's `ImagePart` (a stored blob)."""
+
     type: Literal["image_url"]
     image_url: ImageURL
 
 
-ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+RequestContent = Annotated[TextContent | ImageURLContent, Field(discriminator="type")]
 
 
 class RequestMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ContentPart] | None = None
+    content: str | list[RequestContent] | None = None
 
     @property
     def image_urls(self) -> list[str]:
         if not isinstance(self.content, list):
             return []
-        return [p.image_url.url for p in self.content if isinstance(p, ImagePart)]
+        return [p.image_url.url for p in self.content if isinstance(p, ImageURLContent)]
 
     def to_payload(self, store_image: Callable[[str], payloads.ImagePart]) -> ChatMessage:
         """The message as a job payload; images go through `store_image` (validated, stored)
@@ -79,9 +84,9 @@ class RequestMessage(BaseModel):
         if not isinstance(self.content, list):
             return ChatMessage(role=role, content=self.content or "")
         if not self.image_urls:
-            return ChatMessage(role=role, content="".join(p.text for p in self.content if isinstance(p, TextPart)))
+            return ChatMessage(role=role, content="".join(p.text for p in self.content if isinstance(p, TextContent)))
         parts = [
-            payloads.TextPart(text=p.text) if isinstance(p, TextPart) else store_image(p.image_url.url)
+            payloads.TextPart(text=p.text) if isinstance(p, TextContent) else store_image(p.image_url.url)
             for p in self.content
         ]
         return ChatMessage(role=role, content=parts)
