@@ -66,6 +66,7 @@ def status():
                 "tokens_generated": w.tokens_generated,
                 "tokens_per_s": round(w.tokens_per_s, 2),
                 "jobs_per_min": round(w.jobs_per_min, 2),
+                "step_s": w.step_s,
                 "error": w.error or None,
             }
             for w in workers
@@ -142,7 +143,13 @@ def load():
             f"`python -m worker_{kind}.manager` on a machine that shares this Redis",
             code="no_manager",
         )
-    ids = commands.send_load(ext.conn, ext.keys, kind, model, replicas=replicas, keep_alive=keep_alive)
+    # `replicas` is a target, not an increment: a repeated load starts nothing more.
+    present = [w for w in registry.live_workers(ext.conn, ext.keys) if w.model == model
+               and w.state not in (registry.WorkerState.ERROR, registry.WorkerState.STOPPING)]  # fmt: skip
+    missing = max(0, replicas - len(present))
+    ids = (
+        commands.send_load(ext.conn, ext.keys, kind, model, replicas=missing, keep_alive=keep_alive) if missing else []
+    )
     deadline = time.monotonic() + wait
     while True:
         statuses = [commands.command_status(ext.conn, ext.keys, i) for i in ids]
@@ -207,7 +214,7 @@ def _model_arg() -> tuple[ModelRef, str]:
         ref = parse_model_ref(raw, _ext().settings.model_roots)
     except InvalidModelRef as exc:
         raise APIError(400, str(exc), param="model_path", code="invalid_model_path") from None
-    return ref, raw
+    return ref, ref.name  # the canonical name: every spelling of a model is one model
 
 
 def _kind_arg(ref: ModelRef) -> Kind:

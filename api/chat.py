@@ -53,9 +53,9 @@ def chat_completions():
             code="queue_full",
             headers={"Retry-After": "2"},
         ) from None
-    completion = Completion(completion_id=f"chatcmpl-{job.id}", model=req.model)
-    relay = JobRelay(ctx, job.id, req.model)
-    timer = GenerationTimer(ctx.conn, ctx.keys, req.model, started)  # metrics
+    completion = Completion(completion_id=f"chatcmpl-{job.id}", model=payload.model)
+    relay = JobRelay(ctx, job.id, payload.model)
+    timer = GenerationTimer(ctx.conn, ctx.keys, payload.model, started)  # metrics
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         events = relay.events()

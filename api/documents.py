@@ -30,7 +30,7 @@ from work.documents import DocStatus, DocumentJob
 
 from . import images
 from .errors import APIError
-from .intake import json_body, route
+from .intake import canonical_model, json_body, route
 from .schemas import DocumentRequest
 
 bp = Blueprint("documents", __name__, url_prefix="/v1")
@@ -59,12 +59,13 @@ def create_document():
     settings = ext.settings
     fields, uploads = _read_request(settings.max_document_bytes)
     req = DocumentRequest.model_validate(fields, context={"settings": settings})
-    kind, _ = route(ext, req.model)
+    model = canonical_model(ext, req.model)
+    kind, _ = route(ext, model)
     if kind != Kind.VISION:
         raise _bad(f"model {req.model!r} is a text model; documents need a vision model", "model")
     combine_model, combine_kind = None, Kind.TEXT
     if req.combine:
-        combine_model = req.combine_model or settings.text_model
+        combine_model = canonical_model(ext, req.combine_model or settings.text_model)
         combine_kind, _ = route(ext, combine_model)
     if not uploads:
         raise _bad("send a PDF or page images (multipart field `file`, or `document`/`images` in JSON)", "file")
@@ -72,7 +73,7 @@ def create_document():
     ttl = settings.batch_queued_ttl + settings.job_timeout
     common = dict(
         id=doc_id,
-        model=req.model,
+        model=model,
         prompt=req.prompt,
         max_tokens=req.max_tokens,
         dpi=req.dpi,

@@ -14,6 +14,7 @@ from flask import request
 from contract import registry
 from contract.context import Context
 from contract.keys import Kind
+from contract.modelref import InvalidModelRef, parse_model_ref
 from contract.payloads import ChatJob
 
 from . import autoload, images
@@ -31,12 +32,13 @@ def json_body() -> dict:
 
 def chat_payload(ctx: Context, req: ChatCompletionRequest, image_ttl: int | None = None) -> tuple[Kind, ChatJob]:
     """The job for a validated request (routed, images checked and stored), and its queue's kind."""
-    kind, context_length = route(ctx, req.model)
+    model = canonical_model(ctx, req.model)
+    kind, context_length = route(ctx, model)
     if req.image_count:
         _check_images_allowed(req, kind, ctx.settings.max_images)
     store_image = partial(images.intake, settings=ctx.settings, conn=ctx.conn, keys=ctx.keys, ttl=image_ttl)
     return kind, ChatJob(
-        model=req.model,
+        model=model,
         messages=[m.to_payload(store_image) for m in req.messages],
         max_tokens=_max_tokens(req.requested_max_tokens() or ctx.settings.default_max_tokens, context_length),
         sampling=req.sampling(),
@@ -44,6 +46,16 @@ def chat_payload(ctx: Context, req: ChatCompletionRequest, image_ttl: int | None
         logprobs=bool(req.logprobs),
         top_logprobs=req.top_logprobs or 0,
     )
+
+
+def canonical_model(ctx: Context, model: str) -> str:
+    """The one name of the model a request names (`./X`, `X/` and a path inside the model
+    root are all `X`, contract/modelref.py), so no spelling starts a second worker; a name
+    that is no valid reference stays as given (and is not found)."""
+    try:
+        return parse_model_ref(model, ctx.settings.model_roots).name
+    except InvalidModelRef:
+        return model
 
 
 def route(ctx: Context, model: str) -> tuple[Kind, int]:
@@ -61,7 +73,7 @@ def route(ctx: Context, model: str) -> tuple[Kind, int]:
             503, f"model {model!r} failed to load: {reason}", code="model_unavailable", headers={"Retry-After": "30"}
         )
     if others:
-        if ctx.settings.auto_load:
+        if ctx.settings.autoload_policy != "off":
             return others[0].kind, 0  # loading: the request waits in the queue
         raise APIError(
             503, f"model {model!r} is loading; retry shortly", code="model_loading", headers={"Retry-After": "5"}

@@ -133,6 +133,7 @@ def answer_schemas() -> dict:
                     tokens_generated=INT,
                     tokens_per_s=NUM,
                     jobs_per_min=NUM,
+                    step_s=NUM,
                     error=nullable(STR),
                 )
             ),

@@ -9,6 +9,7 @@ never echo server paths.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,10 @@ class InvalidModelRef(ValueError):
 @dataclass(frozen=True)
 class ModelRef:
     name: str
-    """The reference as given: the model id clients use."""
+    """The canonical model id: a local model's path relative to its root, normalized
+    (`./X`, `X/`, `.//X` and `/root/X` are all `X`), or the Hugging Face repo id. Queues,
+    workers, autoload and the registry only ever see this name, so one model is one model
+    however a client spells it, and no server path is ever shown."""
     local_path: Path | None = None
     """Set for a directory under a model root."""
     repo_id: str | None = None
@@ -38,9 +42,10 @@ class ModelRef:
 
 def parse_model_ref(ref: str, roots: list[Path]) -> ModelRef:
     _check_shape(ref)
-    local = _find_under_roots(ref, roots)
-    if local is not None:
-        return ModelRef(name=ref, local_path=local)
+    found = _find_under_roots(ref, roots)
+    if found is not None:
+        local, name = found
+        return ModelRef(name=name, local_path=local)
     if _HUB_ID.match(ref) and not ref.startswith("/"):
         return ModelRef(name=ref, repo_id=ref)
     raise InvalidModelRef(
@@ -61,9 +66,10 @@ def _check_shape(ref: str) -> None:
         raise InvalidModelRef(f"model {ref!r} is an unfinished or replaced import")
 
 
-def _find_under_roots(ref: str, roots: list[Path]) -> Path | None:
-    """The resolved directory the reference names inside a root, or None. Symlinks are
-    followed and must still land inside the same root."""
+def _find_under_roots(ref: str, roots: list[Path]) -> tuple[Path, str] | None:
+    """The resolved directory the reference names inside a root and its canonical name (the
+    normalized path relative to the root, symlinks not followed: a symlinked alias stays a
+    model id of its own), or None. Symlinks are followed to check they land in the same root."""
     for root in roots:
         root = root.resolve()
         candidate = Path(ref) if ref.startswith("/") else root / ref
@@ -71,12 +77,19 @@ def _find_under_roots(ref: str, roots: list[Path]) -> Path | None:
             continue
         resolved = candidate.resolve()
         if resolved != root and resolved.is_relative_to(root):
-            return resolved
+            return resolved, _relative_name(candidate, root, resolved)
         if not ref.startswith("/"):
             raise InvalidModelRef(f"model {ref!r} points outside the model roots")
     if ref.startswith("/"):
         raise InvalidModelRef("an absolute model path must lie inside the model roots")
     return None
+
+
+def _relative_name(candidate: Path, root: Path, resolved: Path) -> str:
+    normalized = Path(os.path.normpath(candidate))
+    if normalized.is_relative_to(root) and normalized != root:
+        return normalized.relative_to(root).as_posix()
+    return resolved.relative_to(root).as_posix()  # an absolute path through a symlinked root
 
 
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.py", "tokenizer.model", "*.tiktoken", "*.txt", "*.jinja"]

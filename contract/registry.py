@@ -59,6 +59,9 @@ class WorkerInfo(BaseModel):
     """Rates over the last RATE_WINDOW seconds of heartbeats."""
     last_job_at: float = 0.0
     """When the last job ended (0: none yet)."""
+    step_s: float = 0.0
+    """How long the engine's current step (or admission) has been running; 0 between steps.
+    A large value with jobs waiting is a worker stuck in one long computation."""
 
     @property
     def serving(self) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     """Jobs one worker runs at once in its batch (`--capacity` overrides it)."""
     prompt_cache_bytes: int = Field(512 * 1024 * 1024, ge=0)
     """Bytes of KV cache a text worker keeps for reuse by later prompts with the same prefix."""
+    prefill_chunk: int = Field(0, ge=0, le=65536)
+    """Prompt tokens a text worker prefills per engine step, between two decode steps of the
+    jobs already generating, so a long prompt never stalls them (nor their cancels and
+    timeouts) for more than one chunk. 0: 64 on a CPU (prefill runs ~15 tokens/s there), 512
+    on a GPU."""
     flat_decode: bool = True
     """Quantized layers see 2-D activations during batched decode (worker_text/flat_decode.py);
     `FLAT_DECODE=0` turns it off (outputs are the same either way; only speed differs)."""
@@ -114,8 +119,15 @@ class Settings(BaseSettings):
     /v1/* is open on a loopback bind and refused on any other."""
     api_keys_file: str = ""
     """A file of API keys, one per line (`#` starts a comment); re-read when it changes."""
+    autoload: Literal["off", "local", "any"] = "local"
+    """Which models a request may load on demand when nobody serves them (it waits in the queue
+    meanwhile): `off`; `local`, directories under the model roots; `any`, Hugging Face ids too
+    (then any client can make the server fetch and load any model it names)."""
     auto_load: bool = True
-    """A request for a valid model that nobody serves asks a manager to load it, and waits."""
+    """Older switch: AUTO_LOAD=false is AUTOLOAD=off."""
+    max_autoloaded: int = Field(2, ge=1)
+    """Models that may be loading on demand at once; a request for another gets 503 (an admin
+    can still load it with /admin/load), so clients cannot start workers without limit."""
 
     redis_socket_timeout: float = 30.0
     """Above any blocking read we issue (XREAD BLOCK uses keepalive_interval)."""
@@ -149,6 +161,10 @@ class Settings(BaseSettings):
         if self.admin_token and self.admin_token in self.api_keys:
             raise ValueError("ADMIN_TOKEN must differ from every API key")
         return self
+
+    @property
+    def autoload_policy(self) -> str:
+        return self.autoload if self.auto_load else "off"
 
     @property
     def api_keys_configured(self) -> bool:

@@ -30,10 +30,11 @@ def main(kind: Kind, argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
+    preload = []
     for model in args.preload:
         try:
-            parse_model_ref(model, settings.model_roots)
+            preload.append(parse_model_ref(model, settings.model_roots).name)
         except InvalidModelRef as exc:
             print(f"error: --preload {model}: {exc}", file=sys.stderr)
             return 2
-    return Manager(settings, kind, name=args.name, capacity=args.capacity).run(args.preload)
+    return Manager(settings, kind, name=args.name, capacity=args.capacity).run(preload)

@@ -13,6 +13,8 @@ Unloads do not pass through managers: workers read them in their heartbeats.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import os
 import signal
@@ -219,7 +221,7 @@ class Manager:
             keep_alive = (
                 command.keep_alive if command.keep_alive is not None else self.settings.keep_alive_for(command.model)
             )
-            child = Child(command.model, keep_alive, command.capacity or self.capacity, command_id=command.id)
+            child = Child(ref.name, keep_alive, command.capacity or self.capacity, command_id=command.id)
             try:
                 self._start(child)
             except OSError as exc:
@@ -262,6 +264,7 @@ class Manager:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "MIS_MANAGER": self.name},
                 process_group=0,
+                preexec_fn=functools.partial(die_with_parent, os.getpid()),
             )
         child.state, child.started = ManagedState.RUNNING, time.monotonic()
         if child not in self.children:
@@ -389,3 +392,19 @@ class Manager:
         except redis.exceptions.RedisError:
             pass
         log.info("manager %s stopped", self.name)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(manager_pid: int) -> None:
+    """In a worker about to start (between fork and exec): on Linux, the kernel sends it
+    SIGTERM — a warm shutdown — when its manager dies, however it dies (SIGKILL included), so
+    no worker outlives its manager holding a model's memory. Elsewhere the worker's heartbeat
+    notices a changed parent process instead (runtime/heartbeat.py)."""
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != manager_pid:  # the manager died before the line above: no signal will come
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -51,15 +51,15 @@ def run_worker(
     if args.keep_alive < -1:
         return _usage_error("--keep-alive must be -1 (never) or at least 0")
     try:
-        parse_model_ref(args.model, settings.model_roots)
+        model = parse_model_ref(args.model, settings.model_roots).name  # its one canonical name
     except InvalidModelRef as exc:
         # A reference that can never be valid is a usage error, not a load failure to retry.
         return _usage_error(str(exc))
     return serve(
         settings,
-        args.model,
+        model,
         kind,
-        lambda: make_engine(args.model, settings, capacity),
+        lambda: make_engine(model, settings, capacity),
         capacity,
         keep_alive=args.keep_alive,
     )

@@ -133,9 +133,20 @@ class EngineLoop(threading.Thread):
         self.endings: list[Outcome] = []
         self.ending_ids: set[str] = set()
         """Jobs that have ended but whose ending is not yet written (still in `running`)."""
+        self.model_busy_since = 0.0
+        """time.monotonic() when the current call into the engine (a step, an admission)
+        began; 0 between calls. The heartbeat shows how long it has run."""
 
     def submit(self, admission: Admission) -> None:
         self.inbox.put(admission)
+
+    def backlog(self) -> int:
+        """Admissions handed over and not yet taken: the engine is not keeping up with them."""
+        return self.inbox.qsize()
+
+    def model_busy_for(self) -> float:
+        since = self.model_busy_since
+        return time.monotonic() - since if since else 0.0
 
     def drain(self) -> None:
         """Take no new jobs; finish the running ones, then end the thread."""
@@ -192,6 +203,7 @@ class EngineLoop(threading.Thread):
             self._refuse(job_id, admission.refusal)
             return
         try:
+            self.model_busy_since = time.monotonic()
             start = self.engine.add(job_id, admission.request)
         except RequestRejected as exc:
             self._end(job_id, error=exc, code=exc.code, message=str(exc))
@@ -202,6 +214,8 @@ class EngineLoop(threading.Thread):
                 job_id, error=exc, code="generation_failed", message="the worker failed while starting this response"
             )
             return
+        finally:
+            self.model_busy_since = 0.0
         self.pending.append((job_id, EventType.START, start))
 
     def _refuse(self, job_id: str, refusal: BaseException) -> None:
@@ -216,6 +230,7 @@ class EngineLoop(threading.Thread):
     def _step(self) -> None:
         events, self.pending = self.pending, []
         try:
+            self.model_busy_since = time.monotonic()
             step_events, finished = self.engine.step() if self._live() else ([], {})
         except Exception as exc:  # a failed step leaves no job in a known state
             log.exception("engine step failed")
@@ -229,6 +244,8 @@ class EngineLoop(threading.Thread):
                 )
             self._write_endings()
             return
+        finally:
+            self.model_busy_since = 0.0
         events += step_events
         for job_id, result in finished.items():
             self._end(job_id, result=result)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 from collections import deque
@@ -104,10 +105,11 @@ class WorkerStatus:
         with self.lock:
             return self._info.model_copy()
 
-    def sample_rates(self) -> WorkerInfo:
-        """Update the rates and memory from this beat, and return the entry to publish."""
+    def sample_rates(self, step_s: float = 0.0) -> WorkerInfo:
+        """Update the rates, memory and step time from this beat; return the entry to publish."""
         with self.lock:
             info, now_ = self._info, time.time()
+            info.step_s = round(step_s, 2)
             self._samples.append((now_, info.jobs_done, info.tokens_generated))
             while now_ - self._samples[0][0] > RATE_WINDOW:
                 self._samples.popleft()
@@ -130,11 +132,16 @@ class Heartbeat(threading.Thread):
         self.rq_worker: BatchingWorker | None = None
         self.cancel_running = False
         self.parent = os.getppid()
+        self.orphan_signalled = False
 
     def beat(self) -> None:
+        self._check_orphaned()
         try:
-            registry.publish(self.ctx.conn, self.ctx.keys, self.status.sample_rates(), self.ctx.settings.worker_ttl)
             worker = self.rq_worker
+            step_s = worker.engine.model_busy_for() if worker is not None else 0.0
+            registry.publish(
+                self.ctx.conn, self.ctx.keys, self.status.sample_rates(step_s), self.ctx.settings.worker_ttl
+            )
             if worker is not None:
                 worker.refresh_executions()
                 self._check_stop(worker)
@@ -167,6 +174,17 @@ class Heartbeat(threading.Thread):
         if info.manager and os.getppid() != self.parent:
             return "the manager that started this worker is gone"
         return None
+
+    def _check_orphaned(self) -> None:
+        """A worker its manager started stops when the manager is gone, even while Redis is
+        unreachable (the check in _stop_reason needs Redis): a SIGTERM to itself takes the
+        usual warm-shutdown path. On Linux the kernel sends it already (managers.manager.
+        die_with_parent); this covers other systems and workers started before that."""
+        if self.orphan_signalled or not self.status.snapshot().manager or os.getppid() == self.parent:
+            return
+        log.warning("the manager that started this worker is gone; stopping")
+        self.orphan_signalled = True
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def poke(self) -> None:
         """Publish soon, from this thread: a state change must not cost a job a round trip."""

@@ -8,9 +8,9 @@ import sys
 import pytest
 import requests
 
-from managers.manager import live_managers
+from contract.registry import live_managers
 
-from .support import alias, say_hi, wait_until
+from .support import SLOW, alias, say_hi, wait_until
 
 TOKEN = "s3cret-admin-token"
 
@@ -95,6 +95,35 @@ def test_status_shows_workers_queues_and_rates(admin_api, client):
     assert isinstance(body["recent_errors"], list)
 
 
+def test_status_tells_the_truth_while_a_job_runs(admin_api, stack, models_dir):
+    """Hardening II, case 2: workers once showed `idle`, `active_jobs: 0` and `totals.running: 0`
+    while they ran jobs (admissions never reached the registry)."""
+    model = alias(models_dir, "tiny-status", target=SLOW)
+    worker = stack.start_worker(model)
+    try:
+        response = requests.post(admin_api + "/v1/chat/completions", json={
+            "model": model, "messages": [{"role": "user", "content": "go on"}], "max_tokens": 1500,
+            "temperature": 0, "stream": True}, stream=True, timeout=30)  # fmt: skip
+        lines = response.iter_lines(decode_unicode=True)
+        next(line for line in lines if '"content":"' in (line or ""))  # generating now
+
+        def busy():
+            body = admin(admin_api, "GET", "/admin/status").json()
+            mine = [w for w in body["workers"] if w["model"] == model]
+            return (
+                mine and mine[0]["state"] == "busy" and mine[0]["active_jobs"] == 1 and body["totals"]["running"] >= 1
+            )
+
+        wait_until(busy, 5, "the status to show the running job")
+        health = requests.get(admin_api + "/health", timeout=10).json()
+        assert [w["state"] for w in health["workers"] if w["model"] == model] == ["busy"]
+        response.close()  # the relay cancels the job
+        wait_until(lambda: [w["state"] for w in admin(admin_api, "GET", "/admin/status").json()["workers"]
+                            if w["model"] == model] == ["idle"], 10, "idle again")  # fmt: skip
+    finally:
+        worker.stop()
+
+
 def test_health_shows_each_worker_with_its_memory(admin_api, text_worker):
     body = admin(admin_api, "GET", "/admin/health").json()
     worker = next(w for w in body["workers"] if w["model"] == "tiny-text")
@@ -129,8 +158,18 @@ def test_load_then_unload_through_a_manager(admin_api, models_dir, manager):
     loaded = admin(admin_api, "POST", "/admin/load", model_path=model, wait=90)
     assert loaded.status_code == 200, loaded.text
     assert loaded.json()["status"] == "loaded" and loaded.json()["kind"] == "text"
+    (worker,) = loaded.json()["workers"]
+    # Hardening II, case 3: `replicas` is a target and every spelling is the one model: loading
+    # it again, however spelled, starts no second worker.
+    for spelling in (model, f"./{model}/", f".//{model}", str(models_dir / model)):
+        again = admin(admin_api, "POST", "/admin/load", model_path=spelling, wait=30)
+        assert again.status_code == 200 and again.json()["model"] == model, again.text
+        assert again.json()["workers"] == [worker]
     models = requests.get(admin_api + "/v1/models", timeout=10).json()["data"]
     assert model in {m["id"] for m in models}
+    assert [m["workers"] for m in models if m["id"] == model] == [1]
+    reply = say_hi(admin_api, f"./{model}/", max_tokens=2)
+    assert reply.model == model and reply.usage.completion_tokens == 2
     assert say_hi(admin_api, model, max_tokens=3).usage.completion_tokens == 3
     unloaded = admin(admin_api, "POST", "/admin/unload", model_path=model, wait=60)
     assert unloaded.status_code == 200 and unloaded.json()["status"] == "unloaded"

@@ -25,7 +25,17 @@ def test_local_names_and_paths_inside_a_root(roots):
     assert parse_model_ref("alias", roots).local_path == roots[0] / "local"
     assert parse_model_ref("org/nested", roots).local_path == roots[0] / "org" / "nested"
     absolute = str(roots[0] / "local")
-    assert parse_model_ref(absolute, roots).name == absolute
+    # Hardening II, case 3: one canonical name per local model, never a server path.
+    assert parse_model_ref(absolute, roots).name == "local"
+
+
+@pytest.mark.parametrize("spelling", ["local", "./local", ".//local", "local/", "./local//", "{root}/local",
+                                      "{root}//local/"])  # fmt: skip
+def test_every_spelling_of_a_local_model_is_one_name(roots, spelling):
+    ref = parse_model_ref(spelling.format(root=roots[0]), roots)
+    assert ref.name == "local" and ref.local_path == roots[0] / "local"
+    assert parse_model_ref("./org//nested/", roots).name == "org/nested"
+    assert parse_model_ref("alias", roots).name == "alias"  # a symlinked alias is a model id of its own
 
 
 def test_hub_ids_when_no_local_directory_matches(roots):
