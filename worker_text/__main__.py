@@ -13,8 +13,9 @@ def make_engine(model: str, settings: Settings, capacity: int):
     from .engine import TextEngine  # imports mlx; kept out of --help
     from .loading import load_text_model
 
-    return TextEngine(load_text_model(model, settings), capacity, settings.prompt_cache_bytes,
-                      prefill_chunk=settings.prefill_chunk)
+    return TextEngine(
+        load_text_model(model, settings), capacity, settings.prompt_cache_bytes, prefill_chunk=settings.prefill_chunk
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
