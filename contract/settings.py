@@ -117,6 +117,12 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)
     """Bearer keys accepted on /v1/*, comma-separated. With neither these nor api_keys_file,
     /v1/* is open on a loopback bind and refused on any other."""
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Host names requests may name in `Host`, comma-separated (api/origins.py). Empty: on a
+    loopback bind the bound address, localhost, 127.0.0.1 and [::1]; on any other bind, any."""
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Web origins (`https://app.example`, or `*`) whose pages may call the API from a browser:
+    CORS answers for them; state-changing requests from any other page's origin get 403."""
     api_keys_file: str = ""
     """A file of API keys, one per line (`#` starts a comment); re-read when it changes."""
     autoload: Literal["off", "local", "any"] = "local"
@@ -147,6 +153,13 @@ class Settings(BaseSettings):
     manager_memory_bytes: int = Field(0, ge=0, validation_alias="MIS_MANAGER_MEMORY_BYTES")
     """Tests only: a manager reports this much total and available memory instead of the
     machine's, so placement between `machines` on one host is deterministic. 0: real."""
+
+    @field_validator("allowed_hosts", "cors_origins", mode="before")
+    @classmethod
+    def _split_list(cls, value):
+        if isinstance(value, str):
+            value = value.split(",")
+        return [v.strip().rstrip("/") for v in value or [] if v and v.strip()]
 
     @field_validator("api_keys", mode="before")
     @classmethod
