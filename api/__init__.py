@@ -22,11 +22,26 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["mis"] = Context.connect(settings)
     logging.getLogger("mis").setLevel(logging.INFO)
 
-    from . import admin, apikeys, batches, chat, documents, errors, files, health, models, openapi, origins, request_id
+    from . import (
+        admin,
+        apikeys,
+        batches,
+        bodies,
+        chat,
+        documents,
+        errors,
+        files,
+        health,
+        models,
+        openapi,
+        origins,
+        request_id,
+    )
 
     errors.init_app(app)
     request_id.init_app(app)  # first: the hooks after it log and answer with the request's id
     origins.init_app(app, settings)  # before any auth: a foreign page's request ends here
+    bodies.init_app(app)  # bodies read whole, in time, before any view
     apikeys.init_app(app, settings)
     app.register_blueprint(health.bp)
     app.register_blueprint(models.bp)

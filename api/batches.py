@@ -20,8 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from work import batches, files
 from work.batches import BatchStatus
 
+from .bodies import json_body
 from .errors import APIError, file_not_found, from_validation_error
-from .intake import chat_payload, json_body
+from .intake import chat_payload
 from .schemas import ChatCompletionRequest
 
 bp = Blueprint("batches", __name__, url_prefix="/v1")
@@ -135,7 +136,7 @@ def _parse(content: bytes, settings) -> tuple[list[tuple[str, ChatCompletionRequ
         errors.append({"code": code, "message": message, "param": param, "line": number})
 
     try:
-        text = content.decode("utf-8")
+        text = content.decode("utf-8-sig")  # a BOM (Windows editors) is no part of the first line
     except UnicodeDecodeError:
         error(None, "invalid_file", "the input file is not UTF-8 text")
         return [], errors

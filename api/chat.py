@@ -25,9 +25,10 @@ from contract.queues import JobSpec, QueueFull, enqueue, new_job_id
 from contract.stream import Event, EventType
 
 from . import request_id, stored
+from .bodies import json_body
 from .completions import SSE_DONE, SSE_KEEPALIVE, Completion, error_from_event, sse
 from .errors import APIError, redis_unavailable
-from .intake import chat_payload, json_body
+from .intake import chat_payload
 from .relay import JobRelay
 from .schemas import ChatCompletionRequest
 from .telemetry import GenerationTimer

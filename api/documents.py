@@ -29,8 +29,9 @@ from work import documents
 from work.documents import DocStatus, DocumentJob
 
 from . import images
+from .bodies import json_body
 from .errors import APIError
-from .intake import canonical_model, json_body, route
+from .intake import canonical_model, route
 from .schemas import DocumentRequest
 
 bp = Blueprint("documents", __name__, url_prefix="/v1")

@@ -1,5 +1,5 @@
 """Chat intake, shared by every view that runs chat jobs (chat completions, batches,
-documents): the JSON body, routing a model to the kind of its live workers, and turning a
+documents): routing a model to the kind of its live workers, and turning a
 validated request into a job payload (images checked and stored, max_tokens capped).
 
 Views import this module, never each other.
@@ -9,25 +9,15 @@ from __future__ import annotations
 
 from functools import partial
 
-from flask import request
-
 from contract import registry
 from contract.context import Context
 from contract.keys import Kind
-from contract.modelref import InvalidModelRef, parse_model_ref
+from contract.modelref import InvalidModelRef, check_length, parse_model_ref
 from contract.payloads import ChatJob
 
 from . import autoload, images
 from .errors import APIError
 from .schemas import ChatCompletionRequest
-
-
-def json_body() -> dict:
-    """The request's JSON object (a 400 for anything else)."""
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise APIError(400, "the request body must be a JSON object", code="invalid_json")
-    return body
 
 
 def chat_payload(ctx: Context, req: ChatCompletionRequest, image_ttl: int | None = None) -> tuple[Kind, ChatJob]:
@@ -51,7 +41,12 @@ def chat_payload(ctx: Context, req: ChatCompletionRequest, image_ttl: int | None
 def canonical_model(ctx: Context, model: str) -> str:
     """The one name of the model a request names (`./X`, `X/` and a path inside the model
     root are all `X`, contract/modelref.py), so no spelling starts a second worker; a name
-    that is no valid reference stays as given (and is not found)."""
+    that is no valid reference stays as given (and is not found); one over the length limit
+    is a 400, as everywhere."""
+    try:
+        check_length(model)
+    except InvalidModelRef as exc:
+        raise APIError(400, str(exc), param="model", code="invalid_model") from None
     try:
         return parse_model_ref(model, ctx.settings.model_roots).name
     except InvalidModelRef:

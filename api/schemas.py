@@ -41,14 +41,22 @@ def limit(info: ValidationInfo, name: str) -> int:
     return getattr(settings, name) if settings is not None else Settings.model_fields[name].default
 
 
+STRICT = ConfigDict(extra="ignore", strict=True)
+"""JSON types as sent: `"max_tokens": true` is no 1 and `"stream": "true"` no true (pydantic's
+lax mode would take both)."""
+
+
 class TextContent(BaseModel):
     """A text part of a request message (OpenAI's `{"type": "text", "text": ...}`)."""
+
+    model_config = STRICT
 
     type: Literal["text"]
     text: str
 
 
 class ImageURL(BaseModel):
+    model_config = STRICT
     url: str = Field(min_length=1)
     detail: Literal["auto", "low", "high"] | None = None
 
@@ -56,6 +64,8 @@ class ImageURL(BaseModel):
 class ImageURLContent(BaseModel):
     """An image part of a request message (OpenAI's `{"type": "image_url", "image_url": {...}}`);
     api/images.py turns it into the payload's `ImagePart` (a stored blob)."""
+
+    model_config = STRICT
 
     type: Literal["image_url"]
     image_url: ImageURL
@@ -65,10 +75,21 @@ RequestContent = Annotated[TextContent | ImageURLContent, Field(discriminator="t
 
 
 class RequestMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
 
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[RequestContent] | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _known_parts(cls, value):
+        # Said plainly, rather than pydantic's "Input should be a valid string" for the union.
+        if isinstance(value, list):
+            for i, part in enumerate(value):
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind not in ("text", "image_url"):
+                    raise ValueError(f"content part {i} has type {kind!r}; parts are text or image_url")
+        return value
 
     @property
     def image_urls(self) -> list[str]:
@@ -93,11 +114,12 @@ class RequestMessage(BaseModel):
 
 
 class StreamOptions(BaseModel):
+    model_config = STRICT
     include_usage: bool = False
 
 
 class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
 
     model: str = Field(min_length=1, max_length=256)
     messages: list[RequestMessage] = Field(min_length=1)

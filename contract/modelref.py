@@ -17,6 +17,8 @@ from pathlib import Path
 from contract.keys import Kind
 
 MAX_REF_LENGTH = 256
+MAX_PART_LENGTH = 255
+"""Characters per path part: what file systems allow (a longer name is no model, anywhere)."""
 UNFINISHED_SUFFIXES = (".partial", ".old")
 """Directories the GGUF importer is still writing or about to delete."""
 _SAFE_CHARS = re.compile(r"^[A-Za-z0-9._\-/]+$")
@@ -53,15 +55,24 @@ def parse_model_ref(ref: str, roots: list[Path]) -> ModelRef:
     )
 
 
-def _check_shape(ref: str) -> None:
+def check_length(ref: str) -> None:
+    """The one length rule for model names, wherever one arrives (chat, documents, batch
+    lines, admin): 1 to MAX_REF_LENGTH characters, no part longer than a file name may be."""
     if not ref or len(ref) > MAX_REF_LENGTH:
         raise InvalidModelRef(f"a model reference must be 1 to {MAX_REF_LENGTH} characters")
+    if any(len(part) > MAX_PART_LENGTH for part in ref.split("/")):
+        raise InvalidModelRef(f"each part of a model reference must be at most {MAX_PART_LENGTH} characters")
+
+
+def _check_shape(ref: str) -> None:
+    check_length(ref)
     if "://" in ref or ref.lower().startswith(("http:", "https:", "file:")):
         raise InvalidModelRef("a model reference may not be a URL")
     if not _SAFE_CHARS.match(ref):
         raise InvalidModelRef(f"model reference {ref!r} has characters outside letters, digits, '.', '_', '-', '/'")
     if ".." in ref.split("/"):
         raise InvalidModelRef("a model reference may not contain '..'")
+
     if ref.endswith(UNFINISHED_SUFFIXES):
         raise InvalidModelRef(f"model {ref!r} is an unfinished or replaced import")
 

@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     """Completion length when the client names none (mlx_lm.server's default too)."""
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     """Request body cap (images arrive base64-encoded inside the JSON body)."""
+    body_read_timeout: float = Field(30.0, gt=0)
+    """Seconds a request body may take to arrive (408 after): a client that sends one byte a
+    second must not hold a connection."""
     max_messages: int = Field(2048, ge=1)
     """Messages per chat request (OpenAI's limit); the model's context bounds the rest."""
     max_stop_sequences: int = Field(4, ge=1)
