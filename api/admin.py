@@ -19,6 +19,7 @@ from contract.keys import Kind, parse_queue_name
 from contract.modelref import InvalidModelRef, ModelRef, guess_kind, parse_model_ref
 from contract.reasons import safe_text
 from contract.registry import live_managers
+from contract.results import read_result
 
 from .auth import require_admin
 from .errors import APIError
@@ -78,7 +79,7 @@ def status():
             "queued": sum(q["queued"] for q, _ in queues),
             "running": sum(w.active_jobs for w in workers),
         },
-        recent_errors=_recent_errors(ext.conn, [queue for _, queue in queues]),
+        recent_errors=_recent_errors(ext.conn, ext.keys, [queue for _, queue in queues]),
     )
 
 
@@ -106,22 +107,23 @@ def _queues(conn) -> list[tuple[dict, Queue]]:
     return sorted(found, key=lambda pair: pair[0]["name"])
 
 
-def _recent_errors(conn, queues: list[Queue]) -> list[dict]:
+def _recent_errors(conn, keys, queues: list[Queue]) -> list[dict]:
+    """Failed jobs with the reason their client was given (the job's own error event, or the
+    outcome rule's), never rq's traceback: that names our modules and libraries' raw messages."""
     errors = []
     for queue in queues:
         failed = FailedJobRegistry(queue=queue)
         for job in queue.job_class.fetch_many(failed.get_job_ids(-RECENT_ERRORS, -1), connection=conn):
             if job is None:
                 continue
-            result = job.latest_result()
-            text = (result.exc_string if result is not None else "") or ""
-            last = next((line for line in reversed(text.strip().splitlines()) if line.strip()), "")
+            outcome = read_result(conn, keys, job.id).error or {}
+            reason = f"{outcome.get('code', 'generation_failed')}: {outcome.get('message', '')}".rstrip(": ")
             errors.append(
                 {
                     "job_id": job.id,
                     "queue": queue.name,
                     "ended_at": job.ended_at.isoformat() if job.ended_at else None,
-                    "error": safe_text(last),
+                    "error": safe_text(reason),
                 }
             )
     errors.sort(key=lambda e: e["ended_at"] or "", reverse=True)

@@ -46,7 +46,8 @@ def chat_completions():
     req = ChatCompletionRequest.model_validate(json_body(), context={"settings": ctx.settings})
     kind, payload = chat_payload(ctx, req)
     try:
-        job = enqueue(ctx, JobSpec.chat(payload, kind, job_id=job_id))
+        keep = None if req.store else ctx.settings.unstored_ttl  # OpenAI stores only on request
+        job = enqueue(ctx, JobSpec.chat(payload, kind, job_id=job_id, keep=keep))
     except QueueFull as full:
         raise APIError(
             429,

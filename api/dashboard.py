@@ -28,6 +28,16 @@ def init_dashboard(app: Flask, settings: Settings) -> None:
     app.before_request(_guard)
     app.register_blueprint(rq_dashboard.blueprint, url_prefix=URL_PREFIX)
     rq_dashboard.web.setup_rq_connection(app)
+    _hide_redis_url(rq_dashboard.web)
+
+
+def _hide_redis_url(web) -> None:
+    """rq-dashboard 0.9.0 (pinned) prints each instance's Redis URL (host, port, database;
+    only the password masked) and the rq versions on every page. Its views read both from
+    module globals at request time, so they are replaced with a label; connections still use
+    the configured URL."""
+    web.escape_format_instance_list = lambda urls: [f"redis #{i}" for i in range(len(urls))]
+    web.rq_version = web.rq_dashboard_version = "(not shown)"
 
 
 def _guard() -> None:

@@ -139,6 +139,8 @@ class ChatCompletionRequest(BaseModel):
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     stream: bool = False
+    store: bool | None = None
+    """Keep the completion RESULT_TTL for GET /v1/chat/completions/<id> (else UNSTORED_TTL)."""
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=1, description="only one choice per request is supported")
 

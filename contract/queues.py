@@ -58,6 +58,8 @@ class JobSpec:
     after: list[Job] = field(default_factory=list)
     """Jobs that must end first, failed or not (a fan-in)."""
     job_id: str = field(default_factory=new_job_id)
+    keep: int | None = None
+    """Seconds its outcome (rq record, token stream) is kept after it ends; None: RESULT_TTL."""
 
     @classmethod
     def chat(cls, payload: ChatJob, kind: Kind, **options) -> JobSpec:
@@ -72,13 +74,14 @@ class JobSpec:
         s = ctx.settings
         payload = self.payload.model_dump(mode="json") if isinstance(self.payload, BaseModel) else self.payload
         waits = s.queued_ttl if self.priority == Priority.INTERACTIVE else s.batch_queued_ttl
+        kept = self.keep or s.result_ttl
         return dict(
             kwargs={"payload": payload},
             job_id=self.job_id,
             timeout=s.job_timeout,
             ttl=waits,
-            result_ttl=s.result_ttl,
-            failure_ttl=s.result_ttl,
+            result_ttl=kept,
+            failure_ttl=kept,
             retry=Retry(max=self.retries) if self.retries else None,
             depends_on=Dependency(jobs=self.after, allow_failure=True) if self.after else None,
         )

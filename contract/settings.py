@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     """Seconds a job may wait in its queue before rq drops it."""
     result_ttl: int = Field(3600, ge=1)
     """Seconds an ended job's rq record and token stream are kept."""
+    unstored_ttl: int = Field(300, ge=30)
+    """Seconds a finished chat completion asked for without `store: true` (OpenAI's default)
+    is kept — rq record and token stream — so a client whose connection broke can still read
+    it (GET /v1/chat/completions/<id>); stored ones are kept RESULT_TTL. A busy server's Redis
+    then holds minutes of answers, not an hour."""
     stream_maxlen: int = Field(100_000, ge=100)
     """Approximate cap on entries per token stream (one entry per engine step per job)."""
     cancel_ttl: int = Field(3600, ge=1)

@@ -95,9 +95,9 @@ class BatchingWorker(SimpleWorker):
             if not self.engine.is_alive():
                 raise RuntimeError("the engine thread has died")  # rq's loop ends; serve() restarts it
             priorities = self.slots.open_priorities()
-            if not priorities or self.engine.backlog():
-                # No free slot, or the engine has not yet taken what it was handed (it is in a
-                # long step): jobs wait in their queue, where other workers can take them.
+            if not priorities or self.engine.behind():
+                # No free slot, or the engine is stuck in a long step with jobs handed over:
+                # further jobs wait in their queue, where other workers can take them.
                 self.slots.wait_for_change(0.1 if priorities else 1.0)
                 continue
             queues = [q for q in self._ordered_queues if self.priority_of[q.name] in priorities]

@@ -30,6 +30,12 @@ from runtime.steps import StepEvent, StepSender
 
 log = logging.getLogger("mis.engine")
 
+BEHIND_AFTER = 1.0
+"""Seconds of one step, with admissions waiting, after which the worker stops admitting."""
+SLOW_STEP = 0.05
+"""Seconds after which a step counts as slow (a prefill chunk): the cancel flags its write
+read are acted on before the next step rather than after it."""
+
 
 class Engine(Protocol):
     """What a model engine offers the engine thread. Called from that thread only."""
@@ -133,16 +139,25 @@ class EngineLoop(threading.Thread):
         self.endings: list[Outcome] = []
         self.ending_ids: set[str] = set()
         """Jobs that have ended but whose ending is not yet written (still in `running`)."""
+        steps.kept_for = self._kept_for
+        self.last_step_s = 0.0
         self.model_busy_since = 0.0
         """time.monotonic() when the current call into the engine (a step, an admission)
         began; 0 between calls. The heartbeat shows how long it has run."""
 
+    def _kept_for(self, job_id: str) -> int:
+        admission = self.running.get(job_id)
+        kept = admission.job.result_ttl if admission is not None else None
+        return kept if isinstance(kept, int) and kept > 0 else self.steps.settings.result_ttl
+
     def submit(self, admission: Admission) -> None:
         self.inbox.put(admission)
 
-    def backlog(self) -> int:
-        """Admissions handed over and not yet taken: the engine is not keeping up with them."""
-        return self.inbox.qsize()
+    def behind(self) -> bool:
+        """Admissions wait in the inbox while one step has run past BEHIND_AFTER (a long
+        prefill): more jobs would only wait here, where no other worker can take them. A
+        burst during fast steps is not being behind: those jobs join the next step."""
+        return self.inbox.qsize() > 0 and self.model_busy_for() > BEHIND_AFTER
 
     def model_busy_for(self) -> float:
         since = self.model_busy_since
@@ -228,6 +243,10 @@ class EngineLoop(threading.Thread):
             self._end(job_id, error=refusal, code="invalid_payload", message="this worker cannot run the job's payload")
 
     def _step(self) -> None:
+        if self.last_step_s > SLOW_STEP:
+            # The cancel flags read after the last step have long arrived: act on them now,
+            # not after one more step (a prefill chunk on a CPU takes seconds).
+            self._cancel(self._poll())
         events, self.pending = self.pending, []
         try:
             self.model_busy_since = time.monotonic()
@@ -245,6 +264,7 @@ class EngineLoop(threading.Thread):
             self._write_endings()
             return
         finally:
+            self.last_step_s = time.monotonic() - self.model_busy_since
             self.model_busy_since = 0.0
         events += step_events
         for job_id, result in finished.items():
@@ -316,6 +336,13 @@ class EngineLoop(threading.Thread):
     def _send(self, events: list[StepEvent], watch: list[str]) -> set[str]:
         try:
             return self.steps.send(events, watch=watch)
+        except redis.exceptions.RedisError as exc:
+            self._lost_redis(exc)
+            return set()
+
+    def _poll(self) -> set[str]:
+        try:
+            return self.steps.poll()
         except redis.exceptions.RedisError as exc:
             self._lost_redis(exc)
             return set()

@@ -14,12 +14,12 @@ reply; a job calls it before it ends, so when rq marks a job finished its stream
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from redis.connection import Connection
 
 from contract.context import Context
-from contract.stream import EventType, entry_commands
+from contract.stream import TERMINAL, EventType, entry_commands
 
 StepEvent = tuple[str, EventType, dict]
 """(job id, event type, data) for one stream entry."""
@@ -33,6 +33,9 @@ class StepSender:
         self.in_flight: list[list[str] | None] = []
         """One slot per command sent and not yet answered: the job ids whose cancel flags
         the command reads (one MGET for all of them), None for writes."""
+        self.kept_for: Callable[[str], int] = lambda job_id: self.settings.result_ttl
+        """Seconds a job's stream is kept after its ending: its rq `result_ttl` (the engine
+        loop sets this), RESULT_TTL for a stored completion, UNSTORED_TTL otherwise."""
 
     def send(self, events: list[StepEvent], watch: Sequence[str] = ()) -> set[str]:
         """Write `events` and read the cancel flags of `watch`, without waiting. Returns the
@@ -46,7 +49,9 @@ class StepSender:
                 event_type,
                 data,
                 maxlen=self.settings.stream_maxlen,
-                ttl=self.settings.result_ttl,
+                # `start` must outlive the job whatever happens (RESULT_TTL ≥ JOB_TIMEOUT);
+                # the ending sets how long the finished answer stays.
+                ttl=self.kept_for(job_id) if event_type in TERMINAL else self.settings.result_ttl,
             ):
                 commands.append(command)
                 slots.append(None)
@@ -62,6 +67,11 @@ class StepSender:
                 raise
             self.in_flight = slots
         return cancelled
+
+    def poll(self) -> set[str]:
+        """The cancel flags the last send read, waiting for its replies (they have arrived
+        when a step took long); the connection stays ours for the next send."""
+        return self._collect()
 
     def flush(self) -> set[str]:
         """Wait until everything sent is in Redis; returns cancel flags found set. The

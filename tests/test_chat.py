@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import openai
 import pytest
+import requests
 
 MODEL = "tiny-text"
 HELLO = [{"role": "user", "content": "Hello there"}]
@@ -143,3 +144,20 @@ def test_multibyte_characters_are_never_split(client):
         if content:
             content.encode("utf-8")  # a lone surrogate or split sequence would fail here
     assert text == ask(client, max_tokens=60, temperature=1.0, seed=3).choices[0].message.content
+
+
+def test_only_stored_completions_stay_an_hour(api_url, text_worker, conn, keys):
+    """Hardening II, case 10: every answer was kept RESULT_TTL (1 h), so a busy server's Redis
+    grew by tens of MB a minute; now `store: true` keeps it, the rest go after UNSTORED_TTL."""
+    ttls = {}
+    for store in (True, None):
+        body = {"model": "tiny-text", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        if store:
+            body["store"] = True
+        response = requests.post(api_url + "/v1/chat/completions", json=body, timeout=30)
+        job_id = response.json()["id"].removeprefix("chatcmpl-")
+        stored = requests.get(f"{api_url}/v1/chat/completions/chatcmpl-{job_id}", timeout=10)
+        assert stored.status_code == 200  # readable by id either way, for a while
+        ttls[store] = (conn.ttl(keys.stream(job_id)), conn.ttl(f"rq:job:{job_id}"))
+    assert all(3000 < t <= 3600 for t in ttls[True]), ttls
+    assert all(0 < t <= 300 for t in ttls[None]), ttls

@@ -20,7 +20,8 @@ class FakeEngine:
 
     context_length = 100
 
-    def __init__(self):
+    def __init__(self, step_s: float = 0.0):
+        self.step_s = step_s
         self.left: dict[str, int] = {}
         self.made: dict[str, int] = {}
         self.removed: list[str] = []
@@ -35,6 +36,7 @@ class FakeEngine:
         return {"prompt_tokens": 3}
 
     def step(self):
+        time.sleep(self.step_s)
         if self.fail_step:
             raise RuntimeError("step failed")
         events, finished = [], {}
@@ -60,6 +62,7 @@ class FakeSender:
     the n-th send raise as a lost Redis would."""
 
     def __init__(self, cancel_after: dict[str, int] | None = None, fail_on: int | None = None):
+        self.in_flight: set[str] = set()
         self.sent: list[tuple] = []
         self.cancel_after = dict(cancel_after or {})
         self.watched: dict[str, int] = {}
@@ -77,11 +80,16 @@ class FakeSender:
             self.watched[job_id] = self.watched.get(job_id, 0) + 1
             if job_id in self.cancel_after and self.watched[job_id] >= self.cancel_after[job_id]:
                 flagged.add(job_id)
+        previous, self.in_flight = self.in_flight, flagged  # the replies arrive one send later
+        return previous
+
+    def poll(self):
+        flagged, self.in_flight = self.in_flight, set()
         return flagged
 
     def flush(self):
         self.flushes += 1
-        return set()
+        return self.poll()
 
     def events_of(self, job_id):
         return [(t, d) for j, t, d in self.sent if j == job_id]
@@ -219,3 +227,26 @@ def test_slots_offer_interactive_work_beyond_capacity_but_batch_work_only_free_s
     assert slots.open_priorities() == []  # interactive full, and the batch holds 3 > capacity
     slots.free(Priority.INTERACTIVE)
     assert slots.open_priorities() == [Priority.INTERACTIVE]
+
+
+def test_after_a_slow_step_a_cancel_is_acted_on_before_the_next_one():
+    """A prefill chunk takes seconds on a CPU: the flags read after it are not left waiting
+    for one more step."""
+    tokens = {}
+    for step_s in (0.0, 0.06):
+        engine, sender = FakeEngine(step_s=step_s), FakeSender(cancel_after={"long": 2})
+        outcomes, _ = run(engine, sender, [admission("long", -1)])
+        assert outcomes["long"].cancelled
+        tokens[step_s] = outcomes["long"].tokens
+    assert tokens[0.06] == tokens[0.0] - 1  # one step sooner
+
+
+def test_behind_only_when_a_long_step_holds_handed_over_jobs():
+    loop = EngineLoop(FakeEngine(), FakeSender(), Slots(4), on_end=lambda o: None, on_change=lambda: None)
+    assert not loop.behind()
+    loop.submit(admission("waiting", 1))
+    assert not loop.behind()  # between steps, or in a fast one: a burst joins the next step
+    loop.model_busy_since = time.monotonic() - 2.0  # one step has run for 2 s
+    assert loop.behind()
+    loop.inbox.get()
+    assert not loop.behind()  # nothing handed over: nothing to hold back

@@ -144,3 +144,29 @@ def test_an_unexpected_failure_is_a_generic_500_whose_trace_is_logged_under_its_
         assert secret not in response.get_data(as_text=True)
     traced = [r for r in caplog.records if r.exc_info]
     assert traced and traced[0].request_id == request_id and "RuntimeError" in caplog.text
+
+
+def test_the_dashboard_names_no_redis_address_nor_versions(api_url, redis_server):
+    """Hardening II, case 8: /rq showed the Redis URL and the rq versions (loopback: admin open)."""
+    page = requests.get(api_url + "/rq/", timeout=10)
+    assert page.status_code == 200 and "redis #0" in page.text
+    address = redis_server.url.split("://", 1)[1].split("/", 1)[0]
+    assert address not in page.text and "redis://" not in page.text
+    assert "(not shown)" in page.text
+
+
+def test_recent_errors_are_what_the_client_was_told(api_url, text_worker):
+    """Hardening II, case 8: /admin/status's recent errors carried exception class paths and
+    raw messages; now the job's own code and message."""
+    too_long = {"model": "tiny-text", "messages": [{"role": "user", "content": "word " * 3000}], "max_tokens": 2}
+    refused = requests.post(api_url + "/v1/chat/completions", json=too_long, timeout=60)
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "context_length_exceeded"
+    job_id = refused.headers["X-Request-Id"].removeprefix("chatcmpl-")
+
+    def listed():
+        errors = requests.get(api_url + "/admin/status", timeout=10).json()["recent_errors"]
+        return [e for e in errors if e["job_id"] == job_id]
+
+    (entry,) = wait_until(listed, 10, "the failure listed")
+    assert entry["error"].startswith("context_length_exceeded: this model's context length is")
+    assert "runtime." not in entry["error"] and "Error:" not in entry["error"] and "Traceback" not in entry["error"]

@@ -232,3 +232,18 @@ def test_sigterm_stops_the_workers_then_the_manager(managers, conn, keys):
     assert managers["mgr-b"].stop() == 0
     assert gone(status.worker_pid)
     assert manager(conn, keys, "mgr-b") is None
+
+
+def test_a_killed_managers_worker_does_not_outlive_it(stack, managers, conn, keys):
+    """Hardening II, case 11: a manager SIGKILLed (honcho then stops the rest) once left its
+    worker running under init, holding the model's memory; now the kernel stops it."""
+    proc = stack.spawn("mgr-orphan", [sys.executable, "-m", "worker_text.manager", "--name", "mgr-orphan",
+                                      "--preload", MODEL], MANAGER_LOGS_DIR=stack.logs)  # fmt: skip
+    try:
+        (pid,) = wait_until(lambda: [w.pid for w in (manager(conn, keys, "mgr-orphan") or ManagerInfo(
+            name="-", kind=Kind.TEXT, host="-", pid=0)).workers if w.state == "running"], 30, "its worker")  # fmt: skip
+        wait_until(lambda: pid in serving_pids(conn, keys), 60, "the worker serving")
+        proc.send(signal.SIGKILL)
+        wait_until(lambda: gone(pid), 20, "the orphaned worker to exit")
+    finally:
+        proc.stop()
