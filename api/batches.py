@@ -15,7 +15,7 @@ import time
 import uuid
 
 from flask import Blueprint, current_app, jsonify
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from work import batches, files
 from work.batches import BatchStatus
@@ -39,6 +39,14 @@ class BatchRequest(BaseModel):
     endpoint: str = Field(description=f"only {ENDPOINT}")
     completion_window: str = Field("24h", description="only 24h")
     metadata: dict[str, str] | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _bounded(cls, value: dict[str, str] | None):
+        # OpenAI's limits: 16 pairs, keys up to 64 characters, values up to 512.
+        if value is not None and (len(value) > 16 or any(len(k) > 64 or len(v) > 512 for k, v in value.items())):
+            raise ValueError("at most 16 pairs, keys of at most 64 characters, values of at most 512")
+        return value
 
 
 class BatchLine(BaseModel):

@@ -208,7 +208,8 @@ def _read_request(max_bytes: int) -> tuple[dict, list[bytes]]:
         encoded = [fields["document"]] if isinstance(fields.get("document"), str) else fields.get("images") or []
         if not isinstance(encoded, list) or not all(isinstance(e, str) for e in encoded):
             raise _bad("images must be a list of base64 strings or data URIs", "images")
-        uploads = [_b64(e, max_bytes) for e in encoded]
+        what = "the document" if "document" in fields and encoded == [fields["document"]] else "an image"
+        uploads = [_b64(e, max_bytes, what) for e in encoded]
     else:
         raise APIError(415, "send multipart/form-data or application/json", code="unsupported_media_type")
     for data in uploads:
@@ -222,14 +223,15 @@ def _read_request(max_bytes: int) -> tuple[dict, list[bytes]]:
     return fields, uploads
 
 
-def _b64(value: str, max_bytes: int) -> bytes:
+def _b64(value: str, max_bytes: int, what: str = "the document") -> bytes:
     body = value.partition(",")[2] if value.startswith("data:") else value
     if len(body) > (max_bytes * 4) // 3 + 4:
         return b"x" * (max_bytes + 1)  # too large: reported as such without decoding it
     try:
         return base64.b64decode(body, validate=True)
     except (binascii.Error, ValueError):
-        raise _bad("the document is not valid base64", "document") from None
+        param = "document" if what == "the document" else "images"
+        raise _bad(f"{what} is not valid base64 (nor a base64 data URI)", param) from None
 
 
 def _count_pdf_pages(data: bytes) -> int:

@@ -139,3 +139,12 @@ def test_cancel_ends_the_batch_with_what_finished(batch_client):
     assert counts.total == 6 and counts.completed + counts.failed == 6
     errors = batch_client.files.content(cancelled.error_file_id).text.splitlines()
     assert len(errors) == counts.failed >= 1
+    # Hardening II, case 6: a line cancelled before it finished says so, as OpenAI writes them
+    # (no response), rather than a 500 typed invalid_request_error.
+    for entry in map(json.loads, errors):
+        if entry["response"] is None:
+            assert entry["error"]["code"] == "batch_cancelled"
+        else:
+            assert (
+                entry["response"]["status_code"] != 500 or entry["response"]["body"]["error"]["type"] == "server_error"
+            )

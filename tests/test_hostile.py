@@ -148,6 +148,19 @@ def test_a_batch_file_with_a_bom_is_read(api_url, text_worker):
     assert batch.status_code == 200 and batch.json()["status"] != "failed", batch.text
 
 
+def test_batch_metadata_is_bounded_and_bad_document_images_are_named(api_url, text_worker):
+    line = json.dumps({"custom_id": "a", "method": "POST", "url": CHAT, "body": chat_body()})
+    upload = requests.post(api_url + "/v1/files", files={"file": ("b.jsonl", line.encode())}, data={"purpose": "batch"},
+                           timeout=30).json()  # fmt: skip
+    for metadata in ({f"k{i}": "v" for i in range(17)}, {"k" * 65: "v"}, {"k": "v" * 513}):
+        batch = requests.post(api_url + "/v1/batches", json={"input_file_id": upload["id"], "endpoint": CHAT,
+                              "completion_window": "24h", "metadata": metadata}, timeout=30)  # fmt: skip
+        assert error_of(batch, 400)["param"] == "metadata"
+    document = requests.post(api_url + "/v1/documents", json={"model": "tiny-vision", "images": ["%%%"]}, timeout=30)
+    error = error_of(document, 400)
+    assert error["param"] == "images" and "an image is not valid base64" in error["message"]
+
+
 def test_the_server_is_healthy_afterwards(api_url, text_worker):
     assert requests.get(api_url + "/health", timeout=10).json()["status"] == "ok"
     reply = requests.post(api_url + CHAT, json=chat_body(), timeout=30)

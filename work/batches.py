@@ -146,18 +146,34 @@ def _output_line(ctx: Context, line: dict, created: int) -> tuple[dict, bool]:
         }
         entry["response"] = {"status_code": 200, "request_id": request_id, "body": body}
         return entry, True
-    error = result.error or {
-        "code": "cancelled" if result.status == ResultStatus.CANCELED else "not_finished",
-        "message": f"the request was {result.status.value} before it finished",
-    }
-    entry["response"] = {"status_code": 500, "request_id": request_id, "body": {"error": _error_body(error)}}
+    if result.status in (ResultStatus.CANCELED, ResultStatus.QUEUED, ResultStatus.RUNNING):
+        # Never answered: as OpenAI writes a cancelled or expired batch's requests, no response.
+        entry["response"] = None
+        entry["error"] = {"code": "batch_cancelled", "message": f"the batch was cancelled before this request "
+                          f"finished (it was {result.status.value})"}  # fmt: skip
+        return entry, False
+    error = result.error or {"code": "not_finished", "message": "the request ended without an answer"}
+    entry["response"] = {"status_code": _status_of(error), "request_id": request_id,
+                         "body": {"error": _error_body(error)}}  # fmt: skip
     return entry, False
+
+
+def _status_of(error: dict) -> int:
+    """The HTTP status the request would have had (as api/completions.py maps worker codes)."""
+    if "status" in error:
+        return int(error["status"])
+    code = error.get("code")
+    if code in ("context_length_exceeded", "invalid_value", "invalid_payload"):
+        return 400
+    if code in ("worker_died", "model_unavailable", "redis_unavailable", "worker_shutdown", "blob_expired"):
+        return 503
+    return 504 if code == "job_timeout" else 500
 
 
 def _error_body(error: dict) -> dict:
     return {
         "message": error.get("message", ""),
-        "type": error.get("type", "invalid_request_error"),
+        "type": error.get("type", "invalid_request_error" if _status_of(error) < 500 else "server_error"),
         "param": error.get("param"),
         "code": error.get("code"),
     }
