@@ -19,12 +19,13 @@ from pydantic import BaseModel
 from rq import Queue, Retry
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Dependency, Job, JobStatus
+from rq.job_lifecycle import record_job_failure  # rq 3.0 (pinned)
 from rq.registry import StartedJobRegistry
 
 from contract.context import Context
 from contract.keys import Kind, Priority, queue_name
 from contract.payloads import ChatJob
-from contract.stream import StreamWriter
+from contract.stream import EventType, StreamWriter
 
 CHAT_FUNC = {Kind.TEXT: "worker_text.jobs.chat", Kind.VISION: "worker_vision.jobs.chat"}
 WAITING = frozenset({JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED})
@@ -143,6 +144,30 @@ def mark_canceled(job: Job) -> bool:
     except InvalidJobOperation:
         return False
     return True
+
+
+def fail_waiting(ctx: Context, kind: Kind, model: str, code: str, message: str) -> list[str]:
+    """End every job still waiting in a model's queues with an error (its load failed, and no
+    worker serves it): its stream says why, rq calls it failed, and what depends on it (a
+    document's aggregate, a batch's finalize) runs — so batches and documents end rather than
+    wait out BATCH_QUEUED_TTL. Returns the jobs ended."""
+    ended = []
+    for priority in Priority:
+        queue = Queue(queue_name(kind, model, priority), connection=ctx.conn)
+        for job in queue.get_jobs():
+            if job.get_status(refresh=False) not in WAITING:
+                continue
+            if job.func_name in CHAT_FUNC.values():
+                writer = StreamWriter(ctx.conn, ctx.keys, job.id, maxlen=ctx.settings.stream_maxlen,
+                                      ttl=ctx.settings.result_ttl)  # fmt: skip
+                writer.write(EventType.ERROR, {"code": code, "message": message})
+            with ctx.conn.pipeline() as pipe:
+                queue.remove(job, pipeline=pipe)
+                record_job_failure(job, f"{code}: {message}", pipe)
+                pipe.execute()
+            queue.enqueue_dependents(job)
+            ended.append(job.id)
+    return ended
 
 
 def reap_orphaned_job(conn: redis.Redis, job: Job) -> None:

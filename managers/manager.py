@@ -13,7 +13,6 @@ Unloads do not pass through managers: workers read them in their heartbeats.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import logging
 import os
@@ -23,7 +22,6 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -43,6 +41,7 @@ from contract.commands import (
 from contract.context import Context
 from contract.keys import Kind
 from contract.modelref import InvalidModelRef, parse_model_ref
+from contract.queues import fail_waiting
 from contract.reasons import safe_text
 from contract.registry import (
     ManagedState,
@@ -54,11 +53,12 @@ from contract.registry import (
     remove_manager,
 )
 from contract.settings import Settings
+from managers.children import RESTART_MIN, Child, die_with_parent
 from managers.placement import estimate_bytes, machine_memory, place
 
 log = logging.getLogger("mis.manager")
 
-RESTART_MIN, RESTART_MAX = 1.0, 60.0
+RESTART_MAX = 60.0
 """Back-off before restarting a crashed worker: doubles from MIN up to MAX."""
 STABLE_AFTER = 60.0
 """A worker that ran this long before crashing restarts after RESTART_MIN again."""
@@ -69,27 +69,6 @@ CLAIM_IDLE_MS, CLAIM_INTERVAL = 30_000, 10.0
 
 
 # --- the manager ---
-
-
-@dataclass
-class Child:
-    """One worker this manager runs, across its restarts."""
-
-    model: str
-    keep_alive: int
-    capacity: int | None
-    popen: subprocess.Popen[bytes] | None = None
-    """Set by Manager._start, before the child joins Manager.children."""
-    log_path: Path | None = None
-    state: ManagedState = ManagedState.RUNNING
-    restarts: int = 0
-    delay: float = RESTART_MIN
-    restart_at: float = 0.0
-    started: float = field(default_factory=time.monotonic)
-    created_at: float = field(default_factory=time.time)
-    """When its first process started: an unload sent after that covers its restarts too."""
-    command_id: str = ""
-    """The load command waiting for this worker to serve (then cleared)."""
 
 
 class Manager:
@@ -236,6 +215,19 @@ class Manager:
     def _fail(self, command: LoadCommand, message: str) -> None:
         log.warning("load of %s failed: %s", command.model, message)
         update_status(self.conn, self.keys, command.id, CommandState.FAILED, manager=self.name, message=message)
+        self._end_waiting_jobs(command.model, message)
+
+    def _end_waiting_jobs(self, model: str, failure: str) -> None:
+        """A load that failed, with no other worker serving the model: the jobs waiting for it
+        (batch lines and document pages too, which nobody watches) end now, with the reason."""
+        serving = [w for w in registry.live_workers(self.conn, self.keys)
+                   if w.model == model and w.state not in (WorkerState.ERROR, WorkerState.STOPPING)]  # fmt: skip
+        if serving:
+            return
+        ended = fail_waiting(self.ctx, self.kind, model, "model_unavailable", f"loading model {model!r} failed: "
+                             f"{failure}")  # fmt: skip
+        if ended:
+            log.warning("ended %d job(s) waiting for %s", len(ended), model)
 
     # --- workers ---
 
@@ -298,6 +290,7 @@ class Manager:
     def _exited(self, child: Child, code: int, now: float) -> None:
         assert child.popen is not None  # the process that exited
         if child.command_id:
+            message = f"the worker exited (code {code}) before serving: {self._log_tail(child)}"
             update_status(
                 self.conn,
                 self.keys,
@@ -305,9 +298,10 @@ class Manager:
                 CommandState.FAILED,
                 manager=self.name,
                 worker_pid=child.popen.pid,
-                message=f"the worker exited (code {code}) before serving: {self._log_tail(child)}",
+                message=message,
             )
             self.children.remove(child)
+            self._end_waiting_jobs(child.model, message)
         elif code == 0:
             log.info("worker %d for %s stopped", child.popen.pid, child.model)
             self.children.remove(child)
@@ -352,6 +346,8 @@ class Manager:
                 message=message,
             )
             child.command_id = ""
+            if state == CommandState.FAILED:
+                self._end_waiting_jobs(child.model, message)
 
     @staticmethod
     def _log_tail(child: Child, lines: int = 5) -> str:
@@ -392,19 +388,3 @@ class Manager:
         except redis.exceptions.RedisError:
             pass
         log.info("manager %s stopped", self.name)
-
-
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent(manager_pid: int) -> None:
-    """In a worker about to start (between fork and exec): on Linux, the kernel sends it
-    SIGTERM — a warm shutdown — when its manager dies, however it dies (SIGKILL included), so
-    no worker outlives its manager holding a model's memory. Elsewhere the worker's heartbeat
-    notices a changed parent process instead (runtime/heartbeat.py)."""
-    if sys.platform != "linux":
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != manager_pid:  # the manager died before the line above: no signal will come
-        os.kill(os.getpid(), signal.SIGTERM)

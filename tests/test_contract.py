@@ -11,7 +11,7 @@ from rq.job import Job, JobStatus
 from contract.context import Context
 from contract.keys import Kind, Priority, parse_queue_name, queue_name
 from contract.payloads import ChatJob, ChatMessage
-from contract.queues import JobSpec, QueueFull, cancel_job, enqueue, enqueue_many
+from contract.queues import JobSpec, QueueFull, cancel_job, enqueue, enqueue_many, fail_waiting
 from contract.results import ResultStatus, ending_without_event, read_result
 from contract.settings import Settings
 from contract.stream import EventType, StreamReader
@@ -133,3 +133,19 @@ def test_a_job_rq_failed_as_abandoned_is_a_dead_worker_whoever_noticed(small):
     event = ending_without_event(job)
     assert event is not None and event.data["code"] == "worker_died"
     assert read_result(small.conn, small.keys, job.id).error["code"] == "worker_died"
+
+
+def test_jobs_waiting_for_a_model_that_cannot_load_end_and_their_dependents_run(small):
+    """Hardening II, case 6: batch lines and document pages for a model whose load failed
+    waited out BATCH_QUEUED_TTL (a day); a manager now ends them with the reason."""
+    lines = enqueue_many(small, [JobSpec.chat(chat("m-dead"), Kind.TEXT, priority=Priority.BATCH, retries=2)
+                                 for _ in range(2)])  # fmt: skip
+    finalize = enqueue(small, JobSpec("work.batches.finalize", {"id": "b"}, Kind.TEXT, "m-dead", Priority.BATCH,
+                                      after=lines))  # fmt: skip
+    chat_job = enqueue(small, JobSpec.chat(chat("m-dead"), Kind.TEXT))
+    ended = fail_waiting(small, Kind.TEXT, "m-dead", "model_unavailable", "loading model 'm-dead' failed: gone")
+    assert set(ended) == {lines[0].id, lines[1].id, chat_job.id}  # not the deferred finalize: it runs now
+    for job in (*lines, chat_job):
+        result = read_result(small.conn, small.keys, job.id)
+        assert result.status == ResultStatus.FAILED and result.error["code"] == "model_unavailable"
+    assert finalize.get_status() == JobStatus.QUEUED  # its lines ended: the batch can finish

@@ -19,8 +19,11 @@ from contract.commands import (
     request_unload,
     send_load,
 )
-from contract.keys import Kind
+from contract.keys import Kind, Priority
+from contract.payloads import ChatJob, ChatMessage
+from contract.queues import JobSpec, enqueue
 from contract.registry import ManagerInfo, WorkerState, live_managers, live_workers
+from contract.results import ResultStatus, read_result
 from contract.settings import Settings
 from contract.stream import EventType, StreamReader
 from managers.placement import machine_memory, place
@@ -127,15 +130,21 @@ def test_two_replicas_land_on_two_machines_and_serve(managers, api_url, conn, ke
     )
 
 
-def test_model_that_cannot_load_fails_and_its_worker_stops(managers, models_dir, conn, keys):
+def test_model_that_cannot_load_fails_and_its_worker_stops(managers, models_dir, conn, keys, ctx):
     broken = models_dir / "mgr-broken"
     broken.mkdir(exist_ok=True)
     (broken / "config.json").write_text("{}")
+    # A batch line waiting for the model (nobody watches it): it ends with the load's failure.
+    line = enqueue(ctx, JobSpec.chat(ChatJob(model="mgr-broken", messages=[ChatMessage(role="user", content="hi")],
+                                             max_tokens=2), Kind.TEXT, priority=Priority.BATCH))  # fmt: skip
     status = final(conn, keys, send_load(conn, keys, Kind.TEXT, "mgr-broken")[0])
     assert status.state == CommandState.FAILED and status.message.startswith("the model failed to load: ")
     assert "/" not in status.message, status.message
     wait_until(lambda: gone(status.worker_pid), 15, "the failed worker to stop")
     assert all(w.model != "mgr-broken" for m in live_managers(conn, keys) for w in m.workers)
+    result = wait_until(lambda: (r := read_result(conn, keys, line.id)).final and r, 10, "the waiting line ended")
+    assert result.status == ResultStatus.FAILED and result.error["code"] == "model_unavailable"
+    assert "failed to load" in result.error["message"]
 
 
 def test_worker_that_exits_before_serving_fails_with_its_last_words(managers, conn, keys):
