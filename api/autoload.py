@@ -53,32 +53,28 @@ def start(ctx: Context, model: str) -> Kind | None:
 
 def loading_count(ctx: Context) -> int:
     """Loads on demand still under way (their markers outlive them: a finished one is skipped)."""
-    count = 0
-    for marker in ctx.conn.scan_iter(match=ctx.keys.autoload("*"), count=100):
-        model = marker.decode().removeprefix(ctx.keys.autoload(""))
-        loading, _ = state(ctx.conn, ctx.keys, model)
-        if loading and not _done(ctx, model):
-            count += 1
-    return count
-
-
-def _done(ctx: Context, model: str) -> bool:
-    raw = cast(bytes | None, ctx.conn.get(ctx.keys.autoload(model)))
-    if raw is None or raw.decode() == PENDING:
-        return False
-    status = commands.command_status(ctx.conn, ctx.keys, raw.decode())
-    return status is not None and status.state == commands.CommandState.DONE
+    prefix = ctx.keys.autoload("")
+    models = [m.decode().removeprefix(prefix) for m in ctx.conn.scan_iter(match=ctx.keys.autoload("*"), count=100)]
+    return sum(1 for model in models if _load_state(ctx.conn, ctx.keys, model)[0] in ("pending", "running"))
 
 
 def state(conn: redis.Redis, keys: Keys, model: str) -> tuple[bool, str]:
     """(a load of `model` is under way, why it failed if it did)."""
+    current, message = _load_state(conn, keys, model)
+    return current not in ("none", "failed"), message
+
+
+def _load_state(conn: redis.Redis, keys: Keys, model: str) -> tuple[str, str]:
+    """The load on demand of `model`: none, pending (no command yet), running, done or failed,
+    with the failure's message."""
     raw = cast(bytes | None, conn.get(keys.autoload(model)))
     if raw is None:
-        return False, ""
-    command_id = raw.decode()
-    if command_id == PENDING:
-        return True, ""
-    status = commands.command_status(conn, keys, command_id)
+        return "none", ""
+    if raw.decode() == PENDING:
+        return "pending", ""
+    status = commands.command_status(conn, keys, raw.decode())
     if status is not None and status.state == commands.CommandState.FAILED:
-        return False, status.message
-    return True, ""
+        return "failed", status.message
+    if status is not None and status.state == commands.CommandState.DONE:
+        return "done", ""
+    return "running", ""

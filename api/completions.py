@@ -6,23 +6,10 @@ import json
 import time
 from dataclasses import dataclass, field
 
+from contract.results import http_status
 from contract.stream import Event, EventType
 
 from .errors import APIError
-
-# Worker error codes that mean the request itself was bad, not the server.
-STATUS_BY_CODE = {
-    "context_length_exceeded": 400,
-    "invalid_value": 400,
-    "worker_died": 503,
-    "model_unavailable": 503,
-    "job_expired": 503,
-    "job_cancelled": 503,
-    "job_timeout": 504,
-    "worker_shutdown": 503,
-    "redis_unavailable": 503,
-    "blob_expired": 503,
-}
 
 
 @dataclass
@@ -96,7 +83,7 @@ def error_from_event(event: Event) -> APIError:
     if event.type == EventType.CANCELLED:
         return APIError(503, "the request was cancelled before it finished", code="job_cancelled")
     code = event.data.get("code", "generation_failed")
-    status = STATUS_BY_CODE.get(code, 500)
+    status = http_status(code)
     return APIError(
         status,
         event.data.get("message", "generation failed"),

@@ -19,6 +19,27 @@ from contract.keys import Keys
 from contract.queues import WAITING, fetch_job
 from contract.stream import Event, EventType, StreamReader
 
+STATUS_BY_CODE = {
+    "context_length_exceeded": 400,
+    "invalid_value": 400,
+    "worker_died": 503,
+    "model_unavailable": 503,
+    "job_expired": 503,
+    "job_cancelled": 503,
+    "job_timeout": 504,
+    "worker_shutdown": 503,
+    "redis_unavailable": 503,
+    "blob_expired": 503,
+}
+
+
+"""The HTTP status of each error code a job can end with: the API answers with it, a batch
+line's error entry carries it. Any other code is a 500."""
+
+
+def http_status(code: str | None) -> int:
+    return STATUS_BY_CODE.get(code or "", 500)
+
 
 class ResultStatus(StrEnum):
     QUEUED = "queued"

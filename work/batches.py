@@ -28,7 +28,7 @@ from contract.done import Done
 from contract.keys import Kind, Priority
 from contract.payloads import ChatJob
 from contract.queues import JobSpec, cancel_job, enqueue, new_job_id
-from contract.results import ResultStatus, read_result
+from contract.results import ResultStatus, http_status, read_result
 from work import files, records
 
 FINALIZE_FUNC = "work.batches.finalize"
@@ -159,15 +159,8 @@ def _output_line(ctx: Context, line: dict, created: int) -> tuple[dict, bool]:
 
 
 def _status_of(error: dict) -> int:
-    """The HTTP status the request would have had (as api/completions.py maps worker codes)."""
-    if "status" in error:
-        return int(error["status"])
-    code = error.get("code")
-    if code in ("context_length_exceeded", "invalid_value", "invalid_payload"):
-        return 400
-    if code in ("worker_died", "model_unavailable", "redis_unavailable", "worker_shutdown", "blob_expired"):
-        return 503
-    return 504 if code == "job_timeout" else 500
+    """The HTTP status the request had (a line refused by the API) or would have had."""
+    return int(error["status"]) if "status" in error else http_status(error.get("code"))
 
 
 def _error_body(error: dict) -> dict:
