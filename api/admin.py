@@ -12,7 +12,7 @@ import time
 
 from flask import Blueprint, current_app, jsonify, request, url_for
 from rq import Queue
-from rq.registry import FailedJobRegistry
+from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
 from contract import commands, registry
 from contract.keys import Kind, parse_queue_name
@@ -29,6 +29,7 @@ bp.before_request(require_admin)
 
 MAX_WAIT = 300.0
 RECENT_ERRORS = 10
+MEMORY_SAMPLE = 20
 
 
 def _ext():
@@ -80,7 +81,29 @@ def status():
             "running": sum(w.active_jobs for w in workers),
         },
         recent_errors=_recent_errors(ext.conn, ext.keys, [queue for _, queue in queues]),
+        redis=_redis_memory(ext.conn, ext.keys, [queue for _, queue in queues]),
     )
+
+
+def _redis_memory(conn, keys, queues: list[Queue]) -> dict:
+    """Redis's memory and what finished answers cost there: the answers kept (stored
+    completions, document pages, batch lines: rq's finished registries) and the bytes one
+    takes (rq record, result, token stream), averaged over the newest few. Unstored chat
+    answers are not counted: nothing of them is kept once their client has them."""
+    kept, sample = 0, []
+    for queue in queues:
+        finished = FinishedJobRegistry(queue=queue)
+        kept += len(finished)
+        sample += finished.get_job_ids(-MEMORY_SAMPLE, -1)
+    sizes = [
+        sum(conn.memory_usage(key) or 0 for key in (f"rq:job:{job_id}", f"rq:results:{job_id}", keys.stream(job_id)))
+        for job_id in sample[-MEMORY_SAMPLE:]
+    ]
+    return {
+        "used_mb": round(conn.info("memory")["used_memory"] / 2**20, 2),
+        "answers_kept": kept,
+        "bytes_per_answer": round(sum(sizes) / len(sizes)) if sizes else None,
+    }
 
 
 def _queues(conn) -> list[tuple[dict, Queue]]:

@@ -46,8 +46,10 @@ def chat_completions():
     req = ChatCompletionRequest.model_validate(json_body(), context={"settings": ctx.settings})
     kind, payload = chat_payload(ctx, req)
     try:
-        keep = None if req.store else ctx.settings.unstored_ttl  # OpenAI stores only on request
-        job = enqueue(ctx, JobSpec.chat(payload, kind, job_id=job_id, keep=keep))
+        # OpenAI stores only on request. Unstored: rq drops the job as it succeeds, and the
+        # stream goes once the answer is sent (below; api/stored.py says why it is kept at all).
+        keep = None if req.store else ctx.settings.unstored_ttl
+        job = enqueue(ctx, JobSpec.chat(payload, kind, job_id=job_id, keep=keep, record_success=bool(req.store)))
     except QueueFull as full:
         raise APIError(
             429,
@@ -56,7 +58,7 @@ def chat_completions():
             headers={"Retry-After": "2"},
         ) from None
     completion = Completion(completion_id=f"chatcmpl-{job.id}", model=payload.model)
-    relay = JobRelay(ctx, job.id, payload.model)
+    relay = JobRelay(ctx, job.id, payload.model, forget_when_sent=not req.store)
     timer = GenerationTimer(ctx.conn, ctx.keys, payload.model, started)  # metrics
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -128,7 +130,15 @@ def _collect(
         relay.close(sys.exc_info()[1])
         if timer:  # metrics
             timer.finish(completion.usage)
-    return jsonify(completion.response(want_logprobs))
+    body = jsonify(completion.response(want_logprobs)).get_data()
+    return Response(_then(body, relay.sent), mimetype="application/json", headers={"Content-Length": str(len(body))})
+
+
+def _then(body: bytes, after) -> Iterator[bytes]:
+    """The body, then `after()` — run only once the server has written the body: it asks
+    for the next chunk after a write succeeds, and closes the generator when one fails."""
+    yield body
+    after()
 
 
 def _stream(
@@ -165,6 +175,7 @@ def _stream(
                 if include_usage:
                     yield sse(completion.usage_chunk())
                 yield SSE_DONE
+                relay.sent()  # resumed after [DONE] was written: the client has it all
             else:
                 yield sse(error_from_event(event).body(), event.id)
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:

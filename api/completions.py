@@ -87,6 +87,7 @@ def error_from_event(event: Event) -> APIError:
     return APIError(
         status,
         event.data.get("message", "generation failed"),
+        param=event.data.get("param"),
         code=code,
         error_type="invalid_request_error" if status == 400 else "server_error",
     )

@@ -28,8 +28,9 @@ log = logging.getLogger("mis.api")
 
 
 class JobRelay:
-    def __init__(self, ctx: Context, job_id: str, model: str):
+    def __init__(self, ctx: Context, job_id: str, model: str, *, forget_when_sent: bool = False):
         self.ctx, self.job_id, self.model = ctx, job_id, model
+        self.forget_when_sent = forget_when_sent
         self.conn, self.keys, self.settings = ctx.conn, ctx.keys, ctx.settings
         self.reader = StreamReader(ctx.conn, ctx.keys, job_id)
         self.finished = False
@@ -54,6 +55,17 @@ class JobRelay:
             cancel_job(self.ctx, self.job_id)
         except redis.exceptions.RedisError:  # Redis is gone too; the job's TTLs clean up
             log.warning("could not cancel job %s", self.job_id, exc_info=True)
+
+    def sent(self) -> None:
+        """The client has been sent the whole answer. An unstored one's stream is deleted
+        now (the job ended: its terminal event was read), so Redis holds no copy of answers
+        that were delivered — the bounded-memory half of `store` (api/stored.py)."""
+        if not self.forget_when_sent or not self.finished:
+            return
+        try:
+            self.conn.delete(self.keys.stream(self.job_id))
+        except redis.exceptions.RedisError:  # it expires after UNSTORED_TTL anyway
+            log.warning("could not delete the stream of job %s", self.job_id, exc_info=True)
 
     def events(self) -> Iterator[Event | None]:
         block_ms = int(self.settings.keepalive_interval * 1000)

@@ -20,7 +20,6 @@ from pydantic import (
     Field,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 
 from contract import payloads
@@ -180,11 +179,14 @@ class ChatCompletionRequest(BaseModel):
                 raise ValueError("biases must be between -100 and 100")
         return value
 
-    @model_validator(mode="after")
-    def _logprobs(self):
-        if self.top_logprobs and not self.logprobs:
+    @field_validator("top_logprobs")
+    @classmethod
+    def _logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        # A field validator (logprobs is declared, so validated, first): the error names
+        # `top_logprobs` as its param, where a model validator's would name none.
+        if value and not info.data.get("logprobs"):
             raise ValueError("top_logprobs requires logprobs: true")
-        return self
+        return value
 
     @property
     def image_count(self) -> int:

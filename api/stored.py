@@ -1,7 +1,10 @@
 """`GET /v1/chat/completions/<id>`: a chat completion read back after its request ended.
 
-A chat job's worker writes the whole answer to the job's token stream, which is kept
-`RESULT_TTL` after the job ends (contract/stream.py), and the job's rq record keeps its payload.
+A chat job's worker writes the whole answer to the job's token stream, whose `start` event
+describes the request (model, created, logprobs). A stored completion (`store: true`) is kept
+`RESULT_TTL` with its rq record; any other is kept `UNSTORED_TTL` as its stream alone (rq
+keeps no record of its success) and only until its client has been sent the whole answer
+(api/chat.py): OpenAI keeps none, and this copy is for a client whose request broke off.
 A client whose connection broke, or whose API process was restarted or killed, can fetch
 the answer by the `id` it was given (`chatcmpl-<job id>`, also the `X-Request-Id` header),
 shaped as OpenAI's stored-completion retrieval (a `chat.completion` object). Only the API
@@ -22,7 +25,7 @@ import redis
 from contract.keys import Keys
 from contract.queues import CHAT_FUNC, fetch_job
 from contract.results import ending_without_event
-from contract.stream import EventType, StreamReader
+from contract.stream import Event, EventType, StreamReader
 
 from .completions import Completion, error_from_event
 from .errors import APIError
@@ -34,11 +37,18 @@ _JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 def stored_completion(conn: redis.Redis, keys: Keys, completion_id: str) -> dict:
     job_id = completion_id.removeprefix(ID_PREFIX)
-    job = fetch_job(conn, job_id) if completion_id.startswith(ID_PREFIX) and _JOB_ID.fullmatch(job_id) else None
-    if job is None or job.func_name not in CHAT_FUNC.values():
+    if not (completion_id.startswith(ID_PREFIX) and _JOB_ID.fullmatch(job_id)):
+        raise _not_found(completion_id)
+    job = fetch_job(conn, job_id)
+    if job is not None and job.func_name not in CHAT_FUNC.values():
         raise _not_found(completion_id)
     events = StreamReader(conn, keys, job_id).read_all()
-    ending = events[-1] if events and events[-1].is_terminal else ending_without_event(job)
+    if job is None:  # rq kept no record of the success (unstored): the stream is the answer
+        if not events or events[-1].type != EventType.DONE or "model" not in events[0].data:
+            raise _not_found(completion_id)
+        ending: Event | None = events[-1]
+    else:
+        ending = events[-1] if events and events[-1].is_terminal else ending_without_event(job)
     if ending is None:
         raise APIError(
             409,
@@ -50,13 +60,12 @@ def stored_completion(conn: redis.Redis, keys: Keys, completion_id: str) -> dict
         raise error_from_event(ending)
     if events[0].type != EventType.START:  # the head was trimmed (longer than STREAM_MAXLEN)
         raise _not_found(completion_id)
-    payload = job.kwargs.get("payload", {})
-    completion = Completion(
-        completion_id=completion_id, model=payload.get("model", ""), created=int(job.created_at.timestamp())
-    )
+    described = events[0].data  # runtime.engine_loop._described
+    completion = Completion(completion_id=completion_id, model=described.get("model", ""))
+    completion.created = described.get("created") or completion.created
     for event in events:
         completion.add(event)
-    return completion.response(want_logprobs=bool(payload.get("logprobs")))
+    return completion.response(want_logprobs=bool(described.get("logprobs")))
 
 
 def _not_found(completion_id: str) -> APIError:

@@ -295,6 +295,9 @@ def report(args, tally: Tally, samples: list[dict], wall: float) -> None:
         "redis_used_mb": memory(samples, "redis_used", settle),
         "samples": samples,
     }
+    redis_mb = result["redis_used_mb"]
+    # What a finished request leaves in Redis: growth over the run per request answered.
+    result["redis_bytes_per_request"] = round((redis_mb["end"] - redis_mb["idle"]) * MB / max(tally.requests, 1))
     print(
         f"\nsoak: {args.clients} streaming clients, {wall:.0f} s, model {args.model}, capacity {args.capacity}, "
         f"{args.max_tokens} tokens per request"
@@ -318,6 +321,7 @@ def report(args, tally: Tally, samples: list[dict], wall: float) -> None:
             f"  {name:<14} idle {m['idle']:6.1f}  start {m['start']:6.1f}  end {m['end']:6.1f}  "
             f"max {m['max']:6.1f}  slope {m['slope_mb_per_min']:+.2f} MB/min"
         )
+    print(f"  Redis kept {result['redis_bytes_per_request']} bytes per finished request")
     for line in tally.examples:
         print("  ", line)
     write_result(args.out, f"soak-{args.model.replace('/', '_')}", result)

@@ -61,6 +61,10 @@ class JobSpec:
     job_id: str = field(default_factory=new_job_id)
     keep: int | None = None
     """Seconds its outcome (rq record, token stream) is kept after it ends; None: RESULT_TTL."""
+    record_success: bool = True
+    """False: rq keeps no record of a success (result_ttl 0: the job and its 4 KB result
+    stream are deleted as it finishes); its token stream is then the only copy of the answer,
+    kept `keep` seconds (an unstored chat completion, api/chat.py). Failures stay `keep`."""
 
     @classmethod
     def chat(cls, payload: ChatJob, kind: Kind, **options) -> JobSpec:
@@ -81,7 +85,7 @@ class JobSpec:
             job_id=self.job_id,
             timeout=s.job_timeout,
             ttl=waits,
-            result_ttl=kept,
+            result_ttl=kept if self.record_success else 0,
             failure_ttl=kept,
             retry=Retry(max=self.retries) if self.retries else None,
             depends_on=Dependency(jobs=self.after, allow_failure=True) if self.after else None,

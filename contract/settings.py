@@ -76,6 +76,11 @@ class Settings(BaseSettings):
     worker_ttl: int = Field(4, ge=2)
     """Seconds after its last heartbeat that a worker counts as dead."""
 
+    load_timeout: float = Field(900.0, gt=0)
+    """Seconds a manager waits for a worker it started for a load (a download, a model read)
+    to serve; then the load has failed: the worker is stopped and the jobs waiting for the
+    model end with `model_unavailable`, so no batch or document waits on a load that hangs."""
+
     worker_capacity: int = Field(8, ge=1, le=256)
     """Jobs one worker runs at once in its batch (`--capacity` overrides it)."""
     prompt_cache_bytes: int = Field(512 * 1024 * 1024, ge=0)

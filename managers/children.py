@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from contract.reasons import safe_text
 from contract.registry import ManagedState
 
 RESTART_MIN = 1.0
@@ -37,6 +38,15 @@ class Child:
     """When its first process started: an unload sent after that covers its restarts too."""
     command_id: str = ""
     """The load command waiting for this worker to serve (then cleared)."""
+
+    def log_tail(self, lines: int = 5) -> str:
+        """The end of its log, made safe to show a client (a failed load's reason)."""
+        assert self.log_path is not None  # set by Manager._start with popen
+        try:
+            tail = self.log_path.read_text(errors="replace").strip().splitlines()[-lines:]
+        except OSError:
+            return "no output"
+        return " | ".join(safe_text(line) for line in tail)[-500:]
 
 
 PR_SET_PDEATHSIG = 1

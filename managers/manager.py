@@ -42,7 +42,6 @@ from contract.context import Context
 from contract.keys import Kind
 from contract.modelref import InvalidModelRef, parse_model_ref
 from contract.queues import fail_waiting
-from contract.reasons import safe_text
 from contract.registry import (
     ManagedState,
     ManagedWorker,
@@ -53,6 +52,7 @@ from contract.registry import (
     remove_manager,
 )
 from contract.settings import Settings
+from contract.sweep import drop_idle
 from managers.children import RESTART_MIN, Child, die_with_parent
 from managers.placement import estimate_bytes, machine_memory, place
 
@@ -66,6 +66,8 @@ SHUTDOWN_WAIT = 30.0
 """Seconds a stopping manager gives its workers to finish their jobs before SIGKILL."""
 CLAIM_IDLE_MS, CLAIM_INTERVAL = 30_000, 10.0
 """Commands a crashed manager read but never acknowledged are taken over after this idle."""
+SWEEP_INTERVAL = 60.0
+"""Seconds between sweeps of the queues and metric series of models no longer served."""
 
 
 # --- the manager ---
@@ -101,7 +103,7 @@ class Manager:
         for model in preload:
             self._start(Child(model, keep_alive=-1, capacity=self.capacity))
         log.info("manager %s up (%s workers)", self.name, self.kind)
-        next_beat = next_claim = 0.0
+        next_beat = next_claim = next_sweep = 0.0
         block_ms = int(min(1.0, self.settings.heartbeat_interval) * 1000)
         try:
             while not self.stopping.is_set():
@@ -113,6 +115,9 @@ class Manager:
                     if time.monotonic() >= next_claim:
                         self._claim_abandoned()
                         next_claim = time.monotonic() + CLAIM_INTERVAL
+                    if time.monotonic() >= next_sweep:
+                        drop_idle(self.conn, self.keys)
+                        next_sweep = time.monotonic() + SWEEP_INTERVAL
                     self._read_commands(block_ms)
                 except redis.exceptions.RedisError as exc:
                     log.warning("Redis error (%s); retrying in 1 s", exc)
@@ -290,7 +295,7 @@ class Manager:
     def _exited(self, child: Child, code: int, now: float) -> None:
         assert child.popen is not None  # the process that exited
         if child.command_id:
-            message = f"the worker exited (code {code}) before serving: {self._log_tail(child)}"
+            message = f"the worker exited (code {code}) before serving: {child.log_tail()}"
             update_status(
                 self.conn,
                 self.keys,
@@ -323,13 +328,23 @@ class Manager:
         whose model failed to load is stopped: a worker run by hand retries its load, but
         whoever sent this command wants an answer, and can send it again."""
         entries = {w.pid: w for w in registry.live_workers(self.conn, self.keys) if w.host == self.info.host}
+        given_up: list[Child] = []
         for child in self.children:
             assert child.popen is not None  # every child has been started (_start)
             entry = entries.get(child.popen.pid)
-            if not child.command_id or child.state != ManagedState.RUNNING or entry is None:
+            if not child.command_id or child.state != ManagedState.RUNNING:
                 continue
-            if entry.serving:
+            if entry is not None and entry.serving:
                 state, message = CommandState.DONE, ""
+            elif time.monotonic() - child.started > self.settings.load_timeout:
+                limit = self.settings.load_timeout
+                state, message = CommandState.FAILED, f"the model did not load within LOAD_TIMEOUT ({limit:g} s)"
+                log.warning("worker %d for %s: %s; killing it", child.popen.pid, child.model, message)
+                child.popen.kill()  # a hung load heeds no warm shutdown, and it runs no job
+                child.popen.wait()
+                given_up.append(child)
+            elif entry is None:
+                continue
             elif entry.state == WorkerState.ERROR:
                 state, message = CommandState.FAILED, f"the model failed to load: {entry.error}"
                 log.warning("worker %d for %s: %s; stopping it", child.popen.pid, child.model, message)
@@ -348,15 +363,8 @@ class Manager:
             child.command_id = ""
             if state == CommandState.FAILED:
                 self._end_waiting_jobs(child.model, message)
-
-    @staticmethod
-    def _log_tail(child: Child, lines: int = 5) -> str:
-        assert child.log_path is not None  # set by _start with popen
-        try:
-            tail = child.log_path.read_text(errors="replace").strip().splitlines()[-lines:]
-        except OSError:
-            return "no output"
-        return " | ".join(safe_text(line) for line in tail)[-500:]
+        for child in given_up:
+            self.children.remove(child)
 
     def _shutdown(self) -> None:
         """Warm shutdown of every worker (they finish their jobs), SIGKILL after SHUTDOWN_WAIT."""

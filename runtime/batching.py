@@ -44,6 +44,7 @@ from rq.utils import now
 from contract.done import Done
 from contract.keys import Keys, Priority
 from contract.queues import mark_canceled
+from contract.sweep import drop_idle
 from runtime.engine_loop import Admission, EngineLoop, Outcome, Slots
 
 log = logging.getLogger("mis.batching")
@@ -84,6 +85,13 @@ class BatchingWorker(SimpleWorker):
         self._born = False
         """rq's worker record exists: the heartbeat thread may refresh it (before birth it
         would create a stub that rq's register_birth takes for a live namesake)."""
+
+    def run_maintenance_tasks(self):
+        super().run_maintenance_tasks()  # rq's: its own queues' registries
+        try:  # everyone's: a model nobody serves leaves no queue behind (contract/sweep.py)
+            drop_idle(self.connection, self.keys)
+        except redis.exceptions.RedisError:
+            log.warning("could not sweep idle queues", exc_info=True)
 
     # --- admission (main thread) ---
 

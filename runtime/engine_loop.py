@@ -146,9 +146,13 @@ class EngineLoop(threading.Thread):
         began; 0 between calls. The heartbeat shows how long it has run."""
 
     def _kept_for(self, job_id: str) -> int:
+        """How long a job's stream outlives it: as long as rq keeps its record (failure_ttl
+        when rq keeps no record of a success, contract.queues.JobSpec.record_success)."""
         admission = self.running.get(job_id)
-        kept = admission.job.result_ttl if admission is not None else None
-        return kept if isinstance(kept, int) and kept > 0 else self.steps.settings.result_ttl
+        if admission is None:
+            return self.steps.settings.result_ttl
+        kept = [t for t in (admission.job.result_ttl, admission.job.failure_ttl) if isinstance(t, int) and t > 0]
+        return max(kept, default=self.steps.settings.result_ttl)
 
     def submit(self, admission: Admission) -> None:
         self.inbox.put(admission)
@@ -221,7 +225,7 @@ class EngineLoop(threading.Thread):
             self.model_busy_since = time.monotonic()
             start = self.engine.add(job_id, admission.request)
         except RequestRejected as exc:
-            self._end(job_id, error=exc, code=exc.code, message=str(exc))
+            self._end(job_id, error=exc, code=exc.code, message=str(exc), param=exc.param)
             return
         except Exception as exc:  # a bug or a model failure: the job fails, the worker lives
             log.exception("job %s could not start", job_id)
@@ -231,7 +235,7 @@ class EngineLoop(threading.Thread):
             return
         finally:
             self.model_busy_since = 0.0
-        self.pending.append((job_id, EventType.START, start))
+        self.pending.append((job_id, EventType.START, {**start, **_described(admission.job)}))
 
     def _refuse(self, job_id: str, refusal: BaseException) -> None:
         """The job function refused the payload. A refusal with a `code` (an expired image,
@@ -308,13 +312,15 @@ class EngineLoop(threading.Thread):
         error: BaseException | None = None,
         code: str = "",
         message: str = "",
+        param: str = "",
         cancelled: bool = False,
         tokens: int = 0,
     ) -> None:
         admission = self.running[job_id]
         self.ending_ids.add(job_id)
         if error is not None:
-            self.pending.append((job_id, EventType.ERROR, {"code": code, "message": message}))
+            ending = {"code": code, "message": message, **({"param": param} if param else {})}
+            self.pending.append((job_id, EventType.ERROR, ending))
         elif cancelled:
             self.pending.append((job_id, EventType.CANCELLED, {"completion_tokens": tokens}))
         if result is not None:
@@ -373,3 +379,14 @@ class EngineLoop(threading.Thread):
             self.slots.free(outcome.admission.priority)
             self.on_end(outcome)
         self.on_change()
+
+
+def _described(job: Job) -> dict:
+    """What a stream's `start` says of its request, so that a finished answer can be read
+    back from the stream alone once rq has dropped the job (api/stored.py)."""
+    payload = job.kwargs.get("payload", {}) if isinstance(job.kwargs, dict) else {}
+    return {
+        "created": int(job.created_at.timestamp()) if job.created_at else 0,
+        "model": payload.get("model", ""),
+        "logprobs": bool(payload.get("logprobs")),
+    }

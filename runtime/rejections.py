@@ -6,9 +6,13 @@ from __future__ import annotations
 
 
 class RequestRejected(Exception):
-    """This model cannot serve the request; `code` and the message go to the client."""
+    """This model cannot serve the request; `code`, `param` and the message go to the client."""
 
     code = "invalid_value"
+
+    def __init__(self, message: str, *, param: str = "messages"):
+        super().__init__(message)
+        self.param = param
 
 
 class PromptTooLong(RequestRejected):
@@ -21,4 +25,6 @@ class PromptTooLong(RequestRejected):
 def check_logit_bias(bias: dict[int, float], vocab_size: int) -> None:
     """Every biased token id must name a row of the model's output."""
     if bias and (max(bias) >= vocab_size or min(bias) < 0):
-        raise RequestRejected(f"logit_bias names token ids outside this model's vocabulary (0 to {vocab_size - 1})")
+        raise RequestRejected(
+            f"logit_bias names token ids outside this model's vocabulary (0 to {vocab_size - 1})", param="logit_bias"
+        )

@@ -84,7 +84,12 @@ def test_bad_model_paths_are_400_with_a_clear_message(admin_api, path, bad):
 
 def test_status_shows_workers_queues_and_rates(admin_api, client):
     say_hi(admin_api, "tiny-text", max_tokens=3)
+    before = admin(admin_api, "GET", "/admin/status").json()["redis"]
+    say_hi(admin_api, "tiny-text", max_tokens=3, store=True)
     body = admin(admin_api, "GET", "/admin/status").json()
+    memory = body["redis"]  # what a kept answer costs in Redis (Hardening II, case 10)
+    assert memory["used_mb"] > 0 and memory["answers_kept"] == before["answers_kept"] + 1
+    assert 1000 < memory["bytes_per_answer"] < 64_000
     worker = next(w for w in body["workers"] if w["model"] == "tiny-text")
     for field in ("pid", "host", "kind", "state", "active_jobs", "capacity", "tokens_per_s", "jobs_per_min"):
         assert field in worker

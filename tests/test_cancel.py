@@ -16,8 +16,9 @@ from contract.stream import EventType, StreamReader
 from .support import SLOW, alias, wait_until
 
 
-def open_stream(api_url, max_tokens=2000, model="tiny-text"):
+def open_stream(api_url, max_tokens=2000, model="tiny-text", **extra):
     body = {
+        **extra,
         "model": model,
         "messages": [{"role": "user", "content": "go on"}],
         "max_tokens": max_tokens,

@@ -96,7 +96,7 @@ class FakeSender:
 
 
 def admission(job_id, request, *, timeout=60, priority=Priority.INTERACTIVE, **fields):
-    job = SimpleNamespace(id=job_id, timeout=timeout)
+    job = SimpleNamespace(id=job_id, timeout=timeout, kwargs={"payload": {"model": "m"}}, created_at=None)
     return Admission(
         job,
         queue=None,

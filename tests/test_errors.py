@@ -51,7 +51,7 @@ def assert_error(response, status, code=None, param=None):
         ({"stop": [""]}, "stop"),
         ({"logit_bias": {"abc": 1}}, "logit_bias"),
         ({"logit_bias": {"1": 1000}}, "logit_bias"),
-        ({"top_logprobs": 2}, None),
+        ({"top_logprobs": 2}, "top_logprobs"),
         ({"top_logprobs": 50, "logprobs": True}, "top_logprobs"),
         ({"stream": "yes please"}, "stream"),
     ],
@@ -61,7 +61,7 @@ def test_invalid_parameters_are_400_naming_the_field(api_url, text_worker, chang
     if change.get("model", 1) is None:
         del body["model"]
     error = assert_error(post(api_url, body), 400, param=param)
-    assert error["type"] == "invalid_request_error"
+    assert error["type"] == "invalid_request_error" and error["param"] == param  # never null (Hardening II)
 
 
 @pytest.mark.parametrize("raw", ["{not json", "[1, 2]", "null", ""])
@@ -99,11 +99,12 @@ def test_oversized_body_is_413(api_url):
 def test_prompt_longer_than_the_context_is_400(api_url, text_worker):
     long = {**GOOD, "messages": [{"role": "user", "content": "the answer " * 3000}]}
     error = assert_error(post(api_url, long), 400, code="context_length_exceeded")
-    assert "context length" in error["message"]
+    assert "context length" in error["message"] and error["param"] == "messages"  # as OpenAI names it
 
 
 def test_logit_bias_outside_the_vocabulary_is_400(api_url, text_worker):
-    assert_error(post(api_url, {**GOOD, "logit_bias": {"999999": 5}}), 400, code="invalid_value")
+    error = assert_error(post(api_url, {**GOOD, "logit_bias": {"999999": 5}}), 400, code="invalid_value")
+    assert error["param"] == "logit_bias"  # the worker's refusals name their parameter too
 
 
 def test_unknown_routes_and_methods_are_json_errors(api_url):

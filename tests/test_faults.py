@@ -197,7 +197,7 @@ def test_sigterm_finishes_running_jobs_and_leaves_queued_ones_for_the_next_worke
     model = alias(models_dir, "fault-sigterm")
     a = faults.start_worker(model, WORKER_CAPACITY=2)
     queue = Queue(f"text:{model}:interactive", connection=conn)
-    running = [post_stream(fault_api, model, max_tokens=1900) for _ in range(2)]
+    running = [post_stream(fault_api, model, max_tokens=1900, store=True) for _ in range(2)]  # rq records kept
     for response in running:
         first_content(response)
     results: dict[str, dict] = {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -18,6 +19,7 @@ from contract.commands import (
     command_status,
     request_unload,
     send_load,
+    update_status,
 )
 from contract.keys import Kind, Priority
 from contract.payloads import ChatJob, ChatMessage
@@ -190,7 +192,8 @@ def test_crashed_worker_restarts_and_a_lost_machine_leaves_the_other(managers, a
 
 def test_unload_lets_running_jobs_finish_then_the_worker_exits_for_good(managers, api_url, conn, keys):
     (pid,) = [w.pid for w in manager(conn, keys, "mgr-b").workers if w.model == MODEL]
-    response, job_id = open_stream(api_url, model=MODEL, max_tokens=2000)
+    # Stored: its rq record stays once it has finished, to be read below.
+    response, job_id = open_stream(api_url, model=MODEL, max_tokens=2000, store=True)
     read_until(response, lambda line: '"content":"' in line)
     cutoff = request_unload(conn, keys, MODEL, cancel=False)
     wait_until(
@@ -256,3 +259,32 @@ def test_a_killed_managers_worker_does_not_outlive_it(stack, managers, conn, key
         wait_until(lambda: gone(pid), 20, "the orphaned worker to exit")
     finally:
         proc.stop()
+
+
+def test_a_load_that_never_ends_fails_after_load_timeout(redis_server, conn, keys, ctx, tmp_path):
+    """Hardening II, case 6: a load that hangs (a stalled download, a dead mount) left the jobs
+    waiting for its model queued for a day. After LOAD_TIMEOUT the manager kills the worker,
+    fails the command and ends those jobs. (The hang is a real process that never serves;
+    the manager's loop step is called directly.)"""
+    from managers.children import Child
+    from managers.manager import Manager
+
+    settings = Settings(redis_url=redis_server.url, key_prefix="test:", load_timeout=1)
+    boss = Manager(settings, Kind.TEXT, name="mgr-timeout")
+    line = enqueue(ctx, JobSpec.chat(ChatJob(model="mgr-hung", messages=[ChatMessage(role="user", content="hi")],
+                                             max_tokens=2), Kind.TEXT, priority=Priority.BATCH))  # fmt: skip
+    # The status a load command of this model has while its worker starts (as _start writes it).
+    update_status(conn, keys, "cmd-hung", CommandState.STARTING, id="cmd-hung", op="load", kind="text",
+                  model="mgr-hung", created_at=time.time())  # fmt: skip
+    hung = Child("mgr-hung", keep_alive=-1, capacity=None, command_id="cmd-hung", log_path=tmp_path / "hung.log")
+    hung.popen = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    boss.children.append(hung)
+    boss._follow_starts()
+    assert hung.popen.poll() is None and hung in boss.children  # within its time: still loading
+    hung.started -= 2
+    boss._follow_starts()
+    assert hung.popen.poll() is not None and hung not in boss.children
+    status = command_status(conn, keys, "cmd-hung")
+    assert status.state == CommandState.FAILED and "did not load within LOAD_TIMEOUT (1 s)" in status.message
+    result = read_result(conn, keys, line.id)
+    assert result.status == ResultStatus.FAILED and result.error["code"] == "model_unavailable"
