@@ -204,7 +204,7 @@ def test_sigterm_finishes_running_jobs_and_leaves_queued_ones_for_the_next_worke
     waiting = [
         threading.Thread(
             target=lambda i=i: results.update(
-                {i: outcome(post_stream(fault_api, model, max_tokens=40), time.monotonic() + 90)}
+                {i: outcome(post_stream(fault_api, model, max_tokens=40, store=True), time.monotonic() + 90)}
             )
         )
         for i in range(2)
