@@ -18,10 +18,12 @@ from contract.payloads import ChatJob
 from . import autoload, images
 from .errors import APIError
 from .schemas import ChatCompletionRequest
+from .structured import grammar_for
 
 
 def chat_payload(ctx: Context, req: ChatCompletionRequest, image_ttl: int | None = None) -> tuple[Kind, ChatJob]:
     """The job for a validated request (routed, images checked and stored), and its queue's kind."""
+    grammar = grammar_for(req.response_format)  # a format we cannot enforce is a 400 first
     model = canonical_model(ctx, req.model)
     kind, context_length = route(ctx, model)
     if req.image_count:
@@ -35,6 +37,7 @@ def chat_payload(ctx: Context, req: ChatCompletionRequest, image_ttl: int | None
         stop=req.stop or [],
         logprobs=bool(req.logprobs),
         top_logprobs=req.top_logprobs or 0,
+        grammar=grammar,
     )
 
 

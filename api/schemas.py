@@ -26,6 +26,8 @@ from contract import payloads
 from contract.payloads import ChatMessage, SamplingParams
 from contract.settings import Settings
 
+from .structured import ResponseFormat
+
 MAX_TOP_LOGPROBS = 20
 """OpenAI's limit; each costs a decode of one token per generated token."""
 TOKEN_ID = re.compile(r"[0-9]{1,10}")
@@ -142,6 +144,8 @@ class ChatCompletionRequest(BaseModel):
     """Keep the completion RESULT_TTL for GET /v1/chat/completions/<id> (else UNSTORED_TTL)."""
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=1, description="only one choice per request is supported")
+    response_format: ResponseFormat | None = None
+    """Enforced by constrained decoding (api/structured.py, docs/STRUCTURED.md)."""
 
     @field_validator("messages")
     @classmethod

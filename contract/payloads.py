@@ -102,6 +102,9 @@ class ChatJob(BaseModel):
     stop: list[str] = Field(default_factory=list)
     logprobs: bool = False
     top_logprobs: int = 0
+    grammar: str | None = None
+    """An llguidance grammar (its JSON text, made and checked by api/structured.py from
+    `response_format`) that every generated token must follow; None: unconstrained."""
 
 
 class PromptTokensDetails(BaseModel):

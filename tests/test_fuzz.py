@@ -16,7 +16,7 @@ from .support import say_hi
 
 HOSTILE = [
     None, True, False, 0, -1, 2**63, -(2**63), 1.5, 1e308, "", "x" * 20_000, "a\ud800b", "../../etc/passwd",
-    "%00", [], [None], [[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]], {}, {"": None}, {"type": None},
+    "%00", [], [None], [[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]], {}, {"": None}, {"type": None}, {"type": []},
 ]  # fmt: skip
 """Values every field is set to in turn (json.dumps writes the lone surrogate as a valid
 escape, as a client's JSON library would)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import struct
 import subprocess
@@ -13,6 +14,7 @@ import threading
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import jsonschema
 import openai
 import pytest
 import requests
@@ -283,3 +285,24 @@ def test_a_vision_model_that_cannot_load_is_503_with_the_reason(stack, api_url, 
         assert post(api_url, [{"role": "user", "content": "hi"}], model="tiny-text").status_code == 200
     finally:
         proc.stop()
+
+
+def test_a_vision_answer_follows_its_json_schema(vclient):
+    """Issue 14: the vision engine enforces `response_format` with the same grammar as text."""
+    schema = {
+        "type": "object",
+        "properties": {"color": {"enum": ["red", "green", "blue"]}, "count": {"type": "integer", "minimum": 0,
+                                                                             "maximum": 9}},
+        "required": ["color", "count"],
+        "additionalProperties": False,
+    }  # fmt: skip
+    fmt = {"type": "json_schema", "json_schema": {"name": "seen", "schema": schema, "strict": True}}
+    for stream in (False, True):
+        args = dict(model=MODEL, messages=image_message(data_uri(png())), response_format=fmt, max_tokens=300,
+                    temperature=1.0, seed=3)  # fmt: skip
+        if stream:
+            chunks = list(vclient.chat.completions.create(**args, stream=True))
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        else:
+            text = vclient.chat.completions.create(**args).choices[0].message.content
+        jsonschema.validate(json.loads(text), schema)

@@ -26,6 +26,7 @@ from mlx_lm.tokenizer_utils import StreamingDetokenizer
 
 from contract.payloads import ChatJob, PromptTokensDetails, SamplingParams, Usage
 from contract.stream import EventType
+from mlx_common.grammar import Grammars
 from mlx_common.logprobs import token_logprob
 from mlx_common.sampling import Filters, SeededSampler
 from runtime.rejections import PromptTooLong, check_logit_bias
@@ -88,6 +89,8 @@ class TextEngine:
         self.prompt_cache = LRUPromptCache(max_size=PROMPT_CACHE_ENTRIES, max_bytes=prompt_cache_bytes)
         self.prefill_chunk = prefill_chunk or default_prefill_chunk()
         self.eos_stops = make_stop_sequences(text_model.tokenizer)
+        tokenizer = text_model.tokenizer
+        self.grammars = Grammars(tokenizer._tokenizer, text_model.vocab_size, sorted(tokenizer.eos_token_ids))
         self.samplers = SamplerCache()
         self.sequences: dict[int, _Sequence] = {}
         self.uid_of: dict[str, int] = {}
@@ -122,6 +125,14 @@ class TextEngine:
             raise PromptTooLong(len(prompt), model.context_length)
         params = request.sampling.normalized(model.vocab_size)
         check_logit_bias(params.logit_bias, model.vocab_size)
+        processors = make_logits_processors(
+            logit_bias=params.logit_bias or None,
+            repetition_penalty=params.repetition_penalty,
+            presence_penalty=params.presence_penalty or None,
+            frequency_penalty=params.frequency_penalty or None,
+        )
+        if request.grammar:  # last: nothing after it may lift a masked token
+            processors.append(self.grammars.processor(request.grammar))
         cache, rest = self._cached_prefix(prompt)
         cached = len(prompt) - len(rest)
         (uid,) = self.generator.insert(
@@ -130,14 +141,7 @@ class TextEngine:
             caches=[cache],  # type: ignore[list-item]  # None (no cache) is fine; mlx-lm's hint lacks it
             all_tokens=[prompt[:cached]],
             samplers=[self.samplers.get(params)],
-            logits_processors=[
-                make_logits_processors(
-                    logit_bias=params.logit_bias or None,
-                    repetition_penalty=params.repetition_penalty,
-                    presence_penalty=params.presence_penalty or None,
-                    frequency_penalty=params.frequency_penalty or None,
-                )
-            ],
+            logits_processors=[processors],
             stop_sequences=[self.eos_stops],
         )
         self.sequences[uid] = _Sequence(

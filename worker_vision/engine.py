@@ -45,6 +45,7 @@ from mlx_vlm.utils import prepare_inputs, should_add_special_tokens
 
 from contract.payloads import ChatJob, PromptTokensDetails, SamplingParams, TokenLogprob, Usage
 from contract.stream import EventType
+from mlx_common.grammar import Grammars
 from mlx_common.logprobs import token_logprob
 from mlx_common.sampling import Filters, SeededSampler
 from runtime.rejections import PromptTooLong, RequestRejected, check_logit_bias
@@ -116,6 +117,8 @@ class VisionEngine:
         self.max_images = max_images
         self.sequences: dict[str, _Sequence] = {}
         self._vocab_mask: mx.array | None = None
+        tokenizer = getattr(vision_model.processor, "tokenizer", vision_model.processor)
+        self.grammars = Grammars(tokenizer, vision_model.vocab_size, sorted(vision_model.eos_token_ids))
 
     @property
     def context_length(self) -> int:
@@ -130,7 +133,8 @@ class VisionEngine:
         if prompt.length >= context:
             raise PromptTooLong(prompt.length, context, counted="the messages (images included)")
         max_tokens = min(job.max_tokens, context - prompt.length)
-        self.sequences[job_id] = self._prefill(job_id, job, prompt, max_tokens)
+        grammar = [self.grammars.processor(job.grammar)] if job.grammar else []  # refused before the prefill
+        self.sequences[job_id] = self._prefill(job_id, job, prompt, max_tokens, grammar)
         return {"prompt_tokens": prompt.length, "cached_tokens": 0}
 
     def step(self) -> tuple[list[StepEvent], dict[str, dict]]:
@@ -182,7 +186,7 @@ class VisionEngine:
         extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "pixel_values", "attention_mask")}
         return _Prompt(inputs["input_ids"], inputs.get("pixel_values"), inputs.get("attention_mask"), extra)
 
-    def _prefill(self, job_id: str, job: ChatJob, prompt: _Prompt, max_tokens: int) -> _Sequence:
+    def _prefill(self, job_id: str, job: ChatJob, prompt: _Prompt, max_tokens: int, grammar: list) -> _Sequence:
         """Encode the images, run the prompt through the language model, and start sampling
         the first token."""
         features = self.vm.model.get_input_embeddings(
@@ -200,7 +204,7 @@ class VisionEngine:
             rope_delta=int(delta.reshape(-1)[0].item()) if delta is not None else 0,
             position_shape=(3, 1, 1) if positions.ndim == 3 else (1, 1),
             sampler=_sampler(job.sampling.normalized(self.vm.vocab_size), self.vm.vocab_size),
-            processors=_processors(job.sampling),
+            processors=[*_processors(job.sampling), *grammar],  # the grammar last: nothing lifts its mask
             stops=StopMatcher(job.stop),
             text=TextStream(self.vm.processor),
             history=prompt.input_ids.reshape(-1)[-PENALTY_CONTEXT:],
