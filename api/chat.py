@@ -160,11 +160,7 @@ def _stream(
                 yield sse(completion.chunk({"role": "assistant", "content": ""}, with_usage=include_usage), event.id)
             elif event.type == EventType.DELTA:
                 yield sse(
-                    completion.chunk(
-                        {"content": event.data.get("text", "")},
-                        logprobs=event.data.get("logprobs"),
-                        with_usage=include_usage,
-                    ),
+                    completion.chunk(delta_of(event), logprobs=event.data.get("logprobs"), with_usage=include_usage),
                     event.id,
                 )
             elif event.type == EventType.DONE:
@@ -186,6 +182,18 @@ def _stream(
         relay.close(sys.exc_info()[1])
         if timer:  # metrics
             timer.finish(completion.usage)
+
+
+def delta_of(event: Event) -> dict:
+    """An SSE chunk's `delta` for a delta event: its text, its tool-call fragments (OpenAI's
+    shape: index, id, type and name first, then `arguments` pieces), or both."""
+    calls = event.data.get("tool_calls")
+    delta: dict = {}
+    if event.data.get("text") or not calls:
+        delta["content"] = event.data.get("text", "")
+    if calls:
+        delta["tool_calls"] = calls
+    return delta
 
 
 def client_left(sock) -> bool:

@@ -23,14 +23,34 @@ class Completion:
     logprobs: list[dict] = field(default_factory=list)
     finish_reason: str | None = None
     usage: dict | None = None
+    tool_calls: dict[int, dict] = field(default_factory=dict)
+    """Calls by index, their fragments joined (mlx_common/tools.py sends them)."""
 
     def add(self, event: Event) -> None:
         if event.type == EventType.DELTA:
             self.text.append(event.data.get("text", ""))
             self.logprobs.extend(event.data.get("logprobs", []))
+            for fragment in event.data.get("tool_calls", []):
+                self._add_call(fragment)
         elif event.type == EventType.DONE:
             self.finish_reason = event.data["finish_reason"]
             self.usage = event.data["usage"]
+
+    def _add_call(self, fragment: dict) -> None:
+        call = self.tool_calls.setdefault(
+            fragment["index"], {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+        )
+        call["id"] = fragment.get("id") or call["id"]
+        function = fragment.get("function", {})
+        call["function"]["name"] += function.get("name", "")
+        call["function"]["arguments"] += function.get("arguments", "")
+
+    def message(self) -> dict:
+        text = "".join(self.text)
+        message: dict = {"role": "assistant", "content": text if text or not self.tool_calls else None, "refusal": None}
+        if self.tool_calls:
+            message["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls)]
+        return message
 
     def response(self, want_logprobs: bool) -> dict:
         return {
@@ -42,7 +62,7 @@ class Completion:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": "".join(self.text), "refusal": None},
+                    "message": self.message(),
                     "logprobs": {"content": self.logprobs, "refusal": None} if want_logprobs else None,
                     "finish_reason": self.finish_reason,
                 }

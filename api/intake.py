@@ -19,11 +19,21 @@ from . import autoload, images
 from .errors import APIError
 from .schemas import ChatCompletionRequest
 from .structured import grammar_for
+from .tools import job_tools, refuse_legacy
 
 
 def chat_payload(ctx: Context, req: ChatCompletionRequest, image_ttl: int | None = None) -> tuple[Kind, ChatJob]:
     """The job for a validated request (routed, images checked and stored), and its queue's kind."""
+    refuse_legacy({name for name in ("functions", "function_call") if getattr(req, name) is not None})
     grammar = grammar_for(req.response_format)  # a format we cannot enforce is a 400 first
+    tools = job_tools(req.tools, req.tool_choice, req.parallel_tool_calls)
+    if grammar and tools.get("tool_choice", "none") != "none":
+        raise APIError(
+            400,
+            "response_format together with tools is not supported yet: the calls have their own grammar",
+            param="response_format",
+            code="unsupported_parameter",
+        )
     model = canonical_model(ctx, req.model)
     kind, context_length = route(ctx, model)
     if req.image_count:
@@ -38,6 +48,7 @@ def chat_payload(ctx: Context, req: ChatCompletionRequest, image_ttl: int | None
         logprobs=bool(req.logprobs),
         top_logprobs=req.top_logprobs or 0,
         grammar=grammar,
+        **tools,
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from contract import payloads
@@ -27,6 +28,7 @@ from contract.payloads import ChatMessage, SamplingParams
 from contract.settings import Settings
 
 from .structured import ResponseFormat
+from .tools import RequestToolCall, ToolChoice, ToolDef
 
 MAX_TOP_LOGPROBS = 20
 """OpenAI's limit; each costs a decode of one token per generated token."""
@@ -78,8 +80,12 @@ RequestContent = Annotated[TextContent | ImageURLContent, Field(discriminator="t
 class RequestMessage(BaseModel):
     model_config = STRICT
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[RequestContent] | None = None
+    tool_calls: list[RequestToolCall] | None = Field(None, max_length=128)
+    """An assistant turn's calls (the history an agent sends back)."""
+    tool_call_id: str | None = Field(None, min_length=1, max_length=256)
+    """A `tool` turn: the id of the call it answers."""
 
     @field_validator("content", mode="before")
     @classmethod
@@ -92,6 +98,16 @@ class RequestMessage(BaseModel):
                     raise ValueError(f"content part {i} has type {kind!r}; parts are text or image_url")
         return value
 
+    @model_validator(mode="after")
+    def _tool_fields(self):
+        if self.role == "tool" and (self.tool_call_id is None or self.content is None):
+            raise ValueError("a tool message needs tool_call_id and content (the call's result)")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if self.tool_call_id is not None and self.role != "tool":
+            raise ValueError("only tool messages carry tool_call_id")
+        return self
+
     @property
     def image_urls(self) -> list[str]:
         if not isinstance(self.content, list):
@@ -103,15 +119,20 @@ class RequestMessage(BaseModel):
         and the message keeps its parts in order. Text-only messages become one string."""
         # "developer" is OpenAI's newer name for the system role.
         role = "system" if self.role == "developer" else self.role
+        calls = {
+            "tool_calls": [c.model_dump() for c in self.tool_calls] if self.tool_calls else None,
+            "tool_call_id": self.tool_call_id,
+        }
         if not isinstance(self.content, list):
-            return ChatMessage(role=role, content=self.content or "")
+            return ChatMessage(role=role, content=self.content or "", **calls)
         if not self.image_urls:
-            return ChatMessage(role=role, content="".join(p.text for p in self.content if isinstance(p, TextContent)))
+            text = "".join(p.text for p in self.content if isinstance(p, TextContent))
+            return ChatMessage(role=role, content=text, **calls)
         parts = [
             payloads.TextPart(text=p.text) if isinstance(p, TextContent) else store_image(p.image_url.url)
             for p in self.content
         ]
-        return ChatMessage(role=role, content=parts)
+        return ChatMessage(role=role, content=parts, **calls)
 
 
 class StreamOptions(BaseModel):
@@ -146,6 +167,12 @@ class ChatCompletionRequest(BaseModel):
     n: int = Field(1, ge=1, le=1, description="only one choice per request is supported")
     response_format: ResponseFormat | None = None
     """Enforced by constrained decoding (api/structured.py, docs/STRUCTURED.md)."""
+    tools: list[ToolDef] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    functions: Any = Field(None, json_schema_extra={"deprecated": True})
+    """OpenAI's deprecated form of `tools`: refused with a 400 (api/tools.py)."""
+    function_call: Any = Field(None, json_schema_extra={"deprecated": True})
 
     @field_validator("messages")
     @classmethod

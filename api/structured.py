@@ -118,12 +118,21 @@ def schema_grammar(schema: dict | bool) -> str:
         raise _invalid(str(exc), "response_format.json_schema.schema") from None
 
 
-def _checked(grammar: str, param: str) -> str:
+def check_schema(schema: dict, param: str, code: str = "invalid_response_format") -> None:
+    """400 when `schema` cannot be enforced (a tool's parameters, api/tools.py)."""
+    try:
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=JSON_OPTIONS)
+    except ValueError as exc:
+        raise _invalid(str(exc), param, code) from None
+    _checked(grammar, param, code)
+
+
+def _checked(grammar: str, param: str, code: str = "invalid_response_format") -> str:
     is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
     if is_error:
-        raise _invalid(messages[0] if messages else "the grammar is not valid", param)
+        raise _invalid(messages[0] if messages else "the grammar is not valid", param, code)
     return grammar
 
 
-def _invalid(message: str, param: str) -> APIError:
-    return APIError(400, f"{param} cannot be enforced: {message[:500]}", param=param, code="invalid_response_format")
+def _invalid(message: str, param: str, code: str = "invalid_response_format") -> APIError:
+    return APIError(400, f"{param} cannot be enforced: {message[:500]}", param=param, code=code)

@@ -43,12 +43,34 @@ class ImagePart(BaseModel):
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    arguments: str
+    """JSON text, as OpenAI sends it."""
+
+
+class ToolCall(BaseModel):
+    """A call an earlier assistant turn made (in the history a client sends back)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant", "tool"]
     content: str | list[ContentPart]
     """A string, or (when the message holds images) its parts in order."""
+    tool_calls: list[ToolCall] | None = None
+    """An assistant turn's calls."""
+    tool_call_id: str | None = None
+    """A `tool` turn: the call it answers."""
 
     @property
     def text(self) -> str:
@@ -59,6 +81,17 @@ class ChatMessage(BaseModel):
     @property
     def images(self) -> list[ImagePart]:
         return [] if isinstance(self.content, str) else [p for p in self.content if isinstance(p, ImagePart)]
+
+
+class Function(BaseModel):
+    """A function a request offers the model (OpenAI's `tools[i].function`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str | None = None
+    parameters: dict = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    """A JSON schema the API has checked can be enforced."""
 
 
 class SamplingParams(BaseModel):
@@ -105,6 +138,11 @@ class ChatJob(BaseModel):
     grammar: str | None = None
     """An llguidance grammar (its JSON text, made and checked by api/structured.py from
     `response_format`) that every generated token must follow; None: unconstrained."""
+    tools: list[Function] = Field(default_factory=list)
+    """Functions the model may call (rendered by its chat template, mlx_common/tools.py)."""
+    tool_choice: str = "auto"
+    """`none`, `auto`, `required`, or the name of the one function it must call."""
+    parallel_tool_calls: bool = True
 
 
 class PromptTokensDetails(BaseModel):

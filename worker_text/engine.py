@@ -29,6 +29,14 @@ from contract.stream import EventType
 from mlx_common.grammar import Grammars
 from mlx_common.logprobs import token_logprob
 from mlx_common.sampling import Filters, SeededSampler
+from mlx_common.tools import (
+    ToolCallSplitter,
+    check_tools,
+    marker_tokens,
+    template_message,
+    template_tools,
+    tool_format,
+)
 from runtime.rejections import PromptTooLong, check_logit_bias
 from runtime.steps import StepEvent
 from runtime.stops import StopMatcher
@@ -51,9 +59,10 @@ class TextModel:
 
     def encode_chat(self, job: ChatJob) -> list[int]:
         # A text model sees text only (the API never routes images to one).
-        messages = [{"role": m.role, "content": m.text} for m in job.messages]
+        messages = [template_message(m) for m in job.messages]
         if getattr(self.tokenizer, "chat_template", None):
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            tools = template_tools(job)
+            text = self.tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
             return self.tokenizer.encode(text, add_special_tokens=False)
         # No template: plain "role: content" lines, as mlx_lm.server does.
         text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
@@ -71,6 +80,8 @@ class _Sequence:
     cached_tokens: int
     stops: StopMatcher
     detokenizer: StreamingDetokenizer
+    calls: ToolCallSplitter | None = None
+    """Splits tool calls off the text when the request offers tools."""
     tokens: int = 0
 
 
@@ -91,6 +102,8 @@ class TextEngine:
         self.eos_stops = make_stop_sequences(text_model.tokenizer)
         tokenizer = text_model.tokenizer
         self.grammars = Grammars(tokenizer._tokenizer, text_model.vocab_size, sorted(tokenizer.eos_token_ids))
+        self.tool_format = tool_format(tokenizer)
+        self.tool_markers = marker_tokens(tokenizer, self.tool_format)
         self.samplers = SamplerCache()
         self.sequences: dict[int, _Sequence] = {}
         self.uid_of: dict[str, int] = {}
@@ -131,8 +144,15 @@ class TextEngine:
             presence_penalty=params.presence_penalty or None,
             frequency_penalty=params.frequency_penalty or None,
         )
-        if request.grammar:  # last: nothing after it may lift a masked token
-            processors.append(self.grammars.processor(request.grammar))
+        calling = bool(request.tools) and request.tool_choice != "none"
+        check_tools(self.tool_format, request.tools, request.tool_choice)
+        grammar = request.grammar
+        if calling and self.tool_format is not None:
+            grammar = self.tool_format.grammar(
+                request.tools, request.tool_choice, request.parallel_tool_calls, self.tool_markers
+            )
+        if grammar:  # last: nothing after it may lift a masked token
+            processors.append(self.grammars.processor(grammar))
         cache, rest = self._cached_prefix(prompt)
         cached = len(prompt) - len(rest)
         (uid,) = self.generator.insert(
@@ -145,8 +165,9 @@ class TextEngine:
             stop_sequences=[self.eos_stops],
         )
         self.sequences[uid] = _Sequence(
-            job_id, uid, request, len(prompt), cached, StopMatcher(request.stop), model.tokenizer.detokenizer
-        )
+            job_id, uid, request, len(prompt), cached, StopMatcher(request.stop), model.tokenizer.detokenizer,
+            calls=ToolCallSplitter(self.tool_format) if calling and self.tool_format else None,
+        )  # fmt: skip
         self.uid_of[job_id] = uid
         return {"prompt_tokens": len(prompt), "cached_tokens": cached}
 
@@ -160,13 +181,21 @@ class TextEngine:
                 continue
             seq.tokens += 1
             text, finish = self._text(seq, response)
+            calls: list[dict] = []
+            if seq.calls is not None:
+                piece = seq.calls.feed(text, final=finish is not None)
+                text, calls = piece.content, piece.calls
+                if finish == "stop" and seq.calls.called:
+                    finish = "tool_calls"
             logprob = (
                 token_logprob(self.text_model.tokenizer, response.logprobs, response.token, seq.request.top_logprobs)
                 if seq.request.logprobs
                 else None
             )
-            if text or logprob is not None:
+            if text or calls or logprob is not None:
                 extra = {"logprobs": [logprob.model_dump()]} if logprob is not None else {}
+                if calls:
+                    extra["tool_calls"] = calls
                 events.append((seq.job_id, EventType.DELTA, {"text": text, **extra}))
             if finish is not None:
                 usage = self._finish(seq, response)

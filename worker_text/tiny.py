@@ -24,6 +24,27 @@ CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
     "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+TOOLS_TEMPLATE = (
+    # Our own template in the Qwen2.5 / Hermes tool format (mlx-lm infers `json_tools` from
+    # `<tool_call>` and `tool_call.name`): tools in the system turn, calls in <tool_call> tags.
+    "{%- if tools %}<|im_start|>system\n{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}\n\n"
+    "{% endif %}# Tools\n\nYou may call functions. Their signatures:\n<tools>{% for tool in tools %}\n"
+    "{{ tool | tojson }}{% endfor %}\n</tools>\n\n"
+    "For each call, return a JSON object in <tool_call></tool_call> tags:\n"
+    '<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call><|im_end|>\n'
+    "{%- elif messages[0]['role'] == 'system' %}<|im_start|>system\n{{ messages[0]['content'] }}<|im_end|>\n{% endif %}"
+    "{%- for message in messages %}{% if message['role'] == 'system' %}"
+    "{% elif message['role'] == 'assistant' and message.tool_calls %}<|im_start|>assistant\n"
+    "{% if message['content'] %}{{ message['content'] }}\n{% endif %}{% for tool_call in message.tool_calls %}"
+    "{% if tool_call.function is defined %}{% set tool_call = tool_call.function %}{% endif %}"
+    '<tool_call>\n{"name": "{{ tool_call.name }}", "arguments": {{ tool_call.arguments | tojson }}}\n</tool_call>'
+    "{% endfor %}<|im_end|>\n"
+    "{% elif message['role'] == 'tool' %}<|im_start|>user\n<tool_response>\n{{ message['content'] }}\n"
+    "</tool_response><|im_end|>\n"
+    "{% else %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+TOOL_TOKENS = ["<tool_call>", "</tool_call>"]
 CORPUS = [
     "The capital of France is Paris. The quick brown fox jumps over the lazy dog.",
     "Hello, world! Wörter mit Umlauten, 日本語のテキスト, emojis 🙂 and numbers 0123456789.",
@@ -44,8 +65,8 @@ CONFIG = {
 VOCAB_SIZE = 512
 
 
-def build_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def build_tokenizer(added: list[str] | None = None):
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -57,17 +78,20 @@ def build_tokenizer():
         show_progress=False,
     )
     tokenizer.train_from_iterator(CORPUS, trainer=trainer)
+    if added:  # plain added tokens (not special): they are text too, as Qwen's <tool_call> is
+        tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in added])
     return tokenizer
 
 
-def build(out_dir: Path, seed: int = 0, **config_overrides) -> Path:
-    """A random-weight llama with a small trained BPE tokenizer and a ChatML template;
-    `config_overrides` change its shape (a wider one makes prefill cost measurable)."""
+def build(out_dir: Path, seed: int = 0, tools: bool = False, **config_overrides) -> Path:
+    """A random-weight llama with a small trained BPE tokenizer and a ChatML template (with
+    `tools`, the tool-calling template and its tag tokens); `config_overrides` change its
+    shape (a wider one makes prefill cost measurable)."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from mlx_lm.models import llama
 
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(TOOL_TOKENS if tools else None)
     config = {**CONFIG, **config_overrides, "vocab_size": tokenizer.get_vocab_size()}
     mx.random.seed(seed)
     model = llama.Model(llama.ModelArgs.from_dict(config))
@@ -77,7 +101,7 @@ def build(out_dir: Path, seed: int = 0, **config_overrides) -> Path:
         out_dir,
         dict(tree_flatten(model.parameters())),
         config,
-        lambda partial: _write_tokenizer(tokenizer, partial, config),
+        lambda partial: _write_tokenizer(tokenizer, partial, config, TOOLS_TEMPLATE if tools else CHATML),
     )
 
 
@@ -152,7 +176,7 @@ def build_shaped(out_dir: Path, config: dict, bits: int | None = 4, group_size: 
     )
 
 
-def _write_tokenizer(tokenizer, partial: Path, config: dict) -> None:
+def _write_tokenizer(tokenizer, partial: Path, config: dict, template: str = CHATML) -> None:
     tokenizer.save(str(partial / "tokenizer.json"))
     (partial / "tokenizer_config.json").write_text(
         json.dumps(
@@ -160,7 +184,7 @@ def _write_tokenizer(tokenizer, partial: Path, config: dict) -> None:
                 "tokenizer_class": "PreTrainedTokenizerFast",
                 "eos_token": "<|im_end|>",
                 "pad_token": "<|endoftext|>",
-                "chat_template": CHATML,
+                "chat_template": template,
                 "model_max_length": config["max_position_embeddings"],
             },
             indent=1,
@@ -195,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m worker_text.tiny", description=__doc__.split("\n")[0])
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tools", action="store_true", help="the tool-calling chat template (Qwen/Hermes format)")
     parser.add_argument(
         "--like",
         type=Path,
@@ -205,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.like:
         print(f"wrote {build_twin(args.like, args.out_dir, args.seed)}")
     else:
-        print(f"wrote {build(args.out_dir, args.seed)}")
+        print(f"wrote {build(args.out_dir, args.seed, tools=args.tools)}")
     return 0
 
 

@@ -167,6 +167,8 @@ class VisionEngine:
         if any(m.images and m.role != "user" for m in job.messages):
             raise RequestRejected("images are accepted in user messages only")
         check_logit_bias(job.sampling.logit_bias, vm.vocab_size)
+        if job.tools and job.tool_choice != "none":  # refused, never ignored (docs/STRUCTURED.md)
+            raise RequestRejected("tool calls are not supported on vision models yet", param="tools")
 
     def _encode(self, request: VisionRequest) -> _Prompt:
         """The chat template with one image marker per image part, in message order; the
