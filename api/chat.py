@@ -185,11 +185,14 @@ def _stream(
 
 
 def delta_of(event: Event) -> dict:
-    """An SSE chunk's `delta` for a delta event: its text, its tool-call fragments (OpenAI's
-    shape: index, id, type and name first, then `arguments` pieces), or both."""
-    calls = event.data.get("tool_calls")
+    """An SSE chunk's `delta` for a delta event: its text, its reasoning (`reasoning_content`,
+    as DeepSeek's and vLLM's APIs send it), its tool-call fragments (OpenAI's shape: index,
+    id, type and name first, then `arguments` pieces)."""
+    calls, reasoning = event.data.get("tool_calls"), event.data.get("reasoning")
     delta: dict = {}
-    if event.data.get("text") or not calls:
+    if reasoning:
+        delta["reasoning_content"] = reasoning
+    if event.data.get("text") or not (calls or reasoning):
         delta["content"] = event.data.get("text", "")
     if calls:
         delta["tool_calls"] = calls

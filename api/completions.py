@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from contract.results import http_status
-from contract.stream import Event, EventType
+from contract.stream import Event, EventType, join_calls
 
 from .errors import APIError
 
@@ -20,6 +20,7 @@ class Completion:
     model: str
     created: int = field(default_factory=lambda: int(time.time()))
     text: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
     logprobs: list[dict] = field(default_factory=list)
     finish_reason: str | None = None
     usage: dict | None = None
@@ -29,27 +30,20 @@ class Completion:
     def add(self, event: Event) -> None:
         if event.type == EventType.DELTA:
             self.text.append(event.data.get("text", ""))
+            self.reasoning.append(event.data.get("reasoning", ""))
             self.logprobs.extend(event.data.get("logprobs", []))
-            for fragment in event.data.get("tool_calls", []):
-                self._add_call(fragment)
+            join_calls(self.tool_calls, event.data.get("tool_calls", []))
         elif event.type == EventType.DONE:
             self.finish_reason = event.data["finish_reason"]
             self.usage = event.data["usage"]
-
-    def _add_call(self, fragment: dict) -> None:
-        call = self.tool_calls.setdefault(
-            fragment["index"], {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
-        )
-        call["id"] = fragment.get("id") or call["id"]
-        function = fragment.get("function", {})
-        call["function"]["name"] += function.get("name", "")
-        call["function"]["arguments"] += function.get("arguments", "")
 
     def message(self) -> dict:
         text = "".join(self.text)
         message: dict = {"role": "assistant", "content": text if text or not self.tool_calls else None, "refusal": None}
         if self.tool_calls:
             message["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls)]
+        if any(self.reasoning):
+            message["reasoning_content"] = "".join(self.reasoning)
         return message
 
     def response(self, want_logprobs: bool) -> dict:

@@ -33,6 +33,7 @@ from .bodies import json_body
 from .errors import APIError
 from .intake import canonical_model, route
 from .schemas import DocumentRequest
+from .structured import grammar_for
 
 bp = Blueprint("documents", __name__, url_prefix="/v1")
 ID_PREFIX = "doc_"
@@ -60,6 +61,7 @@ def create_document():
     settings = ext.settings
     fields, uploads = _read_request(settings.max_document_bytes)
     req = DocumentRequest.model_validate(fields, context={"settings": settings})
+    grammar = grammar_for(req.response_format)
     model = canonical_model(ext, req.model)
     kind, _ = route(ext, model)
     if kind != Kind.VISION:
@@ -82,6 +84,7 @@ def create_document():
         combine_model=combine_model,
         combine_kind=combine_kind,
         combine_max_tokens=req.combine_max_tokens,
+        grammar=grammar,
     )
     if uploads[0].startswith(b"%PDF"):
         if len(uploads) > 1:

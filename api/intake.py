@@ -49,6 +49,11 @@ def chat_payload(ctx: Context, req: ChatCompletionRequest, image_ttl: int | None
         top_logprobs=req.top_logprobs or 0,
         grammar=grammar,
         **tools,
+        enable_thinking=False
+        if req.enable_thinking is None and req.reasoning_effort == "none"
+        else req.enable_thinking,
+        reasoning_effort=req.reasoning_effort,
+        max_reasoning_tokens=req.max_reasoning_tokens,
     )
 
 

@@ -10,6 +10,7 @@ same limits.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
@@ -170,6 +171,12 @@ class ChatCompletionRequest(BaseModel):
     tools: list[ToolDef] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+    """Reaches templates that take it; `none` also turns thinking off."""
+    enable_thinking: bool | None = None
+    """Extension: the thinking switch of templates that have one (Qwen3's)."""
+    max_reasoning_tokens: int | None = Field(None, ge=1)
+    """Extension: end a thinking model's thinking after this many tokens."""
     functions: Any = Field(None, json_schema_extra={"deprecated": True})
     """OpenAI's deprecated form of `tools`: refused with a 400 (api/tools.py)."""
     function_call: Any = Field(None, json_schema_extra={"deprecated": True})
@@ -259,6 +266,19 @@ class DocumentRequest(BaseModel):
     combine_max_tokens: int = Field(512, ge=1, le=32768)
     document: str | None = Field(None, description="JSON only: the PDF, base64")
     images: list[str] | None = Field(None, description="JSON only: page images, base64 or data URIs")
+    response_format: ResponseFormat | None = None
+    """Every page's answer follows it (a schema: "extract these fields from each page"); in a
+    multipart form, the JSON text of the object."""
+
+    @field_validator("response_format", mode="before")
+    @classmethod
+    def _form_json(cls, value):
+        if isinstance(value, str):  # a multipart form field
+            try:
+                return json.loads(value)
+            except ValueError:
+                raise ValueError("must be a JSON object (response_format as JSON text in a form)") from None
+        return value
 
     @field_validator("dpi")
     @classmethod

@@ -4,6 +4,8 @@ cost, not the stack's).
 
     .venv/bin/python bench/structured.py [--models tiny-text SmolLM2-135M-Instruct] [--streams 8]
                                          [--max-tokens 128] [--rounds 3]
+    python bench/structured.py --shapes qwen2.5-0.5b qwen2.5-7b      # on a GPU: random 4-bit
+                                                                     # weights of those shapes
 
 Each round runs the unconstrained batch, then the constrained batch, then a mixed one (half
 and half), with the same prompts, greedy. The schema's array has `minItems` high enough that
@@ -92,12 +94,12 @@ def run_batch(engine, model: str, streams: int, constrained: list[bool], max_tok
     }
 
 
-def measure(model: str, streams: int, max_tokens: int, rounds: int) -> dict:
+def measure(model: str, streams: int, max_tokens: int, rounds: int, models_dir: Path) -> dict:
     from contract.settings import Settings
     from worker_text.engine import TextEngine
     from worker_text.loading import load_text_model
 
-    text_model = load_text_model(model, Settings(models_dir=str(ROOT / "var" / "models")))
+    text_model = load_text_model(model, Settings(models_dir=str(models_dir)))
     engine = TextEngine(text_model, capacity=streams, prompt_cache_bytes=0)
     kinds = {
         "unconstrained": [False] * streams,
@@ -109,6 +111,9 @@ def measure(model: str, streams: int, max_tokens: int, rounds: int) -> dict:
     for r in range(rounds):
         for kind, constrained in kinds.items():
             runs[kind].append(run_batch(engine, model, streams, constrained, max_tokens, f"{kind}{r}"))
+            last = runs[kind][-1]
+            print(f"  {model} round {r} {kind}: {last['decode_tok_s']:.1f} tok/s, "
+                  f"mask {last['mask_ms_per_step']:.2f} ms/step", flush=True)  # fmt: skip
     rows = {
         kind: {
             "decode_tok_s": statistics.median(x["decode_tok_s"] for x in xs),
@@ -129,9 +134,22 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--shapes", nargs="+", default=[], help="random 4-bit models of bench/gpu.py's shapes instead")
+    parser.add_argument("--shapes-dir", type=Path, default=Path("/tmp/mis-shapes"))
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    results = [measure(m, args.streams, args.max_tokens, args.rounds) for m in args.models]
+    if args.shapes:
+        from gpu import SHAPES
+
+        from worker_text.tiny import build_shaped
+
+        for shape in args.shapes:
+            if not (args.shapes_dir / shape / "config.json").is_file():
+                build_shaped(args.shapes_dir / shape, SHAPES[shape], bits=4)
+        runs = [(shape, args.shapes_dir) for shape in args.shapes]
+    else:
+        runs = [(model, ROOT / "var" / "models") for model in args.models]
+    results = [measure(m, args.streams, args.max_tokens, args.rounds, d) for m, d in runs]
     print(f"\nconstrained decoding, {args.streams} streams, {args.max_tokens} tokens each, {device_name()}")
     print(f"{'model':<26}{'batch':<15}{'decode tok/s':>13}{'mask ms/step':>14}{'mask ms/row':>13}")
     for result in results:

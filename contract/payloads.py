@@ -143,6 +143,12 @@ class ChatJob(BaseModel):
     tool_choice: str = "auto"
     """`none`, `auto`, `required`, or the name of the one function it must call."""
     parallel_tool_calls: bool = True
+    enable_thinking: bool | None = None
+    """Whether a model that thinks should (its template's switch); None: the template's default."""
+    reasoning_effort: str | None = None
+    """Passed to templates that take it."""
+    max_reasoning_tokens: int | None = None
+    """Extension: end the thinking block after this many tokens."""
 
 
 class PromptTokensDetails(BaseModel):
@@ -150,11 +156,18 @@ class PromptTokensDetails(BaseModel):
     """Prompt tokens whose KV cache was reused from an earlier request (not prefilled)."""
 
 
+class CompletionTokensDetails(BaseModel):
+    reasoning_tokens: int = 0
+    """Tokens of the thinking block (sent as `reasoning_content`)."""
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
+    completion_tokens_details: CompletionTokensDetails | None = None
+    """Only for models that think."""
 
 
 class TokenLogprob(BaseModel):

@@ -17,7 +17,7 @@ from rq.job import Job, JobStatus
 
 from contract.keys import Keys
 from contract.queues import WAITING, fetch_job
-from contract.stream import Event, EventType, StreamReader
+from contract.stream import Event, EventType, StreamReader, join_calls
 
 STATUS_BY_CODE = {
     "context_length_exceeded": 400,
@@ -55,6 +55,8 @@ FINAL = frozenset({ResultStatus.COMPLETED, ResultStatus.FAILED, ResultStatus.CAN
 class JobResult(BaseModel):
     status: ResultStatus
     text: str = ""
+    reasoning: str = ""
+    tool_calls: list[dict] = []
     finish_reason: str | None = None
     usage: dict | None = None
     error: dict | None = None
@@ -110,12 +112,18 @@ def read_result(conn: redis.Redis, keys: Keys, job_id: str) -> JobResult:
     events = StreamReader(conn, keys, job_id).read_all()
     starts = [i for i, e in enumerate(events) if e.type == EventType.START]
     events = events[starts[-1] :] if starts else events
-    text = "".join(e.data.get("text", "") for e in events if e.type == EventType.DELTA)
+    deltas = [e.data for e in events if e.type == EventType.DELTA]
+    text = "".join(d.get("text", "") for d in deltas)
     ending = events[-1] if events and events[-1].is_terminal else ending_without_event(job)
     if ending is not None and ending.type == EventType.DONE:
+        calls: dict[int, dict] = {}
+        for delta in deltas:
+            join_calls(calls, delta.get("tool_calls", []))
         return JobResult(
             status=ResultStatus.COMPLETED,
             text=text,
+            reasoning="".join(d.get("reasoning", "") for d in deltas),
+            tool_calls=[calls[i] for i in sorted(calls)],
             usage=ending.data.get("usage"),
             finish_reason=ending.data.get("finish_reason"),
         )

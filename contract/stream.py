@@ -1,7 +1,8 @@
 """The token-stream protocol: one Redis Stream per job, written by the worker that runs it,
 read by the API from the start (`XREAD` from `0`), so a late reader loses nothing.
 
-Entry types (`EventType`): `start` when generation begins, `delta` with new text, `done`
+Entry types (`EventType`): `start` when generation begins, `delta` with new text (and
+`reasoning` text, `tool_calls` fragments, `logprobs`), `done`
 with the finish reason and usage, `error` with an OpenAI-style code and a safe message,
 `cancelled` when a cancel request stopped the job, `progress` for long jobs. Every stream
 ends with exactly one of done / error / cancelled.
@@ -67,6 +68,19 @@ def entry_commands(key: str, event_type: EventType, data: dict, *, maxlen: int, 
     if event_type != EventType.DELTA:
         commands.append(("EXPIRE", key, ttl))
     return commands
+
+
+def join_calls(calls: dict[int, dict], fragments: list[dict]) -> None:
+    """Add a delta's tool-call fragments (`data["tool_calls"]`: a call's first names it, the
+    rest carry `arguments` pieces) to the calls joined so far, by index."""
+    for fragment in fragments:
+        call = calls.setdefault(
+            fragment["index"], {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+        )
+        call["id"] = fragment.get("id") or call["id"]
+        function = fragment.get("function", {})
+        call["function"]["name"] += function.get("name", "")
+        call["function"]["arguments"] += function.get("arguments", "")
 
 
 class StreamWriter:

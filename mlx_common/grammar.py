@@ -81,10 +81,12 @@ class GrammarProcessor:
         self.steps = 0
 
     def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
+        # Start this step's forward pass first: it queues behind the previous step's sampling,
+        # so the device stays busy while this thread waits for that token and computes the mask.
+        mx.async_eval(logits)
         if self.fed:
             self.matcher.consume_token(cast(int, tokens[-1].item()))
         self.fed = True
-        mx.async_eval(logits)  # the forward pass runs while the mask is computed
         allowed = self._allowed(logits.shape[-1])
         return mx.where(mx.array(allowed), logits, mx.array(-mx.inf, dtype=logits.dtype))
 

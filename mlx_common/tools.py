@@ -220,7 +220,7 @@ class ToolCallSplitter:
     def _text(self, piece: Piece, final: bool) -> bool:
         at = self.buffer.find(self.fmt.start)
         if at < 0:
-            keep = 0 if final else _partial_suffix(self.buffer, self.fmt.start)
+            keep = 0 if final else partial_suffix(self.buffer, self.fmt.start)
             piece.content += self.buffer[: len(self.buffer) - keep]
             self.buffer = self.buffer[len(self.buffer) - keep :]
             return False
@@ -305,7 +305,7 @@ def _json_end(text: str) -> int | None:
     return end
 
 
-def _partial_suffix(text: str, marker: str) -> int:
+def partial_suffix(text: str, marker: str) -> int:
     """Length of the longest tail of `text` that is a proper prefix of `marker`."""
     for n in range(min(len(marker) - 1, len(text)), 0, -1):
         if marker.startswith(text[-n:]):

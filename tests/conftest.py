@@ -33,7 +33,8 @@ def models_dir(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("models")
     build(root / "tiny-text")
-    build(root / "tiny-tools", tools=True)  # the Qwen/Hermes tool-call template (tests/test_tools.py)
+    build(root / "tiny-tools", flavor="tools")  # the Qwen/Hermes tool-call template (tests/test_tools.py)
+    build(root / "tiny-think", flavor="think")  # a thinking block, as Qwen3 (tests/test_reasoning.py)
     # Wider and deeper: ~100 tokens/s on a 2-core CPU instead of ~1,000, so a test that needs
     # a job still running a few seconds after it started (unload, cancel) has one on any machine.
     build(

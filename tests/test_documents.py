@@ -6,11 +6,13 @@ restarted mid-document."""
 from __future__ import annotations
 
 import base64
+import json
 import signal
 import subprocess
 import sys
 import time
 
+import jsonschema
 import pytest
 import requests
 from rq.job import Job
@@ -208,3 +210,25 @@ def test_the_cli_submits_waits_and_writes_the_result(api_url, docs_worker, tmp_p
         cwd=ROOT,
     )
     assert refused.returncode == 2 and "error 404" in refused.stderr
+
+
+def test_a_page_schema_makes_every_page_validated_json(api_url, docs_worker):
+    """Issue 14: "extract these fields from each page" — every page's text follows the schema
+    (a form field holding the response_format's JSON text)."""
+    schema = {
+        "type": "object",
+        "properties": {"title": {"type": "string", "maxLength": 8}, "total": {"type": "integer", "minimum": 0,
+                                                                               "maximum": 999}},
+        "required": ["title", "total"],
+        "additionalProperties": False,
+    }  # fmt: skip
+    fmt = {"type": "json_schema", "json_schema": {"name": "invoice", "schema": schema}}
+    answer = submit(api_url, make_pdf(3), max_tokens="200", response_format=json.dumps(fmt))
+    assert answer.status_code == 202, answer.text
+    assert wait_done(api_url, answer.json()["id"])["status"] == "completed"
+    result = requests.get(f"{api_url}/v1/documents/{answer.json()['id']}/result", timeout=10).json()
+    for page in result["pages"]:
+        jsonschema.validate(json.loads(page["text"]), schema)
+    refused = submit(api_url, make_pdf(1), response_format='{"type": "json_schema", "json_schema": {"name": "x", '
+                                                          '"schema": {"not": {}}}}')  # fmt: skip
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_response_format"

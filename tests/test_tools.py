@@ -173,3 +173,29 @@ def test_misplaced_tool_fields_are_a_400(client, message):
     with pytest.raises(openai.BadRequestError) as refused:
         client.chat.completions.create(model=MODEL, messages=[*ASK, message], tools=TOOLS, max_tokens=5)
     assert refused.value.body["param"] == "messages.1"
+
+
+def test_batch_lines_carry_their_calls_and_schemas(client):
+    """Issue 14, everywhere a chat goes: a Batch API line's tool calls and a line's schema."""
+    from .test_batches import jsonl, wait_batch
+
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}},
+              "required": ["n"], "additionalProperties": False}  # fmt: skip
+    bodies = {
+        "call": {"model": MODEL, "messages": ASK, "tools": TOOLS, "tool_choice": "required", "max_tokens": 300,
+                 "seed": 1},
+        "json": {"model": MODEL, "messages": ASK, "max_tokens": 50, "seed": 1,
+                 "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": schema}}},
+    }  # fmt: skip
+    lines = [{"custom_id": k, "method": "POST", "url": "/v1/chat/completions", "body": b} for k, b in bodies.items()]
+    upload = client.files.create(file=jsonl(lines), purpose="batch")
+    batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+    batch = wait_batch(client, batch.id)
+    assert batch.status == "completed" and batch.request_counts.completed == 2, batch
+    output = {
+        json.loads(x)["custom_id"]: json.loads(x) for x in client.files.content(batch.output_file_id).text.splitlines()
+    }
+    choice = output["call"]["response"]["body"]["choices"][0]
+    assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
+    valid([(c["function"]["name"], c["function"]["arguments"]) for c in choice["message"]["tool_calls"]])
+    jsonschema.validate(json.loads(output["json"]["response"]["body"]["choices"][0]["message"]["content"]), schema)

@@ -68,6 +68,8 @@ class DocumentJob(BaseModel):
     combine_model: str | None = None
     combine_kind: Kind = Kind.TEXT
     combine_max_tokens: int = 512
+    grammar: str | None = None
+    """What every page's answer must follow (api/structured.py made it from response_format)."""
     created_at: int = Field(default_factory=lambda: int(time.time()))
 
 
@@ -126,6 +128,7 @@ def page_job(doc: DocumentJob, page: ImagePart) -> ChatJob:
         model=doc.model,
         max_tokens=doc.max_tokens,
         messages=[ChatMessage(role="user", content=[page, TextPart(text=doc.prompt)])],
+        grammar=doc.grammar,
     )
 
 

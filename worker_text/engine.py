@@ -24,10 +24,11 @@ from mlx_lm.sample_utils import (
 )
 from mlx_lm.tokenizer_utils import StreamingDetokenizer
 
-from contract.payloads import ChatJob, PromptTokensDetails, SamplingParams, Usage
+from contract.payloads import ChatJob, CompletionTokensDetails, PromptTokensDetails, SamplingParams, Usage
 from contract.stream import EventType
 from mlx_common.grammar import Grammars
 from mlx_common.logprobs import token_logprob
+from mlx_common.reasoning import ReasoningSplitter, Thinking, ThinkingBudget
 from mlx_common.sampling import Filters, SeededSampler
 from mlx_common.tools import (
     ToolCallSplitter,
@@ -37,7 +38,7 @@ from mlx_common.tools import (
     template_tools,
     tool_format,
 )
-from runtime.rejections import PromptTooLong, check_logit_bias
+from runtime.rejections import PromptTooLong, RequestRejected, check_logit_bias
 from runtime.steps import StepEvent
 from runtime.stops import StopMatcher
 
@@ -57,16 +58,24 @@ class TextModel:
     context_length: int
     vocab_size: int
 
-    def encode_chat(self, job: ChatJob) -> list[int]:
+    def encode_chat(self, job: ChatJob, **template_options) -> list[int]:
+        text = self.render_chat(job, **template_options)
+        # A template writes its own special tokens; plain text gets the tokenizer's (a BOS).
+        return self.tokenizer.encode(text, add_special_tokens=not getattr(self.tokenizer, "chat_template", None))
+
+    def render_chat(self, job: ChatJob, **template_options) -> str:
+        """The prompt as text: the chat template with the request's tools and options (an
+        `enable_thinking` switch, `reasoning_effort`), which templates that know them read."""
         # A text model sees text only (the API never routes images to one).
         messages = [template_message(m) for m in job.messages]
         if getattr(self.tokenizer, "chat_template", None):
             tools = template_tools(job)
-            text = self.tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
-            return self.tokenizer.encode(text, add_special_tokens=False)
+            options = {k: v for k, v in template_options.items() if v is not None}
+            return self.tokenizer.apply_chat_template(
+                messages, tools=tools, add_generation_prompt=True, tokenize=False, **options
+            )
         # No template: plain "role: content" lines, as mlx_lm.server does.
-        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
-        return self.tokenizer.encode(text)
+        return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
 
 
 @dataclass
@@ -82,7 +91,10 @@ class _Sequence:
     detokenizer: StreamingDetokenizer
     calls: ToolCallSplitter | None = None
     """Splits tool calls off the text when the request offers tools."""
+    reasoning: ReasoningSplitter | None = None
+    """Splits the thinking block off the text when the model thinks."""
     tokens: int = 0
+    reasoning_tokens: int = 0
 
 
 class TextEngine:
@@ -104,6 +116,7 @@ class TextEngine:
         self.grammars = Grammars(tokenizer._tokenizer, text_model.vocab_size, sorted(tokenizer.eos_token_ids))
         self.tool_format = tool_format(tokenizer)
         self.tool_markers = marker_tokens(tokenizer, self.tool_format)
+        self.thinking = Thinking.of(tokenizer)
         self.samplers = SamplerCache()
         self.sequences: dict[int, _Sequence] = {}
         self.uid_of: dict[str, int] = {}
@@ -133,7 +146,21 @@ class TextEngine:
 
     def add(self, job_id: str, request: ChatJob) -> dict:
         model = self.text_model
-        prompt = model.encode_chat(request)
+        calling = bool(request.tools) and request.tool_choice != "none"
+        check_tools(self.tool_format, request.tools, request.tool_choice)
+        grammar = request.grammar
+        if calling and self.tool_format is not None:
+            grammar = self.tool_format.grammar(
+                request.tools, request.tool_choice, request.parallel_tool_calls, self.tool_markers
+            )
+        # A grammar fixes the answer from its first token, so a constrained answer does not think.
+        thinking = self.thinking if not grammar else None
+        text = model.render_chat(
+            request,
+            enable_thinking=False if grammar and self.thinking else request.enable_thinking,
+            reasoning_effort=request.reasoning_effort,
+        )
+        prompt = model.tokenizer.encode(text, add_special_tokens=not getattr(model.tokenizer, "chat_template", None))
         if len(prompt) >= model.context_length:
             raise PromptTooLong(len(prompt), model.context_length)
         params = request.sampling.normalized(model.vocab_size)
@@ -144,13 +171,9 @@ class TextEngine:
             presence_penalty=params.presence_penalty or None,
             frequency_penalty=params.frequency_penalty or None,
         )
-        calling = bool(request.tools) and request.tool_choice != "none"
-        check_tools(self.tool_format, request.tools, request.tool_choice)
-        grammar = request.grammar
-        if calling and self.tool_format is not None:
-            grammar = self.tool_format.grammar(
-                request.tools, request.tool_choice, request.parallel_tool_calls, self.tool_markers
-            )
+        inside = thinking is not None and thinking.opened_by(text)
+        if request.max_reasoning_tokens is not None and thinking is not None:
+            processors.append(self._budget(thinking, request.max_reasoning_tokens, inside))
         if grammar:  # last: nothing after it may lift a masked token
             processors.append(self.grammars.processor(grammar))
         cache, rest = self._cached_prefix(prompt)
@@ -167,9 +190,19 @@ class TextEngine:
         self.sequences[uid] = _Sequence(
             job_id, uid, request, len(prompt), cached, StopMatcher(request.stop), model.tokenizer.detokenizer,
             calls=ToolCallSplitter(self.tool_format) if calling and self.tool_format else None,
+            reasoning=ReasoningSplitter(thinking, inside) if thinking is not None else None,
         )  # fmt: skip
         self.uid_of[job_id] = uid
         return {"prompt_tokens": len(prompt), "cached_tokens": cached}
+
+    def _budget(self, thinking: Thinking, budget: int, inside: bool) -> ThinkingBudget:
+        if thinking.end_token is None:
+            raise RequestRejected(
+                "this model ends its thinking with several tokens; max_reasoning_tokens cannot end it",
+                param="max_reasoning_tokens",
+            )
+        start = self.text_model.tokenizer.encode(thinking.start, add_special_tokens=False)
+        return ThinkingBudget(start[0] if len(start) == 1 else None, thinking.end_token, budget, inside)
 
     def step(self) -> tuple[list[StepEvent], dict[str, dict]]:
         _, responses = self.generator.next()
@@ -181,6 +214,10 @@ class TextEngine:
                 continue
             seq.tokens += 1
             text, finish = self._text(seq, response)
+            reasoning = ""
+            if seq.reasoning is not None:
+                seq.reasoning_tokens += seq.reasoning.reasoning
+                reasoning, text = seq.reasoning.feed(text, final=finish is not None)
             calls: list[dict] = []
             if seq.calls is not None:
                 piece = seq.calls.feed(text, final=finish is not None)
@@ -192,10 +229,12 @@ class TextEngine:
                 if seq.request.logprobs
                 else None
             )
-            if text or calls or logprob is not None:
-                extra = {"logprobs": [logprob.model_dump()]} if logprob is not None else {}
+            if text or calls or reasoning or logprob is not None:
+                extra: dict[str, Any] = {"logprobs": [logprob.model_dump()]} if logprob is not None else {}
                 if calls:
                     extra["tool_calls"] = calls
+                if reasoning:
+                    extra["reasoning"] = reasoning
                 events.append((seq.job_id, EventType.DELTA, {"text": text, **extra}))
             if finish is not None:
                 usage = self._finish(seq, response)
@@ -254,7 +293,10 @@ class TextEngine:
             completion_tokens=seq.tokens,
             total_tokens=seq.prompt_tokens + seq.tokens,
             prompt_tokens_details=PromptTokensDetails(cached_tokens=seq.cached_tokens),
-        ).model_dump()
+            completion_tokens_details=(
+                CompletionTokensDetails(reasoning_tokens=seq.reasoning_tokens) if seq.reasoning is not None else None
+            ),
+        ).model_dump(exclude_none=True)
 
     def _forget(self, uid: int) -> _Sequence:
         seq = self.sequences.pop(uid)

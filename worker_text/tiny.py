@@ -45,6 +45,16 @@ TOOLS_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 TOOL_TOKENS = ["<tool_call>", "</tool_call>"]
+THINK_TEMPLATE = CHATML.replace(
+    # Qwen3's way: the generation prompt opens the thinking block, or (thinking off) closes an
+    # empty one; mlx-lm sees <think> and </think> in the vocabulary and passes enable_thinking.
+    "<|im_start|>assistant\n{% endif %}",
+    "<|im_start|>assistant\n{% if enable_thinking is defined and enable_thinking is false %}"
+    "<think>\n\n</think>\n\n{% else %}<think>\n{% endif %}{% endif %}",
+)
+THINK_TOKENS = ["<think>", "</think>"]
+FLAVORS = {"chat": (CHATML, []), "tools": (TOOLS_TEMPLATE, TOOL_TOKENS), "think": (THINK_TEMPLATE, THINK_TOKENS)}
+"""Chat template and added tokens of each kind of tiny model."""
 CORPUS = [
     "The capital of France is Paris. The quick brown fox jumps over the lazy dog.",
     "Hello, world! Wörter mit Umlauten, 日本語のテキスト, emojis 🙂 and numbers 0123456789.",
@@ -83,15 +93,16 @@ def build_tokenizer(added: list[str] | None = None):
     return tokenizer
 
 
-def build(out_dir: Path, seed: int = 0, tools: bool = False, **config_overrides) -> Path:
-    """A random-weight llama with a small trained BPE tokenizer and a ChatML template (with
-    `tools`, the tool-calling template and its tag tokens); `config_overrides` change its
-    shape (a wider one makes prefill cost measurable)."""
+def build(out_dir: Path, seed: int = 0, flavor: str = "chat", **config_overrides) -> Path:
+    """A random-weight llama with a small trained BPE tokenizer and a ChatML template (the
+    `tools` flavor: the tool-calling template and its tag tokens; `think`: a thinking block);
+    `config_overrides` change its shape (a wider one makes prefill cost measurable)."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from mlx_lm.models import llama
 
-    tokenizer = build_tokenizer(TOOL_TOKENS if tools else None)
+    template, added = FLAVORS[flavor]
+    tokenizer = build_tokenizer(added)
     config = {**CONFIG, **config_overrides, "vocab_size": tokenizer.get_vocab_size()}
     mx.random.seed(seed)
     model = llama.Model(llama.ModelArgs.from_dict(config))
@@ -101,7 +112,7 @@ def build(out_dir: Path, seed: int = 0, tools: bool = False, **config_overrides)
         out_dir,
         dict(tree_flatten(model.parameters())),
         config,
-        lambda partial: _write_tokenizer(tokenizer, partial, config, TOOLS_TEMPLATE if tools else CHATML),
+        lambda partial: _write_tokenizer(tokenizer, partial, config, template),
     )
 
 
@@ -219,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m worker_text.tiny", description=__doc__.split("\n")[0])
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tools", action="store_true", help="the tool-calling chat template (Qwen/Hermes format)")
+    parser.add_argument("--flavor", choices=sorted(FLAVORS), default="chat", help="chat template and its tokens")
     parser.add_argument(
         "--like",
         type=Path,
@@ -230,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.like:
         print(f"wrote {build_twin(args.like, args.out_dir, args.seed)}")
     else:
-        print(f"wrote {build(args.out_dir, args.seed, tools=args.tools)}")
+        print(f"wrote {build(args.out_dir, args.seed, flavor=args.flavor)}")
     return 0
 
 
