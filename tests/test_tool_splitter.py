@@ -1,0 +1,77 @@
+"""The tool-call splitter on each family's wire format, fed in every way a stream can cut it
+(whole, one character at a time, and at seeded random points): the same content and calls
+come out, and no markup reaches the content. The texts are the layouts the families' chat
+templates teach (Qwen2.5's and Hermes' <tool_call> blocks, Mistral's [TOOL_CALLS] list),
+with content before the calls, parallel calls, nested and unicode arguments."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from mlx_common.tools import FORMATS, ToolCallSplitter, partial_suffix
+
+QWEN_ONE = (
+    "Let me check.\n<tool_call>\n"
+    '{"name": "get_current_temperature", "arguments": {"location": "Paris, France", "unit": "celsius"}}\n</tool_call>'
+)
+QWEN_TWO = (
+    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Zürich", "days": [1, 2], "opts": {"a": "}"}}}\n'
+    '</tool_call>\n<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>'
+)
+MISTRAL_TWO = (
+    '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris", "note": "x\\"y"}}, '
+    '{"name": "get_time", "arguments": {"zone": "cet"}}]'
+)
+PLAIN = "Just text, no call: 2 < 3 and <tool is not a tag."
+CASES = [
+    ("json_tools", PLAIN, PLAIN, []),
+    ("json_tools", QWEN_ONE, "Let me check.\n",
+     [("get_current_temperature", {"location": "Paris, France", "unit": "celsius"})]),
+    ("json_tools", QWEN_TWO, "",
+     [("get_weather", {"city": "Zürich", "days": [1, 2], "opts": {"a": "}"}}), ("get_time", {})]),
+    ("mistral", MISTRAL_TWO, "", [("get_weather", {"city": "Paris", "note": 'x"y'}), ("get_time", {"zone": "cet"})]),
+]  # fmt: skip
+
+
+def cuts(text: str) -> list[list[str]]:
+    rng = random.Random(len(text))
+    randomly = []
+    for _ in range(5):
+        points = sorted(rng.sample(range(1, len(text)), min(12, len(text) - 1)))
+        randomly.append([text[a:b] for a, b in zip([0, *points], [*points, len(text)], strict=True)])
+    return [[text], list(text), *randomly]
+
+
+def split(family: str, pieces: list[str]) -> tuple[str, list[tuple[str, dict]], list[dict]]:
+    splitter = ToolCallSplitter(FORMATS[family])
+    content, calls, fragments = "", {}, []
+    for i, piece in enumerate(pieces):
+        out = splitter.feed(piece, final=i == len(pieces) - 1)
+        content += out.content
+        for fragment in out.calls:
+            fragments.append(fragment)
+            call = calls.setdefault(fragment["index"], ["", ""])
+            call[0] += fragment.get("function", {}).get("name", "")
+            call[1] += fragment["function"].get("arguments", "")
+    return content, [(name, json.loads(args)) for name, args in (calls[i] for i in sorted(calls))], fragments
+
+
+@pytest.mark.parametrize("family, text, content, calls", CASES)
+def test_every_cut_of_the_stream_gives_the_same_content_and_calls(family, text, content, calls):
+    for pieces in cuts(text):
+        got_content, got_calls, fragments = split(family, pieces)
+        assert (got_content, got_calls) == (content, calls), pieces
+        firsts = [f for f in fragments if "id" in f]
+        assert [f["index"] for f in firsts] == list(range(len(calls)))  # one header per call, in order
+        assert all(f["type"] == "function" and f["function"]["arguments"] == "" for f in firsts)
+
+
+def test_a_partial_marker_is_held_back_until_it_cannot_be_one():
+    assert partial_suffix("text <tool_ca", "<tool_call>") == len("<tool_ca")
+    assert partial_suffix("text <tool_cx", "<tool_call>") == 0
+    splitter = ToolCallSplitter(FORMATS["json_tools"])
+    assert splitter.feed("Hi <tool").content == "Hi "
+    assert splitter.feed("box>").content == "<toolbox>"
