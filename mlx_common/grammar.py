@@ -64,9 +64,9 @@ class GrammarProcessor:
 
     mlx-lm calls it once per step with the sequence's tokens so far — the last one being the
     token this step feeds the model (at the first call, the last prompt token) — and the
-    step's logits, still lazy. The matcher takes that token, then the step's forward pass is
-    started (`async_eval`) and the mask for the next token computed on the CPU while it runs:
-    the mask costs the batch nothing but its own small time.
+    step's logits, still lazy. The matcher takes that token (waiting for the previous step's
+    sampling: the one synchronisation a grammar needs), computes the mask for the next token
+    (microseconds to a millisecond), and masks the logits.
     """
 
     def __init__(self, matcher: llguidance.LLMatcher, vocab_size: int, eos_ids: list[int]):
@@ -81,9 +81,9 @@ class GrammarProcessor:
         self.steps = 0
 
     def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
-        # Start this step's forward pass first: it queues behind the previous step's sampling,
-        # so the device stays busy while this thread waits for that token and computes the mask.
-        mx.async_eval(logits)
+        # No mx.async_eval(logits) here to start the forward pass early: measured on an H200
+        # (7B shape, 8 rows) it cost 12% — each row's call evaluates its own slice — where
+        # the CPU gained nothing measurable (docs/PERFORMANCE.md, "Constrained decoding").
         if self.fed:
             self.matcher.consume_token(cast(int, tokens[-1].item()))
         self.fed = True
