@@ -7,6 +7,7 @@ here:
 
     json_tools   Qwen2.5, Qwen3, Hermes:  <tool_call>\\n{"name": "f", "arguments": {...}}\\n</tool_call>
     mistral      Mistral (v3 tokenizers): [TOOL_CALLS][{"name": "f", "arguments": {...}}, ...]
+    llama3_json  Llama 3.1+ (ours; no marker): the whole answer is {"name": "f", "parameters": {...}}
 
 Calls are generated under a grammar (mlx_common/grammar.py): with `tool_choice` `required`
 or a named function the whole answer is calls; with `auto` the model writes text freely and,
@@ -42,6 +43,9 @@ class ToolFormat:
     """Between two calls."""
     list_wrapped: bool = False
     """All calls in one JSON list after `start` (mistral)."""
+    whole_answer: bool = False
+    """No marker: a call is the whole answer, a JSON object starting with `start` (Llama 3.x)."""
+    args_key: str = "arguments"
 
     def grammar(self, tools: list[Function], choice: str, parallel: bool, tokens: dict[str, int] | None = None) -> str:
         """A Lark grammar (llguidance's dialect) for an answer under `choice`. `tokens`: the
@@ -52,7 +56,11 @@ class ToolFormat:
             return f"<[{tokens[text]}]>" if tokens and text in tokens else _lit(text)
 
         offered = [t for t in tools if choice in ("auto", "required") or t.name == choice]
-        call = {"anyOf": [_call_schema(t) for t in offered], "x-guidance": JSON_STYLE}
+        call = {"anyOf": [_call_schema(t, self.args_key) for t in offered], "x-guidance": JSON_STYLE}
+        if self.whole_answer:  # one call, or (auto) text that does not open one
+            if choice != "auto":
+                return f"%llguidance {{}}\nstart: %json {json.dumps(call)}\n"
+            return f"%llguidance {{}}\nstart: TEXT | %json {json.dumps(call)}\nTEXT: /(.|\\n)*/ & ~/\\s*\\{{(.|\\n)*/\n"
         if self.list_wrapped:
             calls = {"type": "array", "items": call, "minItems": 1, "x-guidance": JSON_STYLE}
             if not parallel:
@@ -84,11 +92,11 @@ def _lit(text: str) -> str:
     return json.dumps(text) if text else ""
 
 
-def _call_schema(tool: Function) -> dict:
+def _call_schema(tool: Function, args_key: str = "arguments") -> dict:
     return {
         "type": "object",
-        "properties": {"name": {"const": tool.name}, "arguments": tool.parameters},
-        "required": ["name", "arguments"],
+        "properties": {"name": {"const": tool.name}, args_key: tool.parameters},
+        "required": ["name", args_key],
         "additionalProperties": False,
     }
 
@@ -98,6 +106,7 @@ FORMATS = {
         "json_tools", "<tool_call>", "</tool_call>", call_prefix="\n", call_suffix="\n", between="\n"
     ),
     "mistral": ToolFormat("mistral", "[TOOL_CALLS]", "", list_wrapped=True),
+    "llama3_json": ToolFormat("llama3_json", "{", "", whole_answer=True, args_key="parameters"),
 }
 
 
@@ -115,6 +124,8 @@ def _family_of(tokenizer) -> str | None:
         return "mistral"
     if "<tool_call>" in template and "tool_call.name" in template:
         return "json_tools"
+    if "<|start_header_id|>" in template and '"parameters"' in template:
+        return "llama3_json"  # Llama 3.1+'s JSON tool calling: {"name": ..., "parameters": ...}
     return None
 
 
@@ -190,10 +201,9 @@ class ToolCallSplitter:
     come (all but a last character that may close them), then the call's closing text is
     dropped, and another call may follow."""
 
-    NAME = re.compile(r'\s*\{"name": "([^"]+)", "arguments": ')
-
     def __init__(self, fmt: ToolFormat):
         self.fmt = fmt
+        self.name = re.compile(r'\s*\{"name": "([^"]+)", "' + re.escape(fmt.args_key) + '": ')
         self.state = "text"
         self.buffer = ""
         self.args = ""
@@ -218,6 +228,13 @@ class ToolCallSplitter:
     # Each state handler consumes what it can; True when the state changed and more may follow.
 
     def _text(self, piece: Piece, final: bool) -> bool:
+        if self.fmt.whole_answer:  # a call only as the whole answer: decided by its first character
+            stripped = self.buffer.lstrip()
+            if not stripped and not final:
+                return False
+            self.state = "head" if stripped.startswith(self.fmt.start) else "plain"
+            self.buffer = stripped if self.state == "head" else self.buffer
+            return True
         at = self.buffer.find(self.fmt.start)
         if at < 0:
             keep = 0 if final else partial_suffix(self.buffer, self.fmt.start)
@@ -232,6 +249,10 @@ class ToolCallSplitter:
             self.state = "head"
         return True
 
+    def _plain(self, piece: Piece, final: bool) -> bool:
+        piece.content, self.buffer = piece.content + self.buffer, ""
+        return False
+
     def _open_list(self, piece: Piece, final: bool) -> bool:
         stripped = self.buffer.lstrip()
         if not stripped:
@@ -241,7 +262,7 @@ class ToolCallSplitter:
         return True
 
     def _head(self, piece: Piece, final: bool) -> bool:
-        match = self.NAME.match(self.buffer)
+        match = self.name.match(self.buffer)
         if match is None:
             return False
         self.index += 1
@@ -262,7 +283,9 @@ class ToolCallSplitter:
         if end is None:
             return False
         self.buffer = self.args[end:]
-        self.tail = "}" + ("" if self.fmt.list_wrapped else self.fmt.call_suffix + self.fmt.end)
+        self.tail = "}" + (
+            "" if self.fmt.list_wrapped or self.fmt.whole_answer else self.fmt.call_suffix + self.fmt.end
+        )
         self.state = "closing"
         return True
 
@@ -279,6 +302,8 @@ class ToolCallSplitter:
         return True
 
     def _between(self, piece: Piece, final: bool) -> bool:
+        if self.fmt.whole_answer:  # the call was the answer
+            return False
         rest = self.buffer.lstrip()
         if self.fmt.list_wrapped:
             if rest.startswith(","):

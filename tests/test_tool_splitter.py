@@ -2,7 +2,8 @@
 (whole, one character at a time, and at seeded random points): the same content and calls
 come out, and no markup reaches the content. The texts are the layouts the families' chat
 templates teach (Qwen2.5's and Hermes' <tool_call> blocks, Mistral's [TOOL_CALLS] list),
-with content before the calls, parallel calls, nested and unicode arguments."""
+with content before the calls, parallel calls, nested and unicode arguments; and Llama 3.x's
+JSON calls, which have no marker: a call is the whole answer."""
 
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ CASES = [
     ("json_tools", QWEN_TWO, "",
      [("get_weather", {"city": "Zürich", "days": [1, 2], "opts": {"a": "}"}}), ("get_time", {})]),
     ("mistral", MISTRAL_TWO, "", [("get_weather", {"city": "Paris", "note": 'x"y'}), ("get_time", {"zone": "cet"})]),
+    ("llama3_json", '{"name": "get_weather", "parameters": {"city": "Paris", "days": [3]}}', "",
+     [("get_weather", {"city": "Paris", "days": [3]})]),
+    ("llama3_json", "No call here, only {braces} later.", "No call here, only {braces} later.", []),
 ]  # fmt: skip
 
 
@@ -75,3 +79,28 @@ def test_a_partial_marker_is_held_back_until_it_cannot_be_one():
     splitter = ToolCallSplitter(FORMATS["json_tools"])
     assert splitter.feed("Hi <tool").content == "Hi "
     assert splitter.feed("box>").content == "<toolbox>"
+
+
+def test_the_llama_grammar_allows_text_or_one_valid_call(models_dir):
+    """Llama 3.x has no call marker: with `auto` an answer is text that does not open with `{`,
+    or one call whose name is a tool's and whose parameters validate."""
+    import llguidance
+    import llguidance.hf
+    from transformers import PreTrainedTokenizerFast
+
+    from contract.payloads import Function
+
+    city = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+            "additionalProperties": False}  # fmt: skip
+    tools = [Function(name="get_weather", parameters=city)]
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(models_dir / "tiny-text" / "tokenizer.json"))
+    vocabulary = llguidance.hf.from_tokenizer(tokenizer, n_vocab=len(tokenizer))
+    grammar = FORMATS["llama3_json"].grammar(tools, "auto", True)
+
+    def follows(text: str) -> bool:
+        matcher = llguidance.LLMatcher(vocabulary, grammar, log_level=0)
+        return all(matcher.consume_token(t) for t in tokenizer.encode(text)) and matcher.is_accepting()
+
+    assert follows("Sunny, 21 C.") and follows('{"name": "get_weather", "parameters": {"city": "Paris"}}')
+    assert not follows('{"name": "get_time", "parameters": {}}')  # no such tool
+    assert not follows('{"name": "get_weather", "parameters": {"town": "Paris"}}')  # invalid parameters
