@@ -17,6 +17,8 @@ from .schemas import MAX_TOP_LOGPROBS, TOKEN_ID, ChatCompletionRequest
 
 def answer_schemas() -> dict:
     logprobs = nullable(obj(["content"], content=nullable(array(ref("TokenLogprob"))), refusal={"type": "null"}))
+    finish = {"enum": ["stop", "length", "tool_calls"]}
+    function = {"const": "function"}
     worker_fields = dict(
         name=STR,
         model=STR,
@@ -48,9 +50,14 @@ def answer_schemas() -> dict:
                     ["index", "message", "finish_reason"],
                     index=INT,
                     logprobs=logprobs,
-                    finish_reason={"enum": ["stop", "length"]},
+                    finish_reason=finish,
                     message=obj(
-                        ["role", "content"], role={"const": "assistant"}, content=STR, refusal={"type": "null"}
+                        ["role", "content"],
+                        role={"const": "assistant"},
+                        content=nullable(STR),
+                        refusal={"type": "null"},
+                        tool_calls=array(ref("ToolCall")),
+                        reasoning_content=STR,
                     ),
                 )
             ),
@@ -68,10 +75,23 @@ def answer_schemas() -> dict:
                     ["index", "delta", "finish_reason"],
                     index=INT,
                     logprobs=logprobs,
-                    finish_reason=nullable({"enum": ["stop", "length"]}),
-                    delta=obj(role={"const": "assistant"}, content=STR),
+                    finish_reason=nullable(finish),
+                    delta=obj(
+                        role={"const": "assistant"},
+                        content=STR,
+                        reasoning_content=STR,
+                        tool_calls=array(
+                            obj(["index"], index=INT, id=STR, type=function, function=obj(name=STR, arguments=STR))
+                        ),
+                    ),
                 )
             ),
+        ),
+        "ToolCall": obj(
+            ["id", "type", "function"],
+            id=STR,
+            type=function,
+            function=obj(["name", "arguments"], name=STR, arguments=STR),
         ),
         "ChatCompletionEvent": {
             "description": "One Server-Sent Event: a chunk, an error that ended the stream, or "

@@ -199,3 +199,23 @@ def test_batch_lines_carry_their_calls_and_schemas(client):
     assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
     valid([(c["function"]["name"], c["function"]["arguments"]) for c in choice["message"]["tool_calls"]])
     jsonschema.validate(json.loads(output["json"]["response"]["body"]["choices"][0]["message"]["content"]), schema)
+
+
+def test_answers_with_calls_match_the_openapi_document(api_url, client):
+    """/openapi.json describes tool calls in answers and chunks (refs resolved in the document)."""
+    import requests
+
+    doc = requests.get(api_url + "/openapi.json", timeout=10).json()
+
+    def check(body: dict, name: str) -> None:
+        jsonschema.validate(body, {**doc["components"]["schemas"][name], "components": doc["components"]})
+
+    body = {"model": MODEL, "messages": ASK, "tools": TOOLS, "tool_choice": "required", "max_tokens": 300, "seed": 2}
+    answer = requests.post(api_url + "/v1/chat/completions", json=body, timeout=60).json()
+    assert answer["choices"][0]["message"]["tool_calls"]
+    check(answer, "ChatCompletion")
+    stream = requests.post(api_url + "/v1/chat/completions", json={**body, "stream": True}, timeout=60).text
+    chunks = [json.loads(line[6:]) for line in stream.splitlines() if line.startswith("data: {")]
+    assert any(c["choices"] and c["choices"][0]["delta"].get("tool_calls") for c in chunks)
+    for chunk in chunks:
+        check(chunk, "ChatCompletionChunk")
