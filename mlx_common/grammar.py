@@ -82,13 +82,24 @@ class GrammarProcessor:
 
     def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
         # No mx.async_eval(logits) here to start the forward pass early: measured on an H200
-        # (7B shape, 8 rows) it cost 12% — each row's call evaluates its own slice — where
-        # the CPU gained nothing measurable (docs/PERFORMANCE.md, "Constrained decoding").
-        if self.fed:
-            self.matcher.consume_token(cast(int, tokens[-1].item()))
-        self.fed = True
+        # (7B shape, 8 rows) it cost 12% — each row's call evaluates its own slice. (The text
+        # engine masks all its rows in one step instead: worker_text/constrained.py.)
+        self.advance(cast(int, tokens[-1].item()))
         allowed = self._allowed(logits.shape[-1])
         return mx.where(mx.array(allowed), logits, mx.array(-mx.inf, dtype=logits.dtype))
+
+    def advance(self, token: int) -> None:
+        """The token the model is fed this step: the matcher takes it, except at the first
+        step, where it is the prompt's last token."""
+        if self.fed:
+            self.matcher.consume_token(token)
+        self.fed = True
+
+    def eos_bitmask(self) -> np.ndarray:
+        """A mask that allows only the end of the answer (for a matcher in error)."""
+        bits = np.zeros(self.bitmask.size * 32, dtype=bool)
+        bits[: self.vocab_size] = self.eos_only
+        return np.packbits(bits, bitorder="little").view(np.int32)
 
     def _allowed(self, width: int) -> np.ndarray:
         started = time.perf_counter()

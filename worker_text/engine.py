@@ -42,6 +42,8 @@ from runtime.rejections import PromptTooLong, RequestRejected, check_logit_bias
 from runtime.steps import StepEvent
 from runtime.stops import StopMatcher
 
+from .constrained import install, rows_of
+
 PROMPT_CACHE_ENTRIES = 64
 """Most sequences the prompt cache keeps (its byte bound usually binds first)."""
 FILTERS = Filters(apply_top_p, apply_min_p, apply_top_k)
@@ -117,6 +119,8 @@ class TextEngine:
         self.tool_format = tool_format(tokenizer)
         self.tool_markers = marker_tokens(tokenizer, self.tool_format)
         self.thinking = Thinking.of(tokenizer)
+        install()  # its batches mask constrained rows together (worker_text/constrained.py)
+        self.constrained = rows_of(text_model.model)
         self.samplers = SamplerCache()
         self.sequences: dict[int, _Sequence] = {}
         self.uid_of: dict[str, int] = {}
@@ -174,8 +178,9 @@ class TextEngine:
         inside = thinking is not None and thinking.opened_by(text)
         if request.max_reasoning_tokens is not None and thinking is not None:
             processors.append(self._budget(thinking, request.max_reasoning_tokens, inside))
-        if grammar:  # last: nothing after it may lift a masked token
-            processors.append(self.grammars.processor(grammar))
+        # Checked before the insert (a grammar this vocabulary cannot follow is refused);
+        # applied to the batch's logits right after the forward pass, before any processor.
+        constraint = self.grammars.processor(grammar) if grammar else None
         cache, rest = self._cached_prefix(prompt)
         cached = len(prompt) - len(rest)
         (uid,) = self.generator.insert(
@@ -193,6 +198,8 @@ class TextEngine:
             reasoning=ReasoningSplitter(thinking, inside) if thinking is not None else None,
         )  # fmt: skip
         self.uid_of[job_id] = uid
+        if constraint is not None:
+            self.constrained[uid] = constraint
         return {"prompt_tokens": len(prompt), "cached_tokens": cached}
 
     def _budget(self, thinking: Thinking, budget: int, inside: bool) -> ThinkingBudget:
@@ -299,6 +306,7 @@ class TextEngine:
         ).model_dump(exclude_none=True)
 
     def _forget(self, uid: int) -> _Sequence:
+        self.constrained.pop(uid, None)
         seq = self.sequences.pop(uid)
         del self.uid_of[seq.job_id]
         return seq
