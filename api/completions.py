@@ -6,7 +6,7 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from contract.results import http_status
+from contract.results import assistant_message, http_status
 from contract.stream import Event, EventType, join_calls
 
 from .errors import APIError
@@ -38,13 +38,8 @@ class Completion:
             self.usage = event.data["usage"]
 
     def message(self) -> dict:
-        text = "".join(self.text)
-        message: dict = {"role": "assistant", "content": text if text or not self.tool_calls else None, "refusal": None}
-        if self.tool_calls:
-            message["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls)]
-        if any(self.reasoning):
-            message["reasoning_content"] = "".join(self.reasoning)
-        return message
+        calls = [self.tool_calls[i] for i in sorted(self.tool_calls)]
+        return assistant_message("".join(self.text), "".join(self.reasoning), calls)
 
     def response(self, want_logprobs: bool) -> dict:
         return {

@@ -18,6 +18,8 @@ from .schemas import MAX_TOP_LOGPROBS, TOKEN_ID, ChatCompletionRequest
 def answer_schemas() -> dict:
     logprobs = nullable(obj(["content"], content=nullable(array(ref("TokenLogprob"))), refusal={"type": "null"}))
     finish = {"enum": ["stop", "length", "tool_calls"]}
+    head = dict(id=STR, created=INT, model=STR, system_fingerprint={"type": "null"})
+    """What a completion and its chunks share."""
     function = {"const": "function"}
     worker_fields = dict(
         name=STR,
@@ -39,11 +41,8 @@ def answer_schemas() -> dict:
         "WorkerState": {"type": "string", "enum": [s.value for s in WorkerState]},
         "ChatCompletion": obj(
             ["id", "object", "created", "model", "choices", "usage"],
-            id=STR,
+            **head,
             object={"const": "chat.completion"},
-            created=INT,
-            model=STR,
-            system_fingerprint={"type": "null"},
             usage=ref("Usage"),
             choices=array(
                 obj(
@@ -64,11 +63,8 @@ def answer_schemas() -> dict:
         ),
         "ChatCompletionChunk": obj(
             ["id", "object", "created", "model", "choices"],
-            id=STR,
+            **head,
             object={"const": "chat.completion.chunk"},
-            created=INT,
-            model=STR,
-            system_fingerprint={"type": "null"},
             usage=nullable(ref("Usage")),
             choices=array(
                 obj(

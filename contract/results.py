@@ -62,6 +62,9 @@ class JobResult(BaseModel):
     error: dict | None = None
     """OpenAI-style {code, message} when the job failed."""
 
+    def message(self) -> dict:
+        return assistant_message(self.text, self.reasoning, self.tool_calls)
+
     @property
     def final(self) -> bool:
         return self.status in FINAL
@@ -86,6 +89,18 @@ def ending_without_event(job: Job | None) -> Event | None:
     if status in (JobStatus.CANCELED, JobStatus.STOPPED):
         return Event(EventType.CANCELLED)
     return None
+
+
+def assistant_message(text: str, reasoning: str, tool_calls: list[dict]) -> dict:
+    """An answer as OpenAI's `message`: no content (null) when it is only tool calls, and
+    the thinking as `reasoning_content` when there was some. The API's answers and batch
+    output lines both shape it here."""
+    message: dict = {"role": "assistant", "content": text if text or not tool_calls else None, "refusal": None}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    if reasoning:
+        message["reasoning_content"] = reasoning
+    return message
 
 
 def worker_died() -> Event:

@@ -15,6 +15,7 @@ tokenizer — so the API can refuse what it cannot enforce before anything is qu
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Any, cast
@@ -60,21 +61,24 @@ class Grammars:
 
 
 class GrammarProcessor:
-    """The logits processor of one constrained sequence.
+    """One constrained sequence: its matcher, fed the tokens the model consumes, and the
+    mask of the next token as packed bits (llguidance's layout: bit i of word i // 32).
 
-    mlx-lm calls it once per step with the sequence's tokens so far — the last one being the
-    token this step feeds the model (at the first call, the last prompt token) — and the
-    step's logits, still lazy. The matcher takes that token (waiting for the previous step's
-    sampling: the one synchronisation a grammar needs), computes the mask for the next token
-    (microseconds to a millisecond), and masks the logits.
+    The vision engine calls it as a logits processor (one sequence per forward pass); the
+    text engine masks all its constrained rows in one step (worker_text/constrained.py) with
+    `advance`, `fallback` and `mask_logits`. Either way the matcher takes the token the step
+    feeds the model (waiting for the previous step's sampling: the one synchronisation a
+    grammar needs) and the mask costs microseconds to a millisecond.
     """
 
     def __init__(self, matcher: llguidance.LLMatcher, vocab_size: int, eos_ids: list[int]):
         self.matcher = matcher
         self.vocab_size = vocab_size
-        self.bitmask = np.zeros((vocab_size + 31) // 32, dtype=np.int32)
-        self.eos_only = np.zeros(vocab_size, dtype=bool)
-        self.eos_only[[i for i in eos_ids if 0 <= i < vocab_size]] = True
+        self.bitmask = np.zeros((1, words_for(vocab_size)), dtype=np.int32)
+        eos = np.zeros(self.bitmask.size * 32, dtype=bool)
+        eos[[i for i in eos_ids if 0 <= i < vocab_size]] = True
+        self.eos_words = np.packbits(eos, bitorder="little").view(np.int32)
+        """The mask that allows only the end of the answer (for a matcher in error)."""
         self.fed = False
         self.mask_s = 0.0
         """Seconds spent computing masks (bench/structured.py reports it per step)."""
@@ -82,11 +86,14 @@ class GrammarProcessor:
 
     def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
         # No mx.async_eval(logits) here to start the forward pass early: measured on an H200
-        # (7B shape, 8 rows) it cost 12% — each row's call evaluates its own slice. (The text
-        # engine masks all its rows in one step instead: worker_text/constrained.py.)
+        # (7B shape, 8 rows) it cost 12% — each row's call evaluates its own slice.
         self.advance(cast(int, tokens[-1].item()))
-        allowed = self._allowed(logits.shape[-1])
-        return mx.where(mx.array(allowed), logits, mx.array(-mx.inf, dtype=logits.dtype))
+        started = time.perf_counter()
+        if not self.fallback(self.bitmask[0]):
+            self.matcher.unsafe_compute_mask_ptr(self.bitmask.ctypes.data, self.bitmask.nbytes)
+        self.mask_s += time.perf_counter() - started
+        self.steps += 1
+        return mask_logits(logits, self.bitmask, self.vocab_size)
 
     def advance(self, token: int) -> None:
         """The token the model is fed this step: the matcher takes it, except at the first
@@ -95,24 +102,37 @@ class GrammarProcessor:
             self.matcher.consume_token(token)
         self.fed = True
 
-    def eos_bitmask(self) -> np.ndarray:
-        """A mask that allows only the end of the answer (for a matcher in error)."""
-        bits = np.zeros(self.bitmask.size * 32, dtype=bool)
-        bits[: self.vocab_size] = self.eos_only
-        return np.packbits(bits, bitorder="little").view(np.int32)
+    def fallback(self, words: np.ndarray) -> bool:
+        """For a matcher in error (cannot happen with tokens sampled under the mask), write
+        the end-only mask into `words` and say so: the answer ends rather than samples from
+        nothing. False: the matcher computes the mask."""
+        if not self.matcher.is_error():
+            return False
+        log.warning("grammar matcher error: %s", self.matcher.get_error())
+        words[:] = self.eos_words
+        return True
 
-    def _allowed(self, width: int) -> np.ndarray:
-        started = time.perf_counter()
-        if self.matcher.is_error():
-            # Cannot happen with tokens sampled under the mask; if it does, end the answer
-            # rather than sample from nothing.
-            log.warning("grammar matcher error: %s", self.matcher.get_error())
-            allowed = self.eos_only
-        else:
-            self.matcher.unsafe_compute_mask_ptr(self.bitmask.ctypes.data, self.bitmask.nbytes)
-            allowed = np.unpackbits(self.bitmask.view(np.uint8), bitorder="little")[: self.vocab_size].astype(bool)
-        if width > self.vocab_size:  # rows past the tokenizer's vocabulary are never allowed
-            allowed = np.concatenate([allowed, np.zeros(width - self.vocab_size, dtype=bool)])
-        self.mask_s += time.perf_counter() - started
-        self.steps += 1
-        return allowed[:width]
+
+def words_for(vocab_size: int) -> int:
+    return (vocab_size + 31) // 32
+
+
+def mask_logits(logits: mx.array, words: np.ndarray, vocab_size: int) -> mx.array:
+    """`logits` (rows, ..., width) where each row's packed mask (rows, words) allows, -inf
+    elsewhere; ids past the tokenizer's vocabulary are never allowed."""
+    width = logits.shape[-1]
+    word, bit = _bit_positions(min(width, vocab_size))
+    allowed = ((mx.array(words.view(np.uint32))[:, word] >> bit) & 1).astype(mx.bool_)
+    if width > vocab_size:
+        allowed = mx.concatenate([allowed, mx.zeros((words.shape[0], width - vocab_size), dtype=mx.bool_)], axis=-1)
+    allowed = allowed.reshape(logits.shape[0], *([1] * (logits.ndim - 2)), width)
+    return mx.where(allowed, logits, mx.array(-mx.inf, dtype=logits.dtype))
+
+
+@functools.lru_cache(maxsize=8)
+def _bit_positions(n: int) -> tuple[mx.array, mx.array]:
+    """Each token id's word and bit in a packed mask: made once per width, not every step."""
+    ids = np.arange(n)
+    positions = mx.array(ids >> 5), mx.array((ids & 31).astype(np.uint32))
+    mx.eval(*positions)
+    return positions

@@ -340,22 +340,19 @@ class EngineLoop(threading.Thread):
             self._write_endings()
 
     def _send(self, events: list[StepEvent], watch: list[str]) -> set[str]:
-        try:
-            return self.steps.send(events, watch=watch)
-        except redis.exceptions.RedisError as exc:
-            self._lost_redis(exc)
-            return set()
+        return self._talk(lambda: self.steps.send(events, watch=watch))
 
     def _poll(self) -> set[str]:
-        try:
-            return self.steps.poll()
-        except redis.exceptions.RedisError as exc:
-            self._lost_redis(exc)
-            return set()
+        return self._talk(self.steps.poll)
 
     def _flush(self) -> set[str]:
+        return self._talk(self.steps.flush)
+
+    def _talk(self, call: Callable[[], set[str]]) -> set[str]:
+        """One exchange with Redis through the step sender: the cancel flags it read, or
+        none when Redis is gone (then every job ends, `_lost_redis`)."""
         try:
-            return self.steps.flush()
+            return call()
         except redis.exceptions.RedisError as exc:
             self._lost_redis(exc)
             return set()

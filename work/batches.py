@@ -137,7 +137,7 @@ def _output_line(ctx: Context, line: dict, created: int) -> tuple[dict, bool]:
             "choices": [
                 {
                     "index": 0,
-                    "message": _message(result),
+                    "message": result.message(),
                     "logprobs": None,
                     "finish_reason": result.finish_reason,
                 }
@@ -161,16 +161,6 @@ def _output_line(ctx: Context, line: dict, created: int) -> tuple[dict, bool]:
 def _status_of(error: dict) -> int:
     """The HTTP status the request had (a line refused by the API) or would have had."""
     return int(error["status"]) if "status" in error else http_status(error.get("code"))
-
-
-def _message(result) -> dict:
-    """A finished line's message, as a chat completion's (api/completions.py)."""
-    message: dict = {"role": "assistant", "content": result.text if result.text or not result.tool_calls else None}
-    if result.tool_calls:
-        message["tool_calls"] = result.tool_calls
-    if result.reasoning:
-        message["reasoning_content"] = result.reasoning
-    return message
 
 
 def _error_body(error: dict) -> dict:

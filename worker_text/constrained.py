@@ -27,7 +27,7 @@ import mlx.core as mx
 import numpy as np
 from mlx_lm.generate import GenerationBatch
 
-from mlx_common.grammar import GrammarProcessor
+from mlx_common.grammar import GrammarProcessor, mask_logits, words_for
 
 _ROWS: dict[int, dict[int, GrammarProcessor]] = {}
 """id(model) → {mlx-lm uid: the grammar of that request}."""
@@ -58,17 +58,14 @@ class GrammarBatch(GenerationBatch):
 
 def _masked(logits: mx.array, inputs: mx.array, uids: list[int], rows: dict[int, GrammarProcessor]) -> mx.array:
     active = [(row, rows[uid]) for row, uid in enumerate(uids) if uid in rows]
-    width = logits.shape[-1]
     vocab = active[0][1].vocab_size
     fed = cast(list[int], inputs[:, -1].tolist())
     started = time.perf_counter()
-    bitmask = np.full((len(uids), (vocab + 31) // 32), -1, dtype=np.int32)
+    bitmask = np.full((len(uids), words_for(vocab)), -1, dtype=np.int32)  # all allowed
     ready = []
     for row, grammar in active:
         grammar.advance(fed[row])
-        if grammar.matcher.is_error():
-            bitmask[row] = grammar.eos_bitmask()
-        else:
+        if not grammar.fallback(bitmask[row]):
             ready.append((grammar.matcher, row))
     if ready:
         llguidance.numpy.fill_next_token_bitmask_par(_EXECUTOR, ready, bitmask)
@@ -76,13 +73,7 @@ def _masked(logits: mx.array, inputs: mx.array, uids: list[int], rows: dict[int,
     for _, grammar in active:
         grammar.mask_s += spent / len(active)
         grammar.steps += 1
-    ids = mx.arange(min(width, vocab))
-    words = mx.array(bitmask.view(np.uint32))
-    allowed = ((words[:, ids >> 5] >> (ids & 31).astype(mx.uint32)) & 1).astype(mx.bool_)
-    if width > vocab:  # rows past the tokenizer's vocabulary: never
-        allowed = mx.concatenate([allowed, mx.zeros((len(uids), width - vocab), dtype=mx.bool_)], axis=-1)
-    allowed = allowed.reshape(logits.shape[0], *([1] * (logits.ndim - 2)), width)
-    return mx.where(allowed, logits, mx.array(-mx.inf, dtype=logits.dtype))
+    return mask_logits(logits, bitmask, vocab)
 
 
 def install() -> None:

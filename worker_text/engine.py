@@ -61,9 +61,11 @@ class TextModel:
     vocab_size: int
 
     def encode_chat(self, job: ChatJob, **template_options) -> list[int]:
-        text = self.render_chat(job, **template_options)
+        return self.encode(self.render_chat(job, **template_options))
+
+    def encode(self, prompt_text: str) -> list[int]:
         # A template writes its own special tokens; plain text gets the tokenizer's (a BOS).
-        return self.tokenizer.encode(text, add_special_tokens=not getattr(self.tokenizer, "chat_template", None))
+        return self.tokenizer.encode(prompt_text, add_special_tokens=not getattr(self.tokenizer, "chat_template", None))
 
     def render_chat(self, job: ChatJob, **template_options) -> str:
         """The prompt as text: the chat template with the request's tools and options (an
@@ -164,7 +166,7 @@ class TextEngine:
             enable_thinking=False if grammar and self.thinking else request.enable_thinking,
             reasoning_effort=request.reasoning_effort,
         )
-        prompt = model.tokenizer.encode(text, add_special_tokens=not getattr(model.tokenizer, "chat_template", None))
+        prompt = model.encode(text)
         if len(prompt) >= model.context_length:
             raise PromptTooLong(len(prompt), model.context_length)
         params = request.sampling.normalized(model.vocab_size)
