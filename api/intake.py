@@ -27,13 +27,6 @@ def chat_payload(ctx: Context, req: ChatCompletionRequest, image_ttl: int | None
     refuse_legacy({name for name in ("functions", "function_call") if getattr(req, name) is not None})
     grammar = grammar_for(req.response_format)  # a format we cannot enforce is a 400 first
     tools = job_tools(req.tools, req.tool_choice, req.parallel_tool_calls)
-    if grammar and tools.get("tool_choice", "none") != "none":
-        raise APIError(
-            400,
-            "response_format together with tools is not supported yet: the calls have their own grammar",
-            param="response_format",
-            code="unsupported_parameter",
-        )
     model = canonical_model(ctx, req.model)
     kind, context_length = route(ctx, model)
     if req.image_count:

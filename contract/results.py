@@ -22,6 +22,7 @@ from contract.stream import Event, EventType, StreamReader, join_calls
 STATUS_BY_CODE = {
     "context_length_exceeded": 400,
     "invalid_value": 400,
+    "invalid_response_format": 400,  # a grammar this model's vocabulary cannot follow
     "worker_died": 503,
     "model_unavailable": 503,
     "job_expired": 503,

@@ -11,11 +11,13 @@ after so many tokens by forcing the end marker's token.
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 
 import mlx.core as mx
 
-from mlx_common.tools import partial_suffix
+from mlx_common.tools import partial_suffix, with_answer
 
 
 @dataclass(frozen=True)
@@ -26,13 +28,36 @@ class Thinking:
     end: str
     end_token: int | None
     """The end marker's token when it is one token (what a budget forces)."""
+    start_token: int | None = None
 
     @classmethod
     def of(cls, tokenizer) -> Thinking | None:
         if not getattr(tokenizer, "has_thinking", False):
             return None
-        end_tokens = list(tokenizer.think_end_tokens or ())
-        return cls(tokenizer.think_start, tokenizer.think_end, end_tokens[0] if len(end_tokens) == 1 else None)
+        starts, ends = list(tokenizer.think_start_tokens or ()), list(tokenizer.think_end_tokens or ())
+        return cls(
+            tokenizer.think_start,
+            tokenizer.think_end,
+            ends[0] if len(ends) == 1 else None,
+            starts[0] if len(starts) == 1 else None,
+        )
+
+    def grammar(self, answer: str, inside: bool) -> str:
+        """`answer` (a response_format's grammar) after a thinking block: free text up to the
+        end marker (opened by the prompt when `inside`, else by the model or not at all),
+        then the constrained answer. A marker of one token is matched as that token."""
+        start = f"<[{self.start_token}]>" if self.start_token is not None else json.dumps(self.start)
+        escaped = re.escape(self.end).replace("/", "\\/")
+        rules = [
+            f"THOUGHT: /(.|\\n)*/ & ~/(.|\\n)*{escaped}(.|\\n)*/",  # never the end marker as text
+            # A token ends the text by itself; a marker of text ends it where it first appears.
+            f"thought: THOUGHT <[{self.end_token}]>"
+            if self.end_token is not None
+            else f"thought[lazy]: THOUGHT {json.dumps(self.end)}",
+            "GAP: /[ \\n]{0,4}/",
+            "start: thought GAP @after_thought" if inside else f"start: ({start} thought GAP)? @after_thought",
+        ]
+        return with_answer("%llguidance {}\n" + "\n".join(rules) + "\n", answer, "after_thought")
 
     def opened_by(self, prompt_text: str) -> bool:
         """The prompt ends inside a thinking block (the template opened it)."""
@@ -46,6 +71,8 @@ class ReasoningSplitter:
         self.thinking = thinking
         self.state = "reasoning" if inside else "start"
         self.buffer = ""
+        self.fresh = True
+        """No reasoning text yet: newlines that open the block are dropped, however they arrive."""
 
     @property
     def reasoning(self) -> bool:
@@ -57,11 +84,14 @@ class ReasoningSplitter:
         if self.state == "start":
             stripped = self.buffer.lstrip()
             if stripped.startswith(self.thinking.start):
-                self.buffer, self.state = stripped[len(self.thinking.start) :].lstrip("\n"), "reasoning"
+                self.buffer, self.state = stripped[len(self.thinking.start) :], "reasoning"
             elif final or (stripped and not self.thinking.start.startswith(stripped)):
                 self.state = "content"
             else:
                 return "", ""  # whitespace, or the start of the marker: wait
+        if self.state == "reasoning" and self.fresh:
+            self.buffer = self.buffer.lstrip("\n")
+            self.fresh = not self.buffer
         if self.state == "reasoning":
             at = self.buffer.find(self.thinking.end)
             if at < 0:
@@ -69,7 +99,12 @@ class ReasoningSplitter:
                 reasoning, self.buffer = self.buffer[: len(self.buffer) - keep], self.buffer[len(self.buffer) - keep :]
                 return reasoning, ""
             reasoning = self.buffer[:at]
-            self.buffer, self.state = self.buffer[at + len(self.thinking.end) :].lstrip("\n"), "content"
+            self.buffer, self.state = self.buffer[at + len(self.thinking.end) :], "gap"
+        if self.state == "gap":  # the whitespace between the block and the answer is neither
+            self.buffer = self.buffer.lstrip()
+            if not self.buffer and not final:
+                return reasoning, ""
+            self.state = "content"
         content, self.buffer = self.buffer, ""
         return reasoning, content
 

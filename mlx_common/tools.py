@@ -47,10 +47,19 @@ class ToolFormat:
     """No marker: a call is the whole answer, a JSON object starting with `start` (Llama 3.x)."""
     args_key: str = "arguments"
 
-    def grammar(self, tools: list[Function], choice: str, parallel: bool, tokens: dict[str, int] | None = None) -> str:
+    def grammar(
+        self,
+        tools: list[Function],
+        choice: str,
+        parallel: bool,
+        tokens: dict[str, int] | None = None,
+        answer: str | None = None,
+    ) -> str:
         """A Lark grammar (llguidance's dialect) for an answer under `choice`. `tokens`: the
         markers that are one added token of the model's vocabulary, by id (llguidance sees
-        such a token as a token, never as its text)."""
+        such a token as a token, never as its text). `answer`: the grammar of the request's
+        `response_format`; with `auto` the answer is then either that or calls (OpenAI's
+        rule: a final answer follows the format, a turn that calls tools is calls)."""
 
         def marker(text: str) -> str:
             return f"<[{tokens[text]}]>" if tokens and text in tokens else _lit(text)
@@ -62,14 +71,17 @@ class ToolFormat:
                 return f"%llguidance {{}}\nstart: %json {json.dumps(call)}\n"
             return f"%llguidance {{}}\nstart: TEXT | %json {json.dumps(call)}\nTEXT: /(.|\\n)*/ & ~/\\s*\\{{(.|\\n)*/\n"
         if self.list_wrapped:
-            calls = {"type": "array", "items": call, "minItems": 1, "x-guidance": JSON_STYLE}
+            listed = {"type": "array", "items": call, "minItems": 1, "x-guidance": JSON_STYLE}
             if not parallel:
-                calls["maxItems"] = 1
-            body, more, rules = f"%json {json.dumps(calls)}", "", []
+                listed["maxItems"] = 1
+            body, more, rules = f"%json {json.dumps(listed)}", "", []
         else:
             body = f"{_lit(self.call_prefix)} %json {json.dumps(call)} {_lit(self.call_suffix)} {marker(self.end)}"
             more = f" ({_lit(self.between)} call)*" if parallel else ""
             rules = [f"call: {marker(self.start)} {body}"]
+        if choice == "auto" and answer is not None:
+            calls = f"{marker(self.start)} {body}" if self.list_wrapped else f"call{more}"
+            return with_answer("%llguidance {}\n" + "\n".join([*rules, f"start: @answer | {calls}"]) + "\n", answer)
         if choice == "auto":
             # Text that never holds the start marker as text (llguidance's regex negation);
             # once the marker comes, calls.
@@ -86,6 +98,16 @@ class ToolFormat:
         else:
             rules.append(f"start: {marker(self.start)} {body}{more}")
         return "%llguidance {}\n" + "\n".join(rules) + "\n"
+
+
+def with_answer(lark: str, answer: str, name: str = "answer") -> str:
+    """`lark`, which refers to `@<name>`, with `answer` (a grammar as api/structured.py or
+    this module makes it: llguidance's grammar list as JSON, or Lark text) as that grammar."""
+    if answer.lstrip().startswith("{"):
+        first, *others = json.loads(answer)["grammars"]
+    else:
+        first, others = {"lark_grammar": answer}, []
+    return json.dumps({"grammars": [{"lark_grammar": lark}, {**first, "name": name}, *others]})
 
 
 def _lit(text: str) -> str:
@@ -142,12 +164,19 @@ def marker_tokens(tokenizer, fmt: ToolFormat | None) -> dict[str, int]:
     return found
 
 
-def check_tools(fmt: ToolFormat | None, tools: list[Function], choice: str) -> None:
+def check_tools(fmt: ToolFormat | None, tools: list[Function], choice: str, answer: str | None = None) -> None:
     if tools and choice != "none" and fmt is None:
         raise RequestRejected(
             "this model's chat template has no tool-call format we know (Qwen/Hermes <tool_call>, Mistral "
             "[TOOL_CALLS]); use tool_choice none, or a model that calls tools",
             param="tools",
+        )
+    if fmt is not None and fmt.whole_answer and answer is not None and tools and choice == "auto":
+        # Both a call and a JSON answer would be a bare JSON object: no one could tell them apart.
+        raise RequestRejected(
+            f"this model's calls ({fmt.family}) are bare JSON, like a response_format answer; with tools "
+            "use tool_choice required or none, or drop response_format",
+            param="response_format",
         )
 
 

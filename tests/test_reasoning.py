@@ -1,7 +1,8 @@
 """Reasoning end to end (issue 14): `tiny-think` is a tiny random model whose template opens a
 thinking block as Qwen3's does. The thinking comes back as `reasoning_content` (its own SSE
 deltas), never in `content`; `max_reasoning_tokens` ends it cleanly; the switch and
-`reasoning_effort: none` turn it off; usage counts reasoning tokens; streamed equals not."""
+`reasoning_effort: none` turn it off; a response_format constrains the answer after the
+thinking; usage counts reasoning tokens; streamed equals not."""
 
 from __future__ import annotations
 
@@ -61,7 +62,12 @@ def test_thinking_can_be_turned_off(client, switch):
     assert reasoning is None and content and usage.completion_tokens_details.reasoning_tokens == 0
 
 
-def test_a_constrained_answer_does_not_think(client):
+def test_a_constrained_answer_follows_the_thinking(client):
     fmt = {"type": "json_schema", "json_schema": {"name": "n", "schema": {"enum": ["yes", "no"]}}}
-    reasoning, content, _ = ask(client, response_format=fmt, max_tokens=10)
+    args = {"response_format": fmt, "max_tokens": 20, "max_reasoning_tokens": 5}
+    reasoning, content, usage = ask(client, **args)
+    assert reasoning and content in ('"yes"', '"no"') and usage.completion_tokens_details.reasoning_tokens == 6
+    assert ask(client, stream=True, **args)[:2] == (reasoning, content)
+    # Thinking switched off: the constrained answer comes at once.
+    reasoning, content, _ = ask(client, response_format=fmt, max_tokens=10, enable_thinking=False)
     assert reasoning is None and content in ('"yes"', '"no"')

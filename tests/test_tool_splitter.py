@@ -104,3 +104,17 @@ def test_the_llama_grammar_allows_text_or_one_valid_call(models_dir):
     assert follows("Sunny, 21 C.") and follows('{"name": "get_weather", "parameters": {"city": "Paris"}}')
     assert not follows('{"name": "get_time", "parameters": {}}')  # no such tool
     assert not follows('{"name": "get_weather", "parameters": {"town": "Paris"}}')  # invalid parameters
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_reasoning_splits_the_same_however_the_stream_is_cut(inside):
+    from mlx_common.reasoning import ReasoningSplitter, Thinking
+
+    thinking = Thinking("<think>", "</think>", end_token=None)
+    text = ("" if inside else "\n<think>\n") + 'a </thi b\n</think>\n\n  {"x": 1}'
+    for pieces in cuts(text):
+        splitter, reasoning, content = ReasoningSplitter(thinking, inside), "", ""
+        for i, piece in enumerate(pieces):
+            r, c = splitter.feed(piece, final=i == len(pieces) - 1)
+            reasoning, content = reasoning + r, content + c
+        assert (reasoning, content) == ("a </thi b\n", '{"x": 1}'), pieces

@@ -112,6 +112,37 @@ def test_auto_text_never_carries_call_markup(client):
     assert seen == {True, False}  # the model chose both ways across these seeds
 
 
+ANSWER = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "maxLength": 20}, "sunny": {"type": "boolean"}},
+    "required": ["city", "sunny"],
+    "additionalProperties": False,
+}
+
+
+def test_auto_with_a_response_format_is_calls_or_an_answer_in_that_format(client):
+    fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": ANSWER, "strict": True}}
+    seen = set()
+    for seed in range(8):
+        plain = ask(client, tool_choice="auto", seed=seed, response_format=fmt)
+        content, calls, finish = plain
+        if calls:
+            assert content is None and finish == "tool_calls"
+            valid(calls)
+        else:
+            assert finish == "stop"
+            jsonschema.validate(json.loads(content), ANSWER)
+        assert ask(client, stream=True, tool_choice="auto", seed=seed, response_format=fmt) == plain
+        seen.add(bool(calls))
+    assert seen == {True, False}
+    # Forced calls are calls whatever the format; with no tools the format alone applies.
+    _, calls, _ = ask(client, tool_choice="required", seed=0, response_format=fmt)
+    valid(calls)
+    content, calls, _ = ask(client, tool_choice="none", seed=0, response_format=fmt)
+    assert calls == []
+    jsonschema.validate(json.loads(content), ANSWER)
+
+
 def test_tool_choice_none_is_plain_text(client):
     content, calls, finish = ask(client, tool_choice="none", seed=1, max_tokens=20)
     assert calls == [] and finish == "length" and content
@@ -139,7 +170,6 @@ def test_a_conversation_with_calls_and_results_goes_on(client):
         ({"tools": [{"type": "function", "function": {"name": "bad name"}}]}, "tools.0.function.name", "invalid_value"),
         ({"functions": [{"name": "f"}]}, "functions", "unsupported_parameter"),
         ({"function_call": "auto"}, "function_call", "unsupported_parameter"),
-        ({"response_format": {"type": "json_object"}}, "response_format", "unsupported_parameter"),
     ],
 )  # fmt: skip
 def test_bad_tool_requests_are_a_400_naming_the_part(client, extra, param, code):

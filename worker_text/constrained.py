@@ -4,11 +4,11 @@ mlx-lm calls logits processors row by row (a slice, a token-context update, the 
 a concatenation per row); measured on an H200 that path, not the masks, cost constrained
 decoding ~20 % (docs/PERFORMANCE.md). So the text engine does not hand its grammars to
 mlx-lm as processors: `GrammarBatch`, mlx-lm's `GenerationBatch` with its model call wrapped
-for one step, reads the tokens being fed (waiting for the previous step's sampling: the one
-synchronisation a grammar needs), advances every constrained row's matcher, computes all
-their masks in one llguidance call (Rust threads, off the GIL) and masks the whole batch's
-logits with one `where`, right after the forward pass. Rows without a grammar get an
-all-ones mask.
+for one step, starts the step's forward pass, then reads the tokens being fed (waiting for the
+previous step's sampling only: the one synchronisation a grammar needs), advances every
+constrained row's matcher and computes all their masks in one llguidance call (Rust threads,
+off the GIL) while the model runs, and masks the whole batch's logits with one `where`.
+Rows without a grammar get an all-ones mask.
 
 mlx-lm makes its batches by the module-level name `GenerationBatch` (including the one whose
 constructor samples a request's first token), so `install()` points that name at this
@@ -45,9 +45,16 @@ class GrammarBatch(GenerationBatch):
         if not rows or not any(uid in rows for uid in self.uids):
             return super()._step()
         model = self.model
+        # The tokens this step feeds (sampled last step, already queued), read as they are: a
+        # new op on them (`inputs[:, -1]`) would be queued behind this step's forward pass.
+        fed = self._next_tokens
 
         def forward(inputs: mx.array, cache=None) -> mx.array:
-            return _masked(model(inputs, cache=cache), inputs, self.uids, rows)
+            logits = model(inputs, cache=cache)
+            # Start the forward pass, then wait for the fed tokens alone: the masks are
+            # computed while the model runs (tiny-text 0.65-0.71x -> 0.76-0.87x).
+            mx.async_eval(logits)
+            return _masked(logits, cast(list[int], fed.tolist()), self.uids, rows)
 
         self.model = forward  # type: ignore[assignment]  # for this step: the model, then the masks
         try:
@@ -56,10 +63,9 @@ class GrammarBatch(GenerationBatch):
             self.model = model
 
 
-def _masked(logits: mx.array, inputs: mx.array, uids: list[int], rows: dict[int, GrammarProcessor]) -> mx.array:
+def _masked(logits: mx.array, fed: list[int], uids: list[int], rows: dict[int, GrammarProcessor]) -> mx.array:
     active = [(row, rows[uid]) for row, uid in enumerate(uids) if uid in rows]
     vocab = active[0][1].vocab_size
-    fed = cast(list[int], inputs[:, -1].tolist())
     started = time.perf_counter()
     bitmask = np.full((len(uids), words_for(vocab)), -1, dtype=np.int32)  # all allowed
     ready = []

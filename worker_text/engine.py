@@ -153,18 +153,15 @@ class TextEngine:
     def add(self, job_id: str, request: ChatJob) -> dict:
         model = self.text_model
         calling = bool(request.tools) and request.tool_choice != "none"
-        check_tools(self.tool_format, request.tools, request.tool_choice)
+        check_tools(self.tool_format, request.tools, request.tool_choice, request.grammar)
         grammar = request.grammar
         if calling and self.tool_format is not None:
             grammar = self.tool_format.grammar(
-                request.tools, request.tool_choice, request.parallel_tool_calls, self.tool_markers
+                request.tools, request.tool_choice, request.parallel_tool_calls, self.tool_markers, request.grammar
             )
-        # A grammar fixes the answer from its first token, so a constrained answer does not think.
-        thinking = self.thinking if not grammar else None
+        thinking = self.thinking
         text = model.render_chat(
-            request,
-            enable_thinking=False if grammar and self.thinking else request.enable_thinking,
-            reasoning_effort=request.reasoning_effort,
+            request, enable_thinking=request.enable_thinking, reasoning_effort=request.reasoning_effort
         )
         prompt = model.encode(text)
         if len(prompt) >= model.context_length:
@@ -178,6 +175,9 @@ class TextEngine:
             frequency_penalty=params.frequency_penalty or None,
         )
         inside = thinking is not None and thinking.opened_by(text)
+        thinks = request.enable_thinking is not False and request.reasoning_effort != "none"
+        if grammar and thinking is not None and thinks:  # free thinking first, then the constrained answer
+            grammar = thinking.grammar(grammar, inside)
         if request.max_reasoning_tokens is not None and thinking is not None:
             processors.append(self._budget(thinking, request.max_reasoning_tokens, inside))
         # Checked before the insert (a grammar this vocabulary cannot follow is refused);
