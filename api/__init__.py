@@ -32,10 +32,12 @@ def create_app(settings: Settings | None = None) -> Flask:
         errors,
         files,
         health,
+        messages,
         models,
         openapi,
         origins,
         request_id,
+        responses,
     )
 
     errors.init_app(app)
@@ -46,6 +48,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(models.bp)
     app.register_blueprint(chat.bp)
+    app.register_blueprint(messages.bp)  # Anthropic's Messages API
+    app.register_blueprint(responses.bp)
     app.register_blueprint(documents.bp)
     app.register_blueprint(files.bp)
     app.register_blueprint(batches.bp)

@@ -1,4 +1,5 @@
-"""API keys: `Authorization: Bearer <key>` on every `/v1/*` request.
+"""API keys: `Authorization: Bearer <key>` (or `x-api-key: <key>`, as Anthropic's clients
+send it) on every `/v1/*` request.
 
 Keys come from `API_KEYS` (comma-separated) and `API_KEYS_FILE` (one key per line, `#` starts
 a comment). The file is re-read when its modification time changes, so keys can be added or
@@ -114,11 +115,12 @@ def require_api_key() -> None:
             "set API_KEYS or API_KEYS_FILE, or bind to loopback (HOST=127.0.0.1)",
             code="api_keys_required",
         )
-    value = (bearer_token() or "").strip()
+    # Anthropic's clients send the key as `x-api-key` (api/messages.py); either header works.
+    value = (bearer_token() or request.headers.get("X-Api-Key") or "").strip()
     if not value:
         raise APIError(
             401,
-            "this endpoint needs an API key: Authorization: Bearer <key>",
+            "this endpoint needs an API key: Authorization: Bearer <key> (or x-api-key: <key>)",
             code="missing_api_key",
             headers={"WWW-Authenticate": "Bearer"},
         )

@@ -3,15 +3,10 @@
 
 from __future__ import annotations
 
-import logging
-import select
-import socket
-import sys
 import time
 from collections.abc import Iterator
 from itertools import chain
 
-import redis
 from flask import (
     Blueprint,
     Response,
@@ -21,19 +16,23 @@ from flask import (
     stream_with_context,
 )
 
-from contract.queues import JobSpec, QueueFull, enqueue, new_job_id
+from contract.context import Context
+from contract.keys import Kind
+from contract.payloads import ChatJob
+from contract.queues import new_job_id
 from contract.stream import Event, EventType
 
 from . import request_id, stored
 from .bodies import json_body
-from .completions import SSE_DONE, SSE_KEEPALIVE, Completion, error_from_event, sse
-from .errors import APIError, redis_unavailable
+from .choices import choice_frames, enqueue_choices, first_of, read_choices
+from .completions import SSE_DONE, SSE_KEEPALIVE, Completion, sse
+from .delivery import enqueue_chat, first_event, read_all, relay_frames, then
+from .errors import APIError
 from .intake import chat_payload
 from .relay import JobRelay
 from .schemas import ChatCompletionRequest
 from .telemetry import GenerationTimer
 
-log = logging.getLogger("mis.api")
 bp = Blueprint("chat", __name__, url_prefix="/v1")
 
 
@@ -45,25 +44,17 @@ def chat_completions():
     request_id.assign(f"chatcmpl-{job_id}")  # one id for the response, the job and the log lines
     req = ChatCompletionRequest.model_validate(json_body(), context={"settings": ctx.settings})
     kind, payload = chat_payload(ctx, req)
-    try:
-        # OpenAI stores only on request. Unstored: rq drops the job as it succeeds, and the
-        # stream goes once the answer is sent (below; api/stored.py says why it is kept at all).
-        keep = None if req.store else ctx.settings.unstored_ttl
-        job = enqueue(ctx, JobSpec.chat(payload, kind, job_id=job_id, keep=keep, record_success=bool(req.store)))
-    except QueueFull as full:
-        raise APIError(
-            429,
-            f"model {req.model!r} has {full.depth} requests waiting; retry later",
-            code="queue_full",
-            headers={"Retry-After": "2"},
-        ) from None
+    if req.n > 1:
+        return _choices(ctx, req, kind, payload, job_id)
+    # OpenAI stores only on request (api/delivery.py: what an unstored job leaves).
+    job = enqueue_chat(ctx, payload, kind, job_id, store=bool(req.store))
     completion = Completion(completion_id=f"chatcmpl-{job.id}", model=payload.model)
     relay = JobRelay(ctx, job.id, payload.model, forget_when_sent=not req.store)
     timer = GenerationTimer(ctx.conn, ctx.keys, payload.model, started)  # metrics
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         events = relay.events()
-        first = _first_event(relay, events, timer)
+        first = first_event(relay, events, timer)
         return Response(
             stream_with_context(_stream(relay, chain([first], events), completion, include_usage, timer)),
             mimetype="text/event-stream",
@@ -78,23 +69,48 @@ def chat_completions():
     )
 
 
-def _first_event(relay: JobRelay, events: Iterator[Event | None], timer: GenerationTimer) -> Event | None:
-    """A streaming job's first event, read before any header goes out, so a request the
-    worker refuses on admission (`context_length_exceeded`, say) is a real HTTP error for
-    streaming clients too. The wait is short: the relay yields None after one keepalive
-    interval of silence (a queued job), and then the 200 and keepalives go out as before."""
-    try:
-        first = next(events)
-    except BaseException:
-        relay.close(sys.exc_info()[1])
-        timer.finish(None)
-        raise
-    if first is not None and first.type in (EventType.ERROR, EventType.CANCELLED):
-        timer.observe(first)
-        relay.close()
-        timer.finish(None)
-        raise error_from_event(first)
-    return first
+def _choices(ctx: Context, req: ChatCompletionRequest, kind: Kind, payload: ChatJob, job_id: str):
+    """n > 1: a job per choice (api/choices.py), choice i seeded `seed + i`."""
+    if req.store:
+        raise APIError(400, "store is not supported with n > 1: only single answers are kept", param="store")
+    payloads = [payload.model_copy(update={"sampling": req.sampling(i)}) for i in range(req.n)]
+    fanin = enqueue_choices(ctx, payloads, kind, job_id)
+    completion = Completion(completion_id=f"chatcmpl-{job_id}", model=payload.model, n=req.n)
+    if not req.stream:
+        if not read_choices(fanin, lambda index, event: completion.add(event, index)):
+            return Response(status=499)  # nobody reads it; its jobs were cancelled
+        body = jsonify(completion.response(bool(req.logprobs))).get_data()
+        return Response(then(body, fanin.sent), mimetype="application/json", headers={"Content-Length": str(len(body))})
+    usage = bool(req.stream_options and req.stream_options.include_usage)
+
+    def frames(item: tuple[int, Event] | None) -> Iterator[str]:
+        if item is None:
+            yield SSE_KEEPALIVE
+            return
+        i, event = item
+        if event.type == EventType.START:
+            yield sse(completion.chunk({"role": "assistant", "content": ""}, index=i, with_usage=usage))
+        elif event.type == EventType.DELTA:
+            logprobs = event.data.get("logprobs")
+            yield sse(completion.chunk(delta_of(event), logprobs=logprobs, index=i, with_usage=usage))
+        elif event.type == EventType.DONE:
+            completion.add(event, i)
+            finish = completion.choices[i].finish_reason
+            yield sse(completion.chunk({}, finish_reason=finish, index=i, with_usage=usage))
+            if fanin.finished:
+                if usage:
+                    yield sse(completion.usage_chunk())
+                yield SSE_DONE
+                fanin.sent()
+
+    events = fanin.events()
+    first = first_of(fanin, events)
+    frames_out = choice_frames(fanin, chain([first], events), frames, lambda error: sse(error.body()))
+    return Response(
+        stream_with_context(frames_out),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 @bp.get("/chat/completions/<completion_id>")
@@ -110,35 +126,14 @@ def _collect(
     client_socket=None,
     timer: GenerationTimer | None = None,
 ):
-    """Read the job to its end for one JSON answer. Nothing is written to the client until
-    then, so a client that gives up is noticed by peeking at its socket now and then."""
-    next_check = time.monotonic() + relay.settings.keepalive_interval
-    try:
-        for event in relay.events():
-            if time.monotonic() >= next_check:
-                if client_left(client_socket):
-                    return Response(status=499)  # nobody reads it; the job is cancelled below
-                next_check = time.monotonic() + relay.settings.keepalive_interval
-            if timer:  # metrics
-                timer.observe(event)
-            if event is None:
-                continue
-            if event.type in (EventType.ERROR, EventType.CANCELLED):
-                raise error_from_event(event)
-            completion.add(event)
-    finally:
-        relay.close(sys.exc_info()[1])
-        if timer:  # metrics
-            timer.finish(completion.usage)
+    """Read the job to its end for one JSON answer (api/delivery.py)."""
+    delivered = read_all(
+        relay, completion.add, client_socket=client_socket, timer=timer, usage=lambda: completion.usage
+    )
+    if not delivered:
+        return Response(status=499)  # nobody reads it; its job was cancelled
     body = jsonify(completion.response(want_logprobs)).get_data()
-    return Response(_then(body, relay.sent), mimetype="application/json", headers={"Content-Length": str(len(body))})
-
-
-def _then(body: bytes, after) -> Iterator[bytes]:
-    """The body, then `after()` — run only once the server has written the body: it asks
-    for the next chunk after a write succeeds, and closes the generator when one fails."""
-    yield body
-    after()
+    return Response(then(body, relay.sent), mimetype="application/json", headers={"Content-Length": str(len(body))})
 
 
 def _stream(
@@ -148,40 +143,35 @@ def _stream(
     include_usage: bool,
     timer: GenerationTimer | None = None,
 ):
-    """SSE frames for one job's events. A client that disconnects raises GeneratorExit at the
-    next write; `finally` then cancels the job."""
-    try:
-        for event in events:
-            if timer:  # metrics
-                timer.observe(event)
-            if event is None:
-                yield SSE_KEEPALIVE
-            elif event.type == EventType.START:
-                yield sse(completion.chunk({"role": "assistant", "content": ""}, with_usage=include_usage), event.id)
-            elif event.type == EventType.DELTA:
-                yield sse(
-                    completion.chunk(delta_of(event), logprobs=event.data.get("logprobs"), with_usage=include_usage),
-                    event.id,
-                )
-            elif event.type == EventType.DONE:
-                completion.add(event)
-                yield sse(
-                    completion.chunk({}, finish_reason=completion.finish_reason, with_usage=include_usage), event.id
-                )
-                if include_usage:
-                    yield sse(completion.usage_chunk())
-                yield SSE_DONE
-                relay.sent()  # resumed after [DONE] was written: the client has it all
-            else:
-                yield sse(error_from_event(event).body(), event.id)
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-        # Redis went away mid-stream: end with an error event, not a cut connection.
-        log.warning("lost Redis while relaying job %s: %s", relay.job_id, exc)
-        yield sse(redis_unavailable().body())
-    finally:
-        relay.close(sys.exc_info()[1])
-        if timer:  # metrics
-            timer.finish(completion.usage)
+    """SSE frames for one job's events; api/delivery.py relays them (and cancels the job
+    when the client disconnects)."""
+
+    def frames(event: Event | None) -> Iterator[str]:
+        if event is None:
+            yield SSE_KEEPALIVE
+        elif event.type == EventType.START:
+            yield sse(completion.chunk({"role": "assistant", "content": ""}, with_usage=include_usage), event.id)
+        elif event.type == EventType.DELTA:
+            yield sse(
+                completion.chunk(delta_of(event), logprobs=event.data.get("logprobs"), with_usage=include_usage),
+                event.id,
+            )
+        elif event.type == EventType.DONE:
+            completion.add(event)
+            yield sse(completion.chunk({}, finish_reason=completion.finish_reason, with_usage=include_usage), event.id)
+            if include_usage:
+                yield sse(completion.usage_chunk())
+            yield SSE_DONE
+            relay.sent()  # resumed after [DONE] was written: the client has it all
+
+    return relay_frames(
+        relay,
+        events,
+        frames,
+        lambda error, event_id: sse(error.body(), event_id),
+        timer=timer,
+        usage=lambda: completion.usage,
+    )
 
 
 def delta_of(event: Event) -> dict:
@@ -197,15 +187,3 @@ def delta_of(event: Event) -> dict:
     if calls:
         delta["tool_calls"] = calls
     return delta
-
-
-def client_left(sock) -> bool:
-    """True when the client closed its connection (a readable socket with nothing to read).
-    A client may also have sent more bytes (a pipelined request): then it is still there."""
-    if sock is None:
-        return False
-    try:
-        readable, _, _ = select.select([sock], [], [], 0)
-        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
-    except OSError:
-        return True

@@ -13,12 +13,9 @@ from .errors import APIError
 
 
 @dataclass
-class Completion:
-    """Accumulates one job's events into a chat completion."""
+class Choice:
+    """One choice's events, joined."""
 
-    completion_id: str
-    model: str
-    created: int = field(default_factory=lambda: int(time.time()))
     text: list[str] = field(default_factory=list)
     reasoning: list[str] = field(default_factory=list)
     logprobs: list[dict] = field(default_factory=list)
@@ -41,6 +38,31 @@ class Completion:
         calls = [self.tool_calls[i] for i in sorted(self.tool_calls)]
         return assistant_message("".join(self.text), "".join(self.reasoning), calls)
 
+
+@dataclass
+class Completion:
+    """Accumulates one request's events — one job per choice (`n`) — into a chat completion."""
+
+    completion_id: str
+    model: str
+    n: int = 1
+    created: int = field(default_factory=lambda: int(time.time()))
+    choices: list[Choice] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.choices = self.choices or [Choice() for _ in range(self.n)]
+
+    def add(self, event: Event, index: int = 0) -> None:
+        self.choices[index].add(event)
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.choices[0].finish_reason
+
+    @property
+    def usage(self) -> dict | None:
+        return joined_usage([c.usage for c in self.choices])
+
     def response(self, want_logprobs: bool) -> dict:
         return {
             "id": self.completion_id,
@@ -50,17 +72,24 @@ class Completion:
             "system_fingerprint": None,
             "choices": [
                 {
-                    "index": 0,
-                    "message": self.message(),
-                    "logprobs": {"content": self.logprobs, "refusal": None} if want_logprobs else None,
-                    "finish_reason": self.finish_reason,
+                    "index": i,
+                    "message": choice.message(),
+                    "logprobs": {"content": choice.logprobs, "refusal": None} if want_logprobs else None,
+                    "finish_reason": choice.finish_reason,
                 }
+                for i, choice in enumerate(self.choices)
             ],
             "usage": self.usage,
         }
 
     def chunk(
-        self, delta: dict, *, finish_reason: str | None = None, logprobs: list | None = None, with_usage: bool = False
+        self,
+        delta: dict,
+        *,
+        finish_reason: str | None = None,
+        logprobs: list | None = None,
+        with_usage: bool = False,
+        index: int = 0,
     ) -> dict:
         body = {
             "id": self.completion_id,
@@ -70,7 +99,7 @@ class Completion:
             "system_fingerprint": None,
             "choices": [
                 {
-                    "index": 0,
+                    "index": index,
                     "delta": delta,
                     "logprobs": {"content": logprobs, "refusal": None} if logprobs is not None else None,
                     "finish_reason": finish_reason,
@@ -85,6 +114,26 @@ class Completion:
         body = self.chunk({}, with_usage=True)
         body["choices"], body["usage"] = [], self.usage
         return body
+
+
+def joined_usage(usages: list[dict | None]) -> dict | None:
+    """The usage of n choices of one prompt, as OpenAI counts it: the prompt once, every
+    choice's completion tokens."""
+    if any(u is None for u in usages):
+        return None
+    first = usages[0]
+    assert first is not None
+    if len(usages) == 1:
+        return first
+    completion = sum(u["completion_tokens"] for u in usages if u)
+    joined = {**first, "completion_tokens": completion, "total_tokens": first["prompt_tokens"] + completion}
+    details = [u.get("completion_tokens_details") for u in usages if u]
+    if all(details):
+        joined["completion_tokens_details"] = {
+            **details[0],  # type: ignore[dict-item]
+            "reasoning_tokens": sum(d.get("reasoning_tokens", 0) for d in details if d),
+        }
+    return joined
 
 
 def error_from_event(event: Event) -> APIError:

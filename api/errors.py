@@ -8,6 +8,9 @@ Exceptions are translated once, here, at the boundary:
     redis ConnectionError/Timeout → 503 service_unavailable (Redis down or unreachable)
     anything else                 → 500 with a generic message; the traceback goes to the log
 
+`as_api_error` is that translation; `render` shapes the answer (the Messages API's
+blueprint renders the same errors in Anthropic's shape, api/anthropic_shape.py).
+
 No response ever carries a traceback, a file path, a Redis URL or a secret. Every response
 carries `X-Request-Id` (api/request_id.py); a 500 names that id, and the log line with the
 traceback carries it too.
@@ -16,6 +19,7 @@ traceback carries it too.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import redis
 from flask import Flask, jsonify, request
@@ -91,7 +95,9 @@ def from_validation_error(exc: ValidationError) -> APIError:
     )
 
 
-def _render(error: APIError):
+def render(error: APIError, body: Callable[[APIError], dict] = APIError.body):
+    """The response for an error, its body shaped by `body` (OpenAI's unless a blueprint
+    answers in another API's shape: api/messages.py)."""
     # One log line per error answer, with the request id (api/request_id.py): what a client
     # reports can be found. 5xx are warnings: something on our side needs a look.
     log.log(
@@ -103,39 +109,50 @@ def _render(error: APIError):
         error.code,
         error.message,
     )
-    response = jsonify(error.body())
+    response = jsonify(body(error))
     response.status_code = error.status
     response.headers.update(error.headers)
     return response
 
 
+def from_http_exception(exc: HTTPException) -> APIError:
+    messages = {404: "no such endpoint", 405: "method not allowed for this endpoint", 413: "request body too large"}
+    status = exc.code or 500
+    code = {404: "unknown_url", 405: "method_not_allowed", 413: "request_too_large"}.get(status)
+    # 405 must say which methods the endpoint takes (RFC 9110); werkzeug knows them.
+    allowed = getattr(exc, "valid_methods", None)
+    headers = {"Allow": ", ".join(allowed)} if allowed else None
+    return APIError(status, messages.get(status, exc.description or exc.name), code=code, headers=headers)
+
+
+def unexpected_error(exc: Exception) -> APIError:
+    log.exception("unhandled error in %s %s", request.method, request.path)
+    return APIError(
+        500, f"internal server error (request id {request_id.current()})", error_type="api_error", code="internal_error"
+    )
+
+
+def as_api_error(exc: Exception) -> APIError:
+    """Any exception a request raised, as the error its client gets: the one translation,
+    whichever shape renders it."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, ValidationError):
+        return from_validation_error(exc)
+    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        return redis_unavailable()
+    if isinstance(exc, HTTPException):
+        return from_http_exception(exc)
+    return unexpected_error(exc)
+
+
 def init_app(app: Flask) -> None:
-    app.register_error_handler(APIError, _render)
-    app.register_error_handler(ValidationError, lambda e: _render(from_validation_error(e)))
-    app.register_error_handler(redis.exceptions.ConnectionError, lambda e: _render(redis_unavailable()))
-    app.register_error_handler(redis.exceptions.TimeoutError, lambda e: _render(redis_unavailable()))
-
-    @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException):
-        messages = {404: "no such endpoint", 405: "method not allowed for this endpoint", 413: "request body too large"}
-        status = exc.code or 500
-        code = {404: "unknown_url", 405: "method_not_allowed", 413: "request_too_large"}.get(status)
-        # 405 must say which methods the endpoint takes (RFC 9110); werkzeug knows them.
-        allowed = getattr(exc, "valid_methods", None)
-        headers = {"Allow": ", ".join(allowed)} if allowed else None
-        return _render(APIError(status, messages.get(status, exc.description or exc.name), code=code, headers=headers))
-
-    @app.errorhandler(Exception)
-    def unexpected(exc: Exception):
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        return _render(
-            APIError(
-                500,
-                f"internal server error (request id {request_id.current()})",
-                error_type="api_error",
-                code="internal_error",
-            )
-        )
+    app.register_error_handler(APIError, render)
+    app.register_error_handler(ValidationError, lambda e: render(from_validation_error(e)))
+    app.register_error_handler(redis.exceptions.ConnectionError, lambda e: render(redis_unavailable()))
+    app.register_error_handler(redis.exceptions.TimeoutError, lambda e: render(redis_unavailable()))
+    app.register_error_handler(HTTPException, lambda e: render(from_http_exception(e)))
+    app.register_error_handler(Exception, lambda e: render(unexpected_error(e)))
 
 
 def file_not_found(file_id: str) -> APIError:

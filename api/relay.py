@@ -20,7 +20,7 @@ from contract import registry
 from contract.context import Context
 from contract.queues import cancel_job, fetch_job, reap_orphaned_job
 from contract.results import ending_without_event, worker_died
-from contract.stream import Event, EventType, StreamReader
+from contract.stream import Event, EventType, StreamReader, read_many
 
 from . import autoload
 
@@ -28,9 +28,14 @@ log = logging.getLogger("mis.api")
 
 
 class JobRelay:
-    def __init__(self, ctx: Context, job_id: str, model: str, *, forget_when_sent: bool = False):
+    def __init__(
+        self, ctx: Context, job_id: str, model: str, *, forget_when_sent: bool = False, detached: bool = False
+    ):
         self.ctx, self.job_id, self.model = ctx, job_id, model
         self.forget_when_sent = forget_when_sent
+        self.detached = detached
+        """The job outlives this reader (a background response): a client leaving stops the
+        reading, never the job."""
         self.conn, self.keys, self.settings = ctx.conn, ctx.keys, ctx.settings
         self.reader = StreamReader(ctx.conn, ctx.keys, job_id)
         self.finished = False
@@ -46,6 +51,8 @@ class JobRelay:
         exits with SystemExit), the job runs on: its result stays fetchable
         (`GET /v1/chat/completions/<id>`, api/stored.py). A client leaving is GeneratorExit."""
         if self.finished and not self.synthesized:
+            return
+        if self.detached and not self.synthesized:
             return
         if leaving is not None and not isinstance(leaving, (Exception, GeneratorExit)):
             log.info("leaving job %s to finish: the API is stopping (%s)", self.job_id, type(leaving).__name__)
@@ -72,7 +79,7 @@ class JobRelay:
         while not self.finished:
             batch = self.reader.read(block_ms)
             if not batch:
-                batch = self._check_job()
+                batch = self.check_job()
                 if not batch:
                     yield None
                     continue
@@ -82,7 +89,7 @@ class JobRelay:
                 if self.finished:
                     return
 
-    def _check_job(self) -> list[Event]:
+    def check_job(self) -> list[Event]:
         """Called after a silent interval: a terminal event if the job can no longer finish."""
         job = fetch_job(self.conn, self.job_id)
         problem: Event | None
@@ -131,3 +138,42 @@ class JobRelay:
             w.model == self.model and w.state != registry.WorkerState.ERROR
             for w in registry.live_workers(self.conn, self.keys)
         )
+
+
+class FanIn:
+    """The jobs of one request with `n` > 1 choices, read as one: each job's events with its
+    index (its choice), every stream in one XREAD; None when all stayed silent for a
+    keepalive interval (after the same checks a single relay makes)."""
+
+    def __init__(self, relays: list[JobRelay]):
+        self.relays = relays
+
+    @property
+    def finished(self) -> bool:
+        return all(r.finished for r in self.relays)
+
+    def events(self) -> Iterator[tuple[int, Event] | None]:
+        first = self.relays[0]
+        block_ms = int(first.settings.keepalive_interval * 1000)
+        while not self.finished:
+            live = [(i, r) for i, r in enumerate(self.relays) if not r.finished]
+            batches = read_many(first.conn, [r.reader for _, r in live], block_ms)
+            if not any(batches):
+                batches = [r.check_job() for _, r in live]
+                if not any(batches):
+                    yield None
+                    continue
+            for (index, relay), batch in zip(live, batches, strict=True):
+                for event in batch:
+                    relay.finished = event.is_terminal
+                    yield index, event
+                    if relay.finished:
+                        break
+
+    def close(self, leaving: BaseException | None = None) -> None:
+        for relay in self.relays:
+            relay.close(leaving)
+
+    def sent(self) -> None:
+        for relay in self.relays:
+            relay.sent()

@@ -141,13 +141,12 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
+class SamplingRequest(BaseModel):
+    """The sampling fields chat and legacy completions share, checked the same way."""
+
     model_config = STRICT
 
     model: str = Field(min_length=1, max_length=256)
-    messages: list[RequestMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0)
@@ -159,34 +158,16 @@ class ChatCompletionRequest(BaseModel):
     logit_bias: dict[str, float] | None = None
     seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     stop: str | list[str] | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    n: int = Field(1, ge=1, description="choices, each its own sequence in the batch (at most MAX_N)")
     stream: bool = False
-    store: bool | None = None
-    """Keep the completion RESULT_TTL for GET /v1/chat/completions/<id> (else UNSTORED_TTL)."""
     stream_options: StreamOptions | None = None
-    n: int = Field(1, ge=1, le=1, description="only one choice per request is supported")
-    response_format: ResponseFormat | None = None
-    """Enforced by constrained decoding (api/structured.py, docs/STRUCTURED.md)."""
-    tools: list[ToolDef] | None = None
-    tool_choice: ToolChoice | None = None
-    parallel_tool_calls: bool | None = None
-    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
-    """Reaches templates that take it; `none` also turns thinking off."""
-    enable_thinking: bool | None = None
-    """Extension: the thinking switch of templates that have one (Qwen3's)."""
-    max_reasoning_tokens: int | None = Field(None, ge=1)
-    """Extension: end a thinking model's thinking after this many tokens."""
-    functions: Any = Field(None, json_schema_extra={"deprecated": True})
-    """OpenAI's deprecated form of `tools`: refused with a 400 (api/tools.py)."""
-    function_call: Any = Field(None, json_schema_extra={"deprecated": True})
 
-    @field_validator("messages")
+    @field_validator("n")
     @classmethod
-    def _message_count(cls, value, info: ValidationInfo):
-        most = limit(info, "max_messages")
-        if len(value) > most:
-            raise ValueError(f"at most {most} messages (MAX_MESSAGES); this request has {len(value)}")
+    def _n(cls, value: int, info: ValidationInfo) -> int:
+        most = limit(info, "max_n")
+        if value > most:
+            raise ValueError(f"at most {most} choices (MAX_N)")
         return value
 
     @field_validator("stop")
@@ -217,6 +198,55 @@ class ChatCompletionRequest(BaseModel):
                 raise ValueError("biases must be between -100 and 100")
         return value
 
+    def sampling(self, choice: int = 0) -> SamplingParams:
+        """Choice `choice`'s sampling: a given seed is the first choice's, the others count up
+        from it, so n seeded choices are reproducible and not all the same."""
+        given = {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "min_p": self.min_p,
+            "repetition_penalty": self.repetition_penalty,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
+            "seed": None if self.seed is None else (self.seed + choice) % 2**64,
+            "logit_bias": {int(k): v for k, v in (self.logit_bias or {}).items()} or None,
+        }
+        return SamplingParams(**{k: v for k, v in given.items() if v is not None})
+
+
+class ChatCompletionRequest(SamplingRequest):
+    messages: list[RequestMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    store: bool | None = None
+    """Keep the completion RESULT_TTL for GET /v1/chat/completions/<id> (else UNSTORED_TTL)."""
+    response_format: ResponseFormat | None = None
+    """Enforced by constrained decoding (api/structured.py, docs/STRUCTURED.md)."""
+    tools: list[ToolDef] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+    """Reaches templates that take it; `none` also turns thinking off."""
+    enable_thinking: bool | None = None
+    """Extension: the thinking switch of templates that have one (Qwen3's)."""
+    max_reasoning_tokens: int | None = Field(None, ge=1)
+    """Extension: end a thinking model's thinking after this many tokens."""
+    functions: Any = Field(None, json_schema_extra={"deprecated": True})
+    """OpenAI's deprecated form of `tools`: refused with a 400 (api/tools.py)."""
+    function_call: Any = Field(None, json_schema_extra={"deprecated": True})
+    """OpenAI's deprecated form of `tool_choice`: refused with a 400 (api/tools.py)."""
+
+    @field_validator("messages")
+    @classmethod
+    def _message_count(cls, value, info: ValidationInfo):
+        most = limit(info, "max_messages")
+        if len(value) > most:
+            raise ValueError(f"at most {most} messages (MAX_MESSAGES); this request has {len(value)}")
+        return value
+
     @field_validator("top_logprobs")
     @classmethod
     def _logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
@@ -232,20 +262,6 @@ class ChatCompletionRequest(BaseModel):
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
-
-    def sampling(self) -> SamplingParams:
-        given = {
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "top_k": self.top_k,
-            "min_p": self.min_p,
-            "repetition_penalty": self.repetition_penalty,
-            "presence_penalty": self.presence_penalty,
-            "frequency_penalty": self.frequency_penalty,
-            "seed": self.seed,
-            "logit_bias": {int(k): v for k, v in (self.logit_bias or {}).items()} or None,
-        }
-        return SamplingParams(**{k: v for k, v in given.items() if v is not None})
 
 
 DEFAULT_DOCUMENT_PROMPT = "Transcribe the text of this page as Markdown."

@@ -35,6 +35,11 @@ class Keys:
         """Set when a client asks to stop a job; workers poll it each step."""
         return f"{self.prefix}cancel:{job_id}"
 
+    def response(self, job_id: str) -> str:
+        """One stored response of the Responses API (api/responses.py): its request, input
+        items and the conversation before them, as JSON; its output is the job's stream."""
+        return f"{self.prefix}response:{job_id}"
+
     def blob(self, digest: str) -> str:
         """Validated bytes (an image, a document page) under their sha256, with a TTL."""
         return f"{self.prefix}blob:{digest}"

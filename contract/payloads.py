@@ -149,6 +149,10 @@ class ChatJob(BaseModel):
     """Passed to templates that take it."""
     max_reasoning_tokens: int | None = None
     """Extension: end the thinking block after this many tokens."""
+    count_only: bool = False
+    """Only count the prompt's tokens (Anthropic's count_tokens; the API never tokenizes):
+    the engine renders and encodes it, generates nothing, and the job ends at once with a
+    `done` whose usage has the prompt's tokens (runtime/engine_loop.py)."""
 
 
 class PromptTokensDetails(BaseModel):

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     is kept — rq record and token stream — so a client whose connection broke can still read
     it (GET /v1/chat/completions/<id>); stored ones are kept RESULT_TTL. A busy server's Redis
     then holds minutes of answers, not an hour."""
+    responses_ttl: int = Field(30 * 86400, ge=60)
+    """Seconds a stored response of the Responses API (`store`, its default) is kept — its
+    record, rq job and event stream — for retrieval, resuming and `previous_response_id`."""
     stream_maxlen: int = Field(100_000, ge=100)
     """Approximate cap on entries per token stream (one entry per engine step per job)."""
     cancel_ttl: int = Field(3600, ge=1)
@@ -103,6 +106,8 @@ class Settings(BaseSettings):
     body_read_timeout: float = Field(30.0, gt=0)
     """Seconds a request body may take to arrive (408 after): a client that sends one byte a
     second must not hold a connection."""
+    max_n: int = Field(8, ge=1, le=128)
+    """Most choices (`n`) one chat or legacy completion may ask for; each is a sequence."""
     max_messages: int = Field(2048, ge=1)
     """Messages per chat request (OpenAI's limit); the model's context bounds the rest."""
     max_stop_sequences: int = Field(4, ge=1)

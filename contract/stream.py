@@ -120,9 +120,13 @@ class StreamReader:
         reply = cast(list, self.conn.xread({self.key: self.last_id}, count=512, block=block_ms))
         if not reply:
             return []
-        # [[stream key, [(entry id, {field: value}), ...]]]: one stream was read.
-        events = [_decode(entry_id, fields) for entry_id, fields in reply[0][1]]
-        self.last_id = events[-1].id
+        return self.accept(reply[0][1])  # [[stream key, [(entry id, {field: value}), ...]]]
+
+    def accept(self, entries: list) -> list[Event]:
+        """Events of entries read for this reader elsewhere (`read_many`)."""
+        events = [_decode(entry_id, fields) for entry_id, fields in entries]
+        if events:
+            self.last_id = events[-1].id
         return events
 
     def read_all(self) -> list[Event]:
@@ -131,3 +135,11 @@ class StreamReader:
         while batch := self.read():
             events += batch
         return events
+
+
+def read_many(conn: redis.Redis, readers: list[StreamReader], block_ms: int | None = None) -> list[list[Event]]:
+    """One XREAD for several readers (the n choices of one request): the events after each
+    one's last, in the readers' order; waits up to `block_ms` for any (None: no wait)."""
+    reply = cast(list, conn.xread({r.key: r.last_id for r in readers}, count=512, block=block_ms)) or []
+    by_key = {(k.decode() if isinstance(k, bytes) else k): entries for k, entries in reply}
+    return [r.accept(by_key.get(r.key, [])) for r in readers]

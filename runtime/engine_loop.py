@@ -24,6 +24,7 @@ from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
 from contract.keys import Priority
+from contract.payloads import Usage
 from contract.stream import EventType
 from runtime.rejections import RequestRejected
 from runtime.steps import StepEvent, StepSender
@@ -45,7 +46,9 @@ class Engine(Protocol):
 
     def add(self, job_id: str, request: Any) -> dict:
         """Take a job into the batch; returns the data of its `start` event. Raises
-        RequestRejected for a request this model cannot serve."""
+        RequestRejected for a request this model cannot serve. A job that only counts its
+        prompt (`ChatJob.count_only`) is encoded but not taken in: its data says
+        `count_only: true`, and the loop ends it at once."""
 
     def step(self) -> tuple[list[StepEvent], dict[str, dict]]:
         """Advance every job one step: their stream events, and the result (usage) of each
@@ -235,7 +238,18 @@ class EngineLoop(threading.Thread):
             return
         finally:
             self.model_busy_since = 0.0
+        counted = start.pop("count_only", False)
         self.pending.append((job_id, EventType.START, {**start, **_described(admission.job)}))
+        if counted:
+            self._counted(job_id, start["prompt_tokens"])
+
+    def _counted(self, job_id: str, prompt_tokens: int) -> None:
+        """A count-only job: the engine holds nothing of it, so it ends now, with no step of
+        the model, its `done` carrying the prompt's size (the API's count_tokens reads it)."""
+        usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=0, total_tokens=prompt_tokens)
+        result = usage.model_dump(exclude_none=True)
+        self.pending.append((job_id, EventType.DONE, {"finish_reason": "stop", "usage": result}))
+        self._end(job_id, result=result)
 
     def _refuse(self, job_id: str, refusal: BaseException) -> None:
         """The job function refused the payload. A refusal with a `code` (an expired image,

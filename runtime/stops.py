@@ -11,6 +11,9 @@ class StopMatcher:
     def __init__(self, stops: list[str]):
         self.stops = [s for s in stops if s]
         self.pending = ""
+        self.matched: str | None = None
+        """The stop sequence that ended the output, once one has (clients may ask which:
+        Anthropic's `stop_sequence`)."""
 
     def feed(self, text: str) -> tuple[str, bool]:
         """Returns (text safe to emit, whether a stop sequence was hit)."""
@@ -18,9 +21,11 @@ class StopMatcher:
         if not self.stops:
             out, self.pending = self.pending, ""
             return out, False
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        # The first occurrence wins; of several starting there, the shortest (it ended first).
+        hits = sorted((at, len(s), s) for s in self.stops if (at := self.pending.find(s)) >= 0)
         if hits:
-            out, self.pending = self.pending[: min(hits)], ""
+            at, _, self.matched = hits[0]
+            out, self.pending = self.pending[:at], ""
             return out, True
         keep = self._longest_stop_prefix_suffix()
         out = self.pending[: len(self.pending) - keep]
@@ -39,3 +44,12 @@ class StopMatcher:
                     best = n
                     break
         return best
+
+
+def done_data(finish_reason: str, usage: dict, stops: StopMatcher) -> dict:
+    """A `done` event's data, for every engine: the finish reason, the usage, and the stop
+    sequence that ended the answer when one did (its finish reason is `stop` either way)."""
+    data = {"finish_reason": finish_reason, "usage": usage}
+    if stops.matched is not None:
+        data["stop_sequence"] = stops.matched
+    return data

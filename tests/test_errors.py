@@ -46,7 +46,7 @@ def assert_error(response, status, code=None, param=None):
         ({"max_tokens": 0}, "max_tokens"),
         ({"max_completion_tokens": -1}, "max_completion_tokens"),
         ({"presence_penalty": 5}, "presence_penalty"),
-        ({"n": 2}, "n"),
+        ({"n": 9}, "n"),  # MAX_N is 8
         ({"stop": ["a"] * 17}, "stop"),
         ({"stop": [""]}, "stop"),
         ({"logit_bias": {"abc": 1}}, "logit_bias"),

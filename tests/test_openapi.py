@@ -45,6 +45,12 @@ def narrowed(document: dict) -> dict:
     for name in ("max_tokens", "max_completion_tokens"):
         request[name] = {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 8}, {"type": "null"}]}
     request["messages"]["maxItems"] = 4
+    for name in ("AnthropicMessagesRequest", "AnthropicCountTokensRequest"):
+        messages = document["components"]["schemas"][name]["properties"]
+        messages["model"] = {"enum": ["tiny-text", "no-such-model"]}
+        messages["messages"]["maxItems"] = 4
+    document["components"]["schemas"]["AnthropicMessagesRequest"]["properties"]["max_tokens"] = {
+        "type": "integer", "minimum": 1, "maximum": 8}  # fmt: skip
     for name in ("DocumentRequest", "DocumentUpload"):  # the text model (400) or none (404): no pages run
         document["components"]["schemas"][name]["properties"]["model"] = {"enum": ["tiny-text", "no-such-model"]}
     return document
@@ -82,6 +88,8 @@ def test_the_document_describes_every_public_endpoint():
         "/admin/unload",
         "/admin/commands/{command_id}",
         "/metrics",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
         "/v1/documents",
         "/v1/documents/{doc_id}",
         "/v1/documents/{doc_id}/result",
@@ -91,6 +99,10 @@ def test_the_document_describes_every_public_endpoint():
         "/v1/batches",
         "/v1/batches/{batch_id}",
         "/v1/batches/{batch_id}/cancel",
+        "/v1/responses",
+        "/v1/responses/{response_id}",
+        "/v1/responses/{response_id}/cancel",
+        "/v1/responses/{response_id}/input_items",
     }
     chat = paths["/v1/chat/completions"]["post"]["responses"]["200"]["content"]
     assert set(chat) == {"application/json", "text/event-stream"}

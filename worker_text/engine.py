@@ -40,7 +40,7 @@ from mlx_common.tools import (
 )
 from runtime.rejections import PromptTooLong, RequestRejected, check_logit_bias
 from runtime.steps import StepEvent
-from runtime.stops import StopMatcher
+from runtime.stops import StopMatcher, done_data
 
 from .constrained import install, rows_of
 
@@ -164,6 +164,8 @@ class TextEngine:
             request, enable_thinking=request.enable_thinking, reasoning_effort=request.reasoning_effort
         )
         prompt = model.encode(text)
+        if request.count_only:  # counted, never generated: the engine loop ends the job
+            return {"prompt_tokens": len(prompt), "cached_tokens": 0, "count_only": True}
         if len(prompt) >= model.context_length:
             raise PromptTooLong(len(prompt), model.context_length)
         params = request.sampling.normalized(model.vocab_size)
@@ -247,7 +249,7 @@ class TextEngine:
                 events.append((seq.job_id, EventType.DELTA, {"text": text, **extra}))
             if finish is not None:
                 usage = self._finish(seq, response)
-                events.append((seq.job_id, EventType.DONE, {"finish_reason": finish, "usage": usage}))
+                events.append((seq.job_id, EventType.DONE, done_data(finish, usage, seq.stops)))
                 finished[seq.job_id] = usage
         return events, finished
 

@@ -50,7 +50,7 @@ from mlx_common.logprobs import token_logprob
 from mlx_common.sampling import Filters, SeededSampler
 from runtime.rejections import PromptTooLong, RequestRejected, check_logit_bias
 from runtime.steps import StepEvent
-from runtime.stops import StopMatcher
+from runtime.stops import StopMatcher, done_data
 
 from .jobs import VisionRequest
 from .loading import VisionModel
@@ -129,6 +129,8 @@ class VisionEngine:
         job = request.job
         self._check(request)
         prompt = self._encode(request)
+        if job.count_only:  # counted, never generated (the vision tower never runs): the loop ends it
+            return {"prompt_tokens": prompt.length, "cached_tokens": 0, "count_only": True}
         context = self.vm.context_length
         if prompt.length >= context:
             raise PromptTooLong(prompt.length, context, counted="the messages (images included)")
@@ -148,7 +150,7 @@ class VisionEngine:
                 advancing.append(seq)
                 continue
             usage = self._usage(seq)
-            events.append((seq.job_id, EventType.DONE, {"finish_reason": finish, "usage": usage}))
+            events.append((seq.job_id, EventType.DONE, done_data(finish, usage, seq.stops)))
             finished[seq.job_id] = usage
             del self.sequences[seq.job_id]
         if advancing:  # every job's next token computes while the step's events are sent

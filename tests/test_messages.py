@@ -1,0 +1,516 @@
+"""Anthropic's Messages API end to end with the official `anthropic` client: `POST /v1/messages`
+(JSON and SSE) and `/v1/messages/count_tokens` over the chat path, on real workers — tiny-text,
+tiny-tools (the Qwen/Hermes tool template), tiny-think (a thinking block) and tiny-vision.
+Streamed answers equal non-streamed ones at temperature 0; tool inputs validate against their
+schemas; a stop sequence is reported by name; count_tokens is the prompt a real answer used;
+every error, the API key's too, is in Anthropic's shape."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import subprocess
+import uuid
+
+import anthropic
+import jsonschema
+import pytest
+import requests
+from PIL import Image
+from rq.job import Job, JobStatus
+
+from api.anthropic_chat import param_name, to_chat
+from api.anthropic_request import MessagesRequest
+from contract.queues import cancel_job
+from runtime.stops import StopMatcher
+
+from .support import SLOW, VISION_PYTHON, alias, wait_until
+from .test_fuzz import HOSTILE
+
+HI = [{"role": "user", "content": "hi"}]
+GREEDY = {"temperature": 0}  # Anthropic's SDK has no `temperature` argument any more: extra_body
+WEATHER = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 10},
+        "days": {"type": "integer", "minimum": 1, "maximum": 7},
+        "unit": {"enum": ["c", "f"]},
+    },
+    "required": ["city", "days", "unit"],
+    "additionalProperties": False,
+}
+TIME = {"type": "object", "properties": {"zone": {"enum": ["utc", "cet"]}}, "required": ["zone"],
+        "additionalProperties": False}  # fmt: skip
+TOOLS = [
+    {"name": "get_weather", "description": "Weather", "input_schema": WEATHER},
+    {"name": "get_time", "input_schema": TIME},
+]
+SCHEMAS = {"get_weather": WEATHER, "get_time": TIME}
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def sdk(api_url: str, api_key: str = "unused") -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=api_url, api_key=api_key, max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def claude(api_url, text_worker) -> anthropic.Anthropic:
+    return sdk(api_url)
+
+
+@pytest.fixture(scope="module")
+def tools_worker(stack, models_dir):
+    proc = stack.start_worker("tiny-tools")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def think_worker(stack, models_dir):
+    proc = stack.start_worker("tiny-think")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def vision_worker(stack, models_dir):
+    if not (models_dir / "tiny-vision").exists():
+        subprocess.run(
+            [str(VISION_PYTHON), "-m", "worker_vision.tiny", str(models_dir / "tiny-vision")],
+            check=True,
+            capture_output=True,
+        )
+    proc = stack.start_vision_worker("tiny-vision")
+    yield proc
+    proc.stop()
+
+
+def streamed(claude, **kw):
+    """The raw events' types, and the SDK's message accumulated from them."""
+    with claude.messages.stream(**kw) as stream:
+        synthetic = ("text", "thinking", "input_json", "signature", "citation")  # the SDK's own, from deltas
+        types = [event.type for event in stream if event.type not in synthetic]
+        return types, stream.get_final_message()
+
+
+def content(message) -> list[dict]:
+    """A message's blocks as plain data (the SDK's streamed message has its own block classes)."""
+    return [b.model_dump(exclude={"parsed_output"}, exclude_none=True) for b in message.content]
+
+
+def total_input(message) -> int:
+    usage = message.usage
+    return usage.input_tokens + (usage.cache_read_input_tokens or 0) + (usage.cache_creation_input_tokens or 0)
+
+
+# --- text ---------------------------------------------------------------------------------
+
+
+def test_a_message_streamed_equals_the_message_created(claude):
+    args = dict(model="tiny-text", max_tokens=20, messages=HI, extra_body=GREEDY)
+    message = claude.messages.create(**args)
+    assert message.id.startswith("msg_") and message.type == "message" and message.role == "assistant"
+    assert message.model == "tiny-text"
+    assert [b.type for b in message.content] == ["text"] and message.content[0].text
+    assert message.stop_reason in ("end_turn", "max_tokens") and message.stop_sequence is None
+    assert 0 < message.usage.output_tokens <= 20 and total_input(message) > 0
+    types, final = streamed(claude, **args)
+    assert content(final) == content(message) and final.stop_reason == message.stop_reason
+    assert final.usage.output_tokens == message.usage.output_tokens and total_input(final) == total_input(message)
+    middle = ["content_block_delta"] * (len(types) - 5)
+    assert types == ["message_start", "content_block_start", *middle, "content_block_stop", "message_delta",
+                     "message_stop"]  # fmt: skip
+
+
+def test_raw_events_are_framed_as_anthropic_frames_them(api_url, text_worker):
+    body = {"model": "tiny-text", "max_tokens": 5, "messages": HI, "stream": True, **GREEDY}
+    reply = requests.post(api_url + "/v1/messages", json=body, timeout=60)
+    assert reply.status_code == 200 and reply.headers["Content-Type"].startswith("text/event-stream")
+    frames = [f for f in reply.text.split("\n\n") if f.strip()]
+    for frame in frames:
+        event, data = frame.split("\n")
+        assert event.startswith("event: ") and data.startswith("data: ")
+        assert json.loads(data[6:])["type"] == event[7:]
+    start = json.loads(frames[0].split("\n")[1][6:])["message"]
+    assert start["content"] == [] and start["stop_reason"] is None and start["usage"]["output_tokens"] == 0
+    assert reply.headers["request-id"] == reply.headers["X-Request-Id"] == start["id"]
+
+
+def test_the_system_prompt_is_rendered_from_a_string_or_blocks(claude):
+    def count(**kw) -> int:
+        return claude.messages.count_tokens(**{"model": "tiny-text", "messages": HI, **kw}).input_tokens
+
+    plain, system = count(), count(system="You are terse.\nAnswer in one word.")
+    assert system > plain + 5
+    blocks = [{"type": "text", "text": "You are terse."}, {"type": "text", "text": "Answer in one word."}]
+    assert count(system=blocks) == system  # a turn's text blocks are joined with a newline
+    assert count(messages=[{"role": "system", "content": blocks}, *HI]) == system  # a system turn, the same
+    message = claude.messages.create(model="tiny-text", max_tokens=3, messages=HI, system=blocks, extra_body=GREEDY)
+    assert message.content and total_input(message) == system
+
+
+def test_count_tokens_is_the_prompt_of_the_same_request(claude):
+    messages = [{"role": "user", "content": f"a question never asked before: {uuid.uuid4().hex}"}]
+    counted = claude.messages.count_tokens(model="tiny-text", messages=messages, system="Be brief.").input_tokens
+    message = claude.messages.create(model="tiny-text", max_tokens=2, messages=messages, system="Be brief.")
+    assert total_input(message) == counted
+    again = claude.messages.create(model="tiny-text", max_tokens=2, messages=messages, system="Be brief.")
+    assert total_input(again) == counted  # the prompt cache read more of it this time
+    assert again.usage.cache_read_input_tokens > message.usage.cache_read_input_tokens
+
+
+def test_stop_sequences_name_the_one_that_ended_the_answer(claude):
+    args = dict(model="tiny-text", max_tokens=40, messages=HI, extra_body=GREEDY)
+    text = claude.messages.create(**args).content[0].text
+    stop = text[10:13]
+    assert len(stop) == 3
+    cut = claude.messages.create(**args, stop_sequences=["never-appears", stop])
+    assert cut.stop_reason == "stop_sequence" and cut.stop_sequence == stop
+    assert cut.content[0].text == text[: text.index(stop)]
+    _, final = streamed(claude, **args, stop_sequences=[stop])
+    assert (final.stop_reason, final.stop_sequence, content(final)) == ("stop_sequence", stop, content(cut))
+
+
+def test_the_stop_matcher_knows_which_stop_matched():
+    matcher = StopMatcher(["bc", "abcd", "x"])
+    assert matcher.feed("za") == ("z", False) and matcher.matched is None  # "a" may begin "abcd"
+    assert matcher.feed("bcd") == ("", True) and matcher.matched == "abcd"  # the earliest start wins
+    matcher = StopMatcher(["ab", "abc"])
+    assert matcher.feed("xabc") == ("x", True) and matcher.matched == "ab"  # of those there, the shortest
+
+
+def test_an_answer_the_context_cut_short_says_so(claude):
+    """The API caps max_tokens by what the prompt leaves of the context: Anthropic's
+    `model_context_window_exceeded`. The answer must not end first: a format (enforced)
+    asks for far more text than the context has room for."""
+    prompt = [{"role": "user", "content": "x " * 1000}]
+    counted = claude.messages.count_tokens(model="tiny-text", messages=prompt).input_tokens
+    assert counted < 2048  # tiny-text's context
+    long = {"format": {"type": "json_schema", "schema": {"type": "string", "minLength": 5000}}}
+    message = claude.messages.create(
+        model="tiny-text", max_tokens=2048 - counted + 50, messages=prompt, output_config=long
+    )
+    assert message.stop_reason == "model_context_window_exceeded"
+    assert message.usage.output_tokens == 2048 - counted and message.content[0].text.startswith('"')
+
+
+def test_a_prompt_longer_than_the_context_is_a_400_clients_recognise(claude):
+    prompt = [{"role": "user", "content": "x " * 3000}]
+    assert claude.messages.count_tokens(model="tiny-text", messages=prompt).input_tokens > 2048  # counted anyway
+    for stream in (False, True):
+        with pytest.raises(anthropic.BadRequestError) as refused:
+            claude.messages.create(model="tiny-text", max_tokens=5, messages=prompt, stream=stream)
+        error = refused.value.body["error"]
+        assert error["type"] == "invalid_request_error" and error["message"].startswith("prompt is too long: ")
+
+
+def test_a_request_becomes_the_chat_request_that_runs_it():
+    """The translation itself (api/anthropic_chat.py), and errors told in the request's names."""
+    req = MessagesRequest.model_validate({
+        "model": "m", "max_tokens": 9, "system": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
+        "messages": [
+            {"role": "user", "content": "q1"}, {"role": "user", "content": [{"type": "text", "text": "q2"}]},
+            {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": "hm", "signature": ""}, {"type": "text", "text": "let me look"},
+                {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {"x": 1}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": "boom", "is_error": True},
+                {"type": "text", "text": "and?", "cache_control": {"type": "ephemeral"}}]},
+        ],
+        "tools": [{"name": "f", "input_schema": {"type": "object"}}],
+        "tool_choice": {"type": "any", "disable_parallel_tool_use": True},
+        "thinking": {"type": "enabled", "budget_tokens": 4}, "output_config": {"effort": "max"},
+        "stop_sequences": ["END"], "temperature": 0, "metadata": {"user_id": "u"},
+    })  # fmt: skip
+    body, origin = to_chat(req)
+    assert body["messages"] == [
+        {"role": "system", "content": "a\nb"},
+        {"role": "user", "content": "q1\nq2"},
+        {"role": "assistant", "content": "let me look", "tool_calls": [
+            {"id": "toolu_1", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}]},
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "Error: boom"},
+        {"role": "user", "content": "and?"},
+    ]  # fmt: skip
+    assert origin == ["system", "messages.0", "messages.2", "messages.3", "messages.3"]
+    assert body["tool_choice"] == "required" and body["parallel_tool_calls"] is False
+    assert (body["enable_thinking"], body["max_reasoning_tokens"], body["reasoning_effort"]) == (True, 4, "high")
+    assert (body["stop"], body["temperature"], body["max_tokens"]) == (["END"], 0, 9)
+    assert param_name("messages.4.content", origin) == "messages.3"
+    assert param_name("tools.0.function.parameters", origin) == "tools.0.input_schema"
+    assert param_name("stop", origin) == "stop_sequences"
+
+
+# --- images, tools, thinking ----------------------------------------------------------------
+
+
+def png(color=(255, 0, 0)) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), color).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def image_block(media_type: str = "image/png", data: str | None = None) -> dict:
+    return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data or png()}}
+
+
+def test_an_image_reaches_a_vision_model(api_url, vision_worker):
+    claude = sdk(api_url)
+    with_image = [{"role": "user", "content": [image_block(), {"type": "text", "text": "What is this?"}]}]
+    args = dict(model="tiny-vision", max_tokens=5, messages=with_image, extra_body=GREEDY)
+    message = claude.messages.create(**args)
+    assert message.content[0].type == "text" and message.usage.output_tokens > 0
+    assert content(streamed(claude, **args)[1]) == content(message)
+    counted = claude.messages.count_tokens(model="tiny-vision", messages=with_image).input_tokens
+    text_only = claude.messages.count_tokens(model="tiny-vision", messages=[{"role": "user", "content": "What?"}])
+    assert counted == total_input(message) > text_only.input_tokens
+
+
+@pytest.mark.parametrize(
+    "block, words",
+    [
+        ({"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}}, "remote image URLs"),
+        ({"type": "image", "source": {"type": "file", "file_id": "file_1"}}, "Files API"),
+        (image_block("image/gif", base64.b64encode(b"GIF89a").decode()), "unsupported image type"),
+        ({"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "x"}}, "documents"),
+    ],
+)
+def test_images_and_blocks_refused_say_why(api_url, vision_worker, block, words):
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        sdk(api_url).messages.create(model="tiny-vision", max_tokens=5, messages=[{"role": "user", "content": [block]}])
+    assert refused.value.body["error"]["type"] == "invalid_request_error"
+    assert words in refused.value.body["error"]["message"]
+
+
+def calls(message) -> list[tuple[str, dict]]:
+    found = [(b.name, b.input) for b in message.content if b.type == "tool_use"]
+    for name, arguments in found:
+        jsonschema.validate(arguments, SCHEMAS[name])
+    return found
+
+
+def test_tool_choice_any_and_tool_yield_valid_tool_use_blocks(api_url, tools_worker):
+    claude = sdk(api_url)
+    args = dict(model="tiny-tools", max_tokens=300, messages=ASK, tools=TOOLS, extra_body=GREEDY)
+    message = claude.messages.create(**args, tool_choice={"type": "any"})
+    assert message.stop_reason == "tool_use" and calls(message)
+    assert all(b.id.startswith("toolu_") for b in message.content if b.type == "tool_use")
+    types, final = streamed(claude, **args, tool_choice={"type": "any"})
+    assert calls(final) == calls(message) and final.stop_reason == "tool_use"
+    assert types[0] == "message_start" and types[-2:] == ["message_delta", "message_stop"]
+    named = claude.messages.create(**args, tool_choice={"type": "tool", "name": "get_time"})
+    assert {name for name, _ in calls(named)} == {"get_time"}
+    single = {"type": "any", "disable_parallel_tool_use": True}
+    assert len(calls(claude.messages.create(**args, tool_choice=single))) == 1
+    none = claude.messages.create(**{**args, "max_tokens": 10}, tool_choice={"type": "none"})
+    assert not calls(none) and none.stop_reason == "max_tokens"
+
+
+def test_a_tool_result_goes_back_to_the_model(api_url, tools_worker):
+    claude = sdk(api_url)
+    first = claude.messages.create(
+        model="tiny-tools", max_tokens=300, messages=ASK, tools=TOOLS, tool_choice={"type": "any"}, extra_body=GREEDY
+    )
+    uses = [b for b in first.content if b.type == "tool_use"]
+    results = [{"type": "tool_result", "tool_use_id": b.id, "content": "sunny, 21 C"} for b in uses]
+    history = [*ASK, {"role": "assistant", "content": first.content}, {"role": "user", "content": results}]
+    answer = claude.messages.create(model="tiny-tools", max_tokens=5, messages=history, tools=TOOLS, extra_body=GREEDY)
+    assert answer.content and total_input(answer) > total_input(first) + 10  # the calls and results were rendered
+    failed = [{**results[0], "is_error": True, "content": [{"type": "text", "text": "no such city"}]}]
+    retried = [*history[:2], {"role": "user", "content": failed}]
+    assert claude.messages.count_tokens(model="tiny-tools", messages=retried, tools=TOOLS).input_tokens > 0
+
+
+def test_thinking_comes_back_as_thinking_blocks(api_url, think_worker):
+    claude = sdk(api_url)
+    args = dict(model="tiny-think", max_tokens=30, messages=HI, extra_body=GREEDY)
+    budget = {"type": "enabled", "budget_tokens": 5}
+    message = claude.messages.create(**args, thinking=budget)
+    thinking, *rest = message.content
+    assert thinking.type == "thinking" and thinking.thinking and thinking.signature == ""
+    assert "<think>" not in thinking.thinking and [b.type for b in rest] == ["text"]
+    assert message.usage.output_tokens_details.thinking_tokens == 6  # five, then the closing token
+    types, final = streamed(claude, **args, thinking=budget)
+    assert content(final) == content(message) and types.count("content_block_start") == 2
+    off = claude.messages.create(**args, thinking={"type": "disabled"})
+    assert [b.type for b in off.content] == ["text"] and off.usage.output_tokens_details.thinking_tokens == 0
+    hidden = claude.messages.create(**args, thinking={**budget, "display": "omitted"})
+    assert content(hidden) == [{"type": "thinking", "thinking": "", "signature": ""}, content(message)[1]]
+
+
+# --- errors and auth --------------------------------------------------------------------------
+
+
+def anthropic_error(reply: requests.Response, status: int, kind: str) -> str:
+    body = reply.json()
+    assert reply.status_code == status and body["type"] == "error", body
+    assert set(body) == {"type", "error", "request_id"} and set(body["error"]) == {"type", "message"}
+    assert body["error"]["type"] == kind
+    return body["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"max_tokens": None}, "max_tokens: Field required"),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, "messages.0.role"),
+        ({"messages": [*HI, {"role": "assistant", "content": "Sure"}]}, "prefill"),
+        ({"top_k": "3"}, "top_k"),
+        ({"seed": 3}, "seed: Extra inputs are not permitted"),
+        ({"stop_sequences": ["a", "b", "c", "d", "e"]}, "stop_sequences: at most 4"),
+        ({"tools": [{"name": "f", "input_schema": {"not": {}}}], "tool_choice": {"type": "any"}},
+         "tools.0.input_schema cannot be enforced"),
+        ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "server tools"),
+        ({"tool_choice": {"type": "tool", "name": "nope"}, "tools": TOOLS}, "tool_choice"),
+        ({"thinking": {"type": "enabled", "budget_tokens": 50}}, "budget_tokens must be less than max_tokens"),
+        ({"messages": [{"role": "user", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}}]}]},
+         "tool_use blocks do not belong in user messages"),
+    ],
+)  # fmt: skip
+def test_a_bad_request_is_an_invalid_request_error_naming_the_field(api_url, text_worker, change, words):
+    body = {"model": "tiny-text", "max_tokens": 20, "messages": HI, **change}
+    body = {k: v for k, v in body.items() if v is not None}
+    assert words in anthropic_error(requests.post(api_url + "/v1/messages", json=body, timeout=30), 400,
+                                    "invalid_request_error")  # fmt: skip
+
+
+FIELDS = ["model", "max_tokens", "messages", "system", "stop_sequences", "temperature", "top_p", "top_k",
+          "tools", "tool_choice", "thinking", "output_config", "metadata", "stream", "cache_control",
+          "unknown_field"]  # fmt: skip
+BLOCK_FIELDS = ["type", "text", "source", "id", "name", "input", "tool_use_id", "content", "is_error",
+                "cache_control", "unknown_field"]  # fmt: skip
+
+
+def test_hostile_values_are_never_a_5xx_and_always_anthropic_errors(api_url, text_worker):
+    """tests/test_fuzz.py's corpus, every field of a message and of a block in turn."""
+    base = {"model": "tiny-text", "max_tokens": 2, "messages": HI, "temperature": 0}
+    bodies = [{**base, field: value} for field in FIELDS for value in HOSTILE]
+    bodies += [{**base, "messages": [{"role": "user", "content": [{"type": "text", "text": "hi", field: value}]}]}
+               for field in BLOCK_FIELDS for value in HOSTILE]  # fmt: skip
+    with requests.Session() as session:
+        for body in bodies:
+            for path in ("/v1/messages", "/v1/messages/count_tokens"):
+                reply = session.post(api_url + path, data=json.dumps(body), timeout=60,
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+                assert reply.status_code < 500, (path, body, reply.text[:300])
+                if reply.status_code >= 400:
+                    message = anthropic_error(reply, reply.status_code, reply.json()["error"]["type"])
+                    assert message and "Traceback" not in message and "/work/" not in message
+
+
+def test_the_sdk_raises_its_own_errors(claude):
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        claude.messages.create(model="no-such-model", max_tokens=5, messages=HI)
+    assert missing.value.body["error"]["type"] == "not_found_error" and missing.value.type == "not_found_error"
+    with pytest.raises(anthropic.BadRequestError):
+        claude.messages.count_tokens(model="tiny-text", messages=[])
+    reply = requests.post(str(claude.base_url.join("/v1/messages")), data=b"{not json", timeout=30)
+    assert "must be a JSON object" in anthropic_error(reply, 400, "invalid_request_error")
+
+
+def test_other_paths_and_methods_answer_in_anthropic_shape_too(api_url, text_worker):
+    assert "no such endpoint" in anthropic_error(requests.post(api_url + "/v1/messages/batches", json={}, timeout=30),
+                                                 404, "not_found_error")  # fmt: skip
+    wrong = requests.get(api_url + "/v1/messages", timeout=30)
+    anthropic_error(wrong, 405, "invalid_request_error")
+    assert wrong.headers["Allow"] == "POST"
+
+
+def test_a_failure_mid_stream_is_an_error_event(claude, ctx):
+    with claude.messages.create(
+        model="tiny-text", max_tokens=2000, messages=HI, stream=True, extra_body=GREEDY
+    ) as stream, pytest.raises(anthropic.APIStatusError) as ended:  # fmt: skip
+        for event in stream:
+            if event.type == "content_block_delta":
+                cancel_job(ctx, stream.response.headers["X-Request-Id"].removeprefix("msg_"))
+    assert ended.value.body["type"] == "error" and ended.value.body["error"]["type"] == "overloaded_error"
+
+
+KEY = "sk-test-anthropic-key-0123456789"
+
+
+def test_api_keys_come_as_x_api_key_or_bearer_and_failures_in_anthropic_shape(stack, text_worker):
+    proc, url = stack.start_api(API_KEYS=KEY)
+    try:
+        body = {"model": "tiny-text", "max_tokens": 2, "messages": HI, **GREEDY}
+        good = requests.post(url + "/v1/messages", json=body, headers={"x-api-key": KEY}, timeout=30)
+        assert good.status_code == 200 and good.json()["usage"]["output_tokens"] == 2
+        headers = {"x-api-key": KEY, "anthropic-version": "2023-06-01", "anthropic-beta": "anything"}
+        count = requests.post(
+            url + "/v1/messages/count_tokens", json={"model": "tiny-text", "messages": HI}, headers=headers, timeout=30
+        )
+        assert count.status_code == 200 and count.json()["input_tokens"] > 0
+        assert sdk(url, api_key=KEY).messages.create(model="tiny-text", max_tokens=2, messages=HI).usage.output_tokens
+        with pytest.raises(anthropic.AuthenticationError) as refused:
+            sdk(url, api_key="sk-wrong").messages.create(model="tiny-text", max_tokens=2, messages=HI)
+        assert refused.value.body["error"]["type"] == "authentication_error"
+        missing = requests.post(url + "/v1/messages", json=body, timeout=30)
+        assert "x-api-key" in anthropic_error(missing, 401, "authentication_error")
+        wrong = requests.post(url + "/v1/messages/count_tokens", json=body, headers={"x-api-key": "nope"}, timeout=30)
+        anthropic_error(wrong, 401, "authentication_error")
+        chat = requests.post(url + "/v1/chat/completions", json={"model": "tiny-text", "messages": HI}, timeout=30)
+        assert chat.status_code == 401 and chat.json()["error"]["code"] == "missing_api_key"  # OpenAI's shape there
+    finally:
+        proc.stop()
+
+
+# --- cancellation -----------------------------------------------------------------------------
+
+
+def test_a_client_that_disconnects_cancels_its_job(api_url, text_worker, conn):
+    body = {"model": "tiny-text", "max_tokens": 2000, "messages": HI, "stream": True, **GREEDY}
+    reply = requests.post(api_url + "/v1/messages", json=body, stream=True, timeout=30)
+    job_id = reply.headers["X-Request-Id"].removeprefix("msg_")
+    for line in reply.iter_lines(decode_unicode=True):
+        if line.startswith("event: content_block_delta"):
+            break
+    reply.close()
+    wait_until(lambda: Job.fetch(job_id, connection=conn).get_status() == JobStatus.CANCELED, 15, "job canceled")
+    try:
+        requests.post(api_url + "/v1/messages", json={**body, "stream": False}, timeout=0.5)
+        raise AssertionError("the request should outlast the client's timeout")
+    except requests.Timeout:
+        pass
+
+
+def test_a_queued_message_pings_and_leaves_the_queue_when_its_client_goes(stack, api_url, models_dir, conn):
+    model = alias(models_dir, "tiny-one-slot-messages", target=SLOW)
+    worker = stack.start_worker(model, WORKER_CAPACITY=1)
+    try:
+        body = {"model": model, "max_tokens": 2000, "messages": HI, "stream": True, **GREEDY}
+        busy = requests.post(api_url + "/v1/messages", json=body, stream=True, timeout=30)
+        busy_lines = busy.iter_lines(decode_unicode=True)
+        next(line for line in busy_lines if line.startswith("event: content_block_delta"))
+        waiting = requests.post(api_url + "/v1/messages", json=body, stream=True, timeout=30)
+        waiting_id = waiting.headers["X-Request-Id"].removeprefix("msg_")
+        assert next(waiting.iter_lines(decode_unicode=True)) == "event: ping"
+        assert Job.fetch(waiting_id, connection=conn).get_status() == JobStatus.QUEUED
+        waiting.close()
+        wait_until(lambda: Job.fetch(waiting_id, connection=conn).get_status() == JobStatus.CANCELED, 15, "canceled")
+        busy.close()
+    finally:
+        worker.stop()
+
+
+# --- the OpenAPI document ---------------------------------------------------------------------
+
+
+def test_answers_and_events_match_the_openapi_document(api_url, tools_worker):
+    doc = requests.get(api_url + "/openapi.json", timeout=10).json()
+    assert {"/v1/messages", "/v1/messages/count_tokens"} <= set(doc["paths"])
+
+    def check(body: dict, name: str) -> None:
+        jsonschema.validate(body, {**doc["components"]["schemas"][name], "components": doc["components"]})
+
+    body = {"model": "tiny-tools", "max_tokens": 300, "messages": ASK, "tools": TOOLS, "tool_choice": {"type": "any"}}
+    check(requests.post(api_url + "/v1/messages", json=body, timeout=60).json(), "AnthropicMessage")
+    stream = requests.post(api_url + "/v1/messages", json={**body, "stream": True}, timeout=60).text
+    events = [json.loads(line[6:]) for line in stream.splitlines() if line.startswith("data: ")]
+    assert {e["type"] for e in events} >= {"message_start", "content_block_delta", "message_stop"}
+    for event in events:
+        check(event, "AnthropicStreamEvent")
+    count = requests.post(
+        api_url + "/v1/messages/count_tokens", json={"model": "tiny-tools", "messages": ASK}, timeout=60
+    )
+    check(count.json(), "AnthropicTokenCount")
+    check(requests.post(api_url + "/v1/messages", json={}, timeout=60).json(), "AnthropicError")
