@@ -32,6 +32,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         errors,
         files,
         health,
+        legacy,
         messages,
         models,
         openapi,
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(models.bp)
     app.register_blueprint(chat.bp)
+    app.register_blueprint(legacy.bp)
     app.register_blueprint(messages.bp)  # Anthropic's Messages API
     app.register_blueprint(responses.bp)
     app.register_blueprint(documents.bp)

@@ -15,11 +15,12 @@ from flask import (
     request,
     stream_with_context,
 )
+from rq.job import JobStatus
 
 from contract.context import Context
 from contract.keys import Kind
 from contract.payloads import ChatJob
-from contract.queues import new_job_id
+from contract.queues import CHAT_FUNC, WAITING, cancel_job, fetch_job, new_job_id
 from contract.stream import Event, EventType
 
 from . import request_id, stored
@@ -117,6 +118,24 @@ def _choices(ctx: Context, req: ChatCompletionRequest, kind: Kind, payload: Chat
 def get_chat_completion(completion_id: str):
     ctx = current_app.extensions["mis"]
     return jsonify(stored.stored_completion(ctx.conn, ctx.keys, completion_id))
+
+
+@bp.post("/chat/completions/<completion_id>/cancel")
+def cancel_chat_completion(completion_id: str):
+    """Extension: stop a queued or running chat job from anywhere (another process, a
+    supervisor), as its client leaving would; its client gets the cancellation as an error.
+    `status`: `cancelled`, or `finished` when it had already ended."""
+    ctx = current_app.extensions["mis"]
+    job_id = stored.chat_job_id(completion_id)
+    job = fetch_job(ctx.conn, job_id)
+    if job is None or job.func_name not in CHAT_FUNC.values():
+        raise stored.not_found(completion_id)
+    ended = job.get_status(refresh=False) not in (*WAITING, JobStatus.STARTED)
+    if not ended:
+        cancel_job(ctx, job_id)
+    return jsonify(
+        {"id": completion_id, "object": "chat.completion.cancel", "status": "finished" if ended else "cancelled"}
+    )
 
 
 def _collect(

@@ -1,7 +1,8 @@
 """Requests with several choices (`n` > 1, several legacy prompts): one job per choice, all
 on the model's queue at once so they run in the batch together (a worker admits them in one
-step, and their common prompt prefix is prefilled together), read as one (`FanIn`: every
-job's stream in one XREAD). The answer is the view's: an `add(index, event)` callback for
+step and prefills their prompts in one batched forward pass — computed once per choice: the
+prompt cache only holds what finished sequences leave), read as one (`FanIn`: every job's
+stream in one XREAD). The answer is the view's: an `add(index, event)` callback for
 one JSON body, a `frames(index, event)` function for SSE. An error or cancel of any choice
 ends the request with it (the others are cancelled); a client that leaves cancels them all.
 """
@@ -53,7 +54,7 @@ def first_of(fanin: FanIn, events: Iterator[tuple[int, Event] | None]) -> tuple[
     return first
 
 
-def read_choices(fanin: FanIn, add: Callable[[int, Event], None]) -> bool:
+def read_choices(fanin: FanIn, add: Callable[[int, Event], object]) -> bool:
     """Every choice to its end for one JSON answer; False when the client left (all cancelled)."""
     sock = request.environ.get("gunicorn.socket")
     try:

@@ -17,6 +17,7 @@ from contract.payloads import ChatJob
 
 from . import autoload, images
 from .errors import APIError
+from .legacy_request import CompletionRequest
 from .schemas import ChatCompletionRequest
 from .structured import grammar_for
 from .tools import job_tools, refuse_legacy
@@ -48,6 +49,35 @@ def chat_payload(ctx: Context, req: ChatCompletionRequest, image_ttl: int | None
         reasoning_effort=req.reasoning_effort,
         max_reasoning_tokens=req.max_reasoning_tokens,
     )
+
+
+def completion_payloads(ctx: Context, req: CompletionRequest) -> tuple[Kind, list[ChatJob]]:
+    """Legacy completions: a job per prompt and choice (choice j of prompt i at i * n + j),
+    each a raw prompt for a text model's worker."""
+    model = canonical_model(ctx, req.model)
+    kind, context_length = route(ctx, model)
+    if kind != Kind.TEXT:
+        raise APIError(
+            400,
+            f"model {req.model!r} is a vision model; legacy completions (a raw prompt) need a text model",
+            param="model",
+            code="invalid_value",
+        )
+    jobs = [
+        ChatJob(
+            model=model,
+            messages=[],
+            prompt=prompt,
+            max_tokens=_max_tokens(req.max_tokens, context_length),
+            sampling=req.sampling(choice),
+            stop=req.stops(),
+            logprobs=req.logprobs is not None,
+            top_logprobs=req.logprobs or 0,
+        )
+        for prompt in req.prompts()
+        for choice in range(req.n)
+    ]
+    return kind, jobs
 
 
 def canonical_model(ctx: Context, model: str) -> str:

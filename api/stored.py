@@ -35,17 +35,23 @@ _JOB_ID = re.compile(r"[0-9a-f]{32}")
 """contract.queues.new_job_id: uuid4 hex. Anything else is no completion of ours."""
 
 
-def stored_completion(conn: redis.Redis, keys: Keys, completion_id: str) -> dict:
+def chat_job_id(completion_id: str) -> str:
+    """The job of a completion id (`chatcmpl-<job id>`); 404 for anything else."""
     job_id = completion_id.removeprefix(ID_PREFIX)
     if not (completion_id.startswith(ID_PREFIX) and _JOB_ID.fullmatch(job_id)):
-        raise _not_found(completion_id)
+        raise not_found(completion_id)
+    return job_id
+
+
+def stored_completion(conn: redis.Redis, keys: Keys, completion_id: str) -> dict:
+    job_id = chat_job_id(completion_id)
     job = fetch_job(conn, job_id)
     if job is not None and job.func_name not in CHAT_FUNC.values():
-        raise _not_found(completion_id)
+        raise not_found(completion_id)
     events = StreamReader(conn, keys, job_id).read_all()
     if job is None:  # rq kept no record of the success (unstored): the stream is the answer
         if not events or events[-1].type != EventType.DONE or "model" not in events[0].data:
-            raise _not_found(completion_id)
+            raise not_found(completion_id)
         ending: Event | None = events[-1]
     else:
         ending = events[-1] if events and events[-1].is_terminal else ending_without_event(job)
@@ -59,7 +65,7 @@ def stored_completion(conn: redis.Redis, keys: Keys, completion_id: str) -> dict
     if ending.type != EventType.DONE:
         raise error_from_event(ending)
     if events[0].type != EventType.START:  # the head was trimmed (longer than STREAM_MAXLEN)
-        raise _not_found(completion_id)
+        raise not_found(completion_id)
     described = events[0].data  # runtime.engine_loop._described
     completion = Completion(completion_id=completion_id, model=described.get("model", ""))
     completion.created = described.get("created") or completion.created
@@ -68,7 +74,7 @@ def stored_completion(conn: redis.Redis, keys: Keys, completion_id: str) -> dict
     return completion.response(want_logprobs=bool(described.get("logprobs")))
 
 
-def _not_found(completion_id: str) -> APIError:
+def not_found(completion_id: str) -> APIError:
     return APIError(
         404,
         f"no chat completion {completion_id!r} is kept here (unknown, or expired)",

@@ -149,6 +149,9 @@ class ChatJob(BaseModel):
     """Passed to templates that take it."""
     max_reasoning_tokens: int | None = None
     """Extension: end the thinking block after this many tokens."""
+    prompt: str | list[int] | None = None
+    """A raw prompt (legacy completions) instead of `messages`: no chat template; text is
+    encoded with the tokenizer's special tokens (a BOS), token ids are taken as they are."""
     count_only: bool = False
     """Only count the prompt's tokens (Anthropic's count_tokens; the API never tokenizes):
     the engine renders and encodes it, generates nothing, and the job ends at once with a

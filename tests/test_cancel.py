@@ -109,3 +109,22 @@ def test_non_streaming_client_that_gives_up_cancels_its_job(api_url, text_worker
     new = wait_until(lambda: set(canceled.get_job_ids()) - before, 10, "the abandoned job cancelled")
     (job_id,) = new
     assert Job.fetch(job_id, connection=conn).get_status() == JobStatus.CANCELED
+
+
+def test_a_chat_job_is_cancelled_by_its_id_from_anywhere(api_url, stack, models_dir, conn):
+    model = alias(models_dir, "tiny-cancel-by-id", target=SLOW)
+    worker = stack.start_worker(model)
+    try:
+        response, job_id = open_stream(api_url, model=model)
+        read_until(response, lambda line: '"content"' in line)  # it is generating
+        url = f"{api_url}/v1/chat/completions/chatcmpl-{job_id}/cancel"
+        answer = requests.post(url, timeout=10)
+        assert answer.status_code == 200 and answer.json()["status"] == "cancelled"
+        error = read_until(response, lambda line: line.startswith("data:") and '"error"' in line)
+        assert json.loads(error.removeprefix("data: "))["error"]["code"] == "job_cancelled"
+        wait_until(lambda: Job.fetch(job_id, connection=conn).get_status() == JobStatus.CANCELED, 10, "canceled")
+        assert requests.post(url, timeout=10).json()["status"] == "finished"
+        unknown = requests.post(f"{api_url}/v1/chat/completions/chatcmpl-{'0' * 32}/cancel", timeout=10)
+        assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "completion_not_found"
+    finally:
+        worker.stop()

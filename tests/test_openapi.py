@@ -100,6 +100,8 @@ def test_the_document_describes_every_public_endpoint():
         "/v1/batches/{batch_id}",
         "/v1/batches/{batch_id}/cancel",
         "/v1/responses",
+        "/v1/completions",
+        "/v1/chat/completions/{completion_id}/cancel",
         "/v1/responses/{response_id}",
         "/v1/responses/{response_id}/cancel",
         "/v1/responses/{response_id}/input_items",

@@ -160,10 +160,16 @@ class TextEngine:
                 request.tools, request.tool_choice, request.parallel_tool_calls, self.tool_markers, request.grammar
             )
         thinking = self.thinking
-        text = model.render_chat(
-            request, enable_thinking=request.enable_thinking, reasoning_effort=request.reasoning_effort
-        )
-        prompt = model.encode(text)
+        start: dict = {}
+        if request.prompt is not None:  # legacy completions: the prompt as it is, no thinking
+            text, prompt, thinking = "", self._raw_prompt(request.prompt), None
+            if isinstance(request.prompt, list):  # what `echo` shows of a prompt of token ids
+                start["prompt_text"] = model.tokenizer.decode(prompt)
+        else:
+            text = model.render_chat(
+                request, enable_thinking=request.enable_thinking, reasoning_effort=request.reasoning_effort
+            )
+            prompt = model.encode(text)
         if request.count_only:  # counted, never generated: the engine loop ends the job
             return {"prompt_tokens": len(prompt), "cached_tokens": 0, "count_only": True}
         if len(prompt) >= model.context_length:
@@ -204,7 +210,17 @@ class TextEngine:
         self.uid_of[job_id] = uid
         if constraint is not None:
             self.constrained[uid] = constraint
-        return {"prompt_tokens": len(prompt), "cached_tokens": cached}
+        return {"prompt_tokens": len(prompt), "cached_tokens": cached, **start}
+
+    def _raw_prompt(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            return self.text_model.tokenizer.encode(prompt, add_special_tokens=True)
+        vocab = self.text_model.vocab_size
+        if any(t >= vocab for t in prompt):
+            raise RequestRejected(
+                f"prompt token ids must be below this model's vocabulary size ({vocab})", param="prompt"
+            )
+        return list(prompt)
 
     def _budget(self, thinking: Thinking, budget: int, inside: bool) -> ThinkingBudget:
         if thinking.end_token is None:
