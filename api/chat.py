@@ -13,7 +13,6 @@ from flask import (
     current_app,
     jsonify,
     request,
-    stream_with_context,
 )
 from rq.job import JobStatus
 
@@ -27,7 +26,7 @@ from . import request_id, stored
 from .bodies import json_body
 from .choices import choice_frames, enqueue_choices, first_of, read_choices
 from .completions import SSE_DONE, SSE_KEEPALIVE, Completion, sse
-from .delivery import enqueue_chat, first_event, read_all, relay_frames, then
+from .delivery import enqueue_chat, first_event, read_all, relay_frames, sse_response, then
 from .errors import APIError
 from .intake import chat_payload
 from .relay import JobRelay
@@ -56,11 +55,7 @@ def chat_completions():
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         events = relay.events()
         first = first_event(relay, events, timer)
-        return Response(
-            stream_with_context(_stream(relay, chain([first], events), completion, include_usage, timer)),
-            mimetype="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        return sse_response(_stream(relay, chain([first], events), completion, include_usage, timer))
     return _collect(
         relay,
         completion,
@@ -106,12 +101,7 @@ def _choices(ctx: Context, req: ChatCompletionRequest, kind: Kind, payload: Chat
 
     events = fanin.events()
     first = first_of(fanin, events)
-    frames_out = choice_frames(fanin, chain([first], events), frames, lambda error: sse(error.body()))
-    return Response(
-        stream_with_context(frames_out),
-        mimetype="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return sse_response(choice_frames(fanin, chain([first], events), frames, lambda error: sse(error.body())))
 
 
 @bp.get("/chat/completions/<completion_id>")

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 
 import redis
+from flask import Response, stream_with_context
 from rq.job import Job
 
 from contract.context import Context
@@ -152,3 +153,12 @@ def client_left(sock) -> bool:
         return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
     except OSError:
         return True
+
+
+def sse_response(frames: Iterator[str]) -> Response:
+    """A streamed answer: Server-Sent Events, never cached or buffered by a proxy."""
+    return Response(
+        stream_with_context(frames),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import chain
 
-from flask import Blueprint, Response, current_app, jsonify, stream_with_context
+from flask import Blueprint, Response, current_app, jsonify
 
 from contract.queues import new_job_id
 from contract.stream import Event, EventType
@@ -23,7 +23,7 @@ from . import request_id
 from .bodies import json_body
 from .choices import choice_frames, enqueue_choices, first_of, read_choices
 from .completions import SSE_DONE, SSE_KEEPALIVE, joined_usage, sse
-from .delivery import then
+from .delivery import sse_response, then
 from .intake import completion_payloads
 from .legacy_request import CompletionRequest
 
@@ -76,13 +76,19 @@ class TextCompletion:
         completion = sum(u["completion_tokens"] for u in per_prompt if u)
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
-    def response(self) -> dict:
+    def head(self) -> dict:
+        """What the completion and its chunks share."""
         return {
             "id": self.completion_id,
             "object": "text_completion",
             "created": self.created,
             "model": self.model,
             "system_fingerprint": None,
+        }
+
+    def response(self) -> dict:
+        return {
+            **self.head(),
             "choices": [
                 {
                     "index": i,
@@ -97,11 +103,7 @@ class TextCompletion:
 
     def chunk(self, index: int, text: str, logprobs: dict | None = None, finish_reason: str | None = None) -> dict:
         return {
-            "id": self.completion_id,
-            "object": "text_completion",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": None,
+            **self.head(),
             "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}],
         }
 
@@ -164,14 +166,10 @@ def completions():
             yield sse(completion.chunk(index, "", finish_reason=completion.choices[index].finish_reason))
             if fanin.finished:
                 if with_usage:
-                    yield sse({**completion.chunk(0, ""), "choices": [], "usage": completion.usage()})
+                    yield sse({**completion.head(), "choices": [], "usage": completion.usage()})
                 yield SSE_DONE
                 fanin.sent()
 
     events = fanin.events()
     first = first_of(fanin, events)
-    return Response(
-        stream_with_context(choice_frames(fanin, chain([first], events), frames, lambda error: sse(error.body()))),
-        mimetype="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return sse_response(choice_frames(fanin, chain([first], events), frames, lambda error: sse(error.body())))

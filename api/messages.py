@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from itertools import chain
 
-from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from contract.context import Context
@@ -30,7 +30,7 @@ from .anthropic_chat import to_chat
 from .anthropic_request import MessagesInput, MessagesRequest, ThinkingAdaptive, ThinkingEnabled
 from .anthropic_shape import MessageBuilder, error_body, error_frame, sse_event
 from .bodies import json_body
-from .delivery import enqueue_chat, first_event, read_all, relay_frames, then
+from .delivery import enqueue_chat, first_event, read_all, relay_frames, sse_response, then
 from .errors import as_api_error, render
 from .intake import chat_payload
 from .relay import JobRelay
@@ -77,11 +77,7 @@ def create_message():
             timer=timer,
             usage=lambda: builder.usage,
         )
-        return Response(
-            stream_with_context(frames),
-            mimetype="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        return sse_response(frames)
     client = request.environ.get("gunicorn.socket")
     if not read_all(relay, builder.add, client_socket=client, timer=timer, usage=lambda: builder.usage):
         return Response(status=499)  # nobody reads it; its job was cancelled

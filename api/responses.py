@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from itertools import chain
 
 import redis
-from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+from flask import Blueprint, Response, current_app, jsonify, request
 from pydantic import ValidationError
 
 from contract.context import Context
@@ -32,7 +32,7 @@ from contract.stream import Event, EventType, StreamReader
 from . import request_id
 from .bodies import json_body
 from .completions import SSE_KEEPALIVE
-from .delivery import enqueue_chat, first_event, read_all, then
+from .delivery import enqueue_chat, first_event, read_all, sse_response, then
 from .errors import APIError, from_validation_error, redis_unavailable
 from .intake import chat_payload
 from .relay import JobRelay
@@ -88,7 +88,7 @@ def create_response():
     if req.stream:
         events = relay.events()
         first = None if req.background else first_event(relay, events, timer)
-        return _sse(_stream(relay, builder, chain([first], events) if first else events, -1, timer))
+        return sse_response(_stream(relay, builder, chain([first], events) if first else events, -1, timer))
     return _collect(relay, builder, timer)
 
 
@@ -102,7 +102,7 @@ def get_response(response_id: str):
         if not re.fullmatch(r"-?[0-9]{1,9}", after):
             raise APIError(400, "starting_after must be an integer", param="starting_after", code="invalid_value")
         relay = JobRelay(ctx, job_id, record["model"], detached=True)
-        return _sse(_stream(relay, builder, relay.events(), int(after)))
+        return sse_response(_stream(relay, builder, relay.events(), int(after)))
     builder.opening()
     for event in _events_so_far(ctx, job_id):
         builder.feed(event)
@@ -210,14 +210,6 @@ def _stream(
         relay.close(sys.exc_info()[1])
         if timer:
             timer.finish(None)
-
-
-def _sse(frames: Iterator[str]) -> Response:
-    return Response(
-        stream_with_context(frames),
-        mimetype="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
 
 
 def _events_so_far(ctx: Context, job_id: str) -> list[Event]:

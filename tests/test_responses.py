@@ -179,7 +179,7 @@ def test_a_dropped_background_stream_resumes_with_every_event_once(api_url, stac
         worker.stop()
 
 
-def test_cancel_and_delete(api_url, stack, models_dir):
+def test_cancel_and_delete(api_url, stack, models_dir, text_worker):
     model = alias(models_dir, "tiny-cancel-bg", target=SLOW)
     worker = stack.start_worker(model)
     try:
