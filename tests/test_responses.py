@@ -131,6 +131,26 @@ def test_a_function_call_round_trip(tools_client):
     assert [i.type for i in items.data] == ["function_call_output"] * len(calls)
 
 
+@pytest.fixture(scope="module")
+def think_client(api_url, stack):
+    proc = stack.start_worker("tiny-think")
+    yield client_for(api_url)
+    proc.stop()
+
+
+def test_reasoning_comes_back_as_a_reasoning_item(think_client):
+    args = dict(model="tiny-think", input=ASK, max_output_tokens=10, temperature=0)
+    response = think_client.responses.create(**args)
+    (item,) = response.output  # it thinks all the way: one reasoning item, no message
+    assert item.type == "reasoning" and item.summary == [] and item.content[0].type == "reasoning_text"
+    assert item.content[0].text and response.usage.output_tokens_details.reasoning_tokens == 10
+    events = stream_events(think_client, **args)
+    text = "".join(e.delta for e in events if e.type == "response.reasoning_text.delta")
+    assert text == item.content[0].text
+    off = think_client.responses.create(**{**args, "reasoning": {"effort": "none"}})
+    assert [i.type for i in off.output] == ["message"] and off.usage.output_tokens_details.reasoning_tokens == 0
+
+
 def test_previous_response_id_continues_the_conversation(client):
     first = client.responses.create(model="tiny-text", input=ASK, max_output_tokens=8, temperature=0)
     second = client.responses.create(
