@@ -1,8 +1,7 @@
 """Requests with several choices (`n` > 1, several legacy prompts): one job per choice, all
-on the model's queue at once so they run in the batch together (a worker admits them in one
-step and prefills their prompts in one batched forward pass — computed once per choice: the
-prompt cache only holds what finished sequences leave), read as one (`FanIn`: every job's
-stream in one XREAD). The answer is the view's: an `add(index, event)` callback for
+on the model's queue at once so they run in the batch together (a text worker admits them in
+one step and prefills their common prompt once: worker_text/shared_prefill.py), read as one
+(`FanIn`: every job's stream in one XREAD). The answer is the view's: an `add(index, event)` callback for
 one JSON body, a `frames(index, event)` function for SSE. An error or cancel of any choice
 ends the request with it (the others are cancelled); a client that leaves cancels them all.
 """

@@ -41,6 +41,13 @@ def test_n_choices_streamed_and_not(client):
     assert usage.completion_tokens == plain.usage.completion_tokens and usage.prompt_tokens == plain.usage.prompt_tokens
 
 
+def test_greedy_choices_share_the_prompt_and_say_the_same(client):
+    args = dict(model="tiny-text", messages=HI, max_tokens=8, temperature=0)
+    three = client.chat.completions.create(**args, n=3)
+    one = client.chat.completions.create(**args)
+    assert [c.message.content for c in three.choices] == [one.choices[0].message.content] * 3
+
+
 def test_n_limits(client):
     with pytest.raises(openai.BadRequestError) as refused:
         client.chat.completions.create(model="tiny-text", messages=HI, n=9, max_tokens=2)

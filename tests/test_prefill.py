@@ -61,3 +61,48 @@ def test_a_short_request_starts_within_a_few_chunks_of_a_long_prompt(model):
 def test_the_default_chunk_is_small_on_a_cpu():
     assert default_prefill_chunk() == 64  # the tests run on MLX's CPU backend
     assert Settings().prefill_chunk == 0  # 0: the default for the device
+
+
+def run_all(engine: TextEngine, job_ids: set[str]) -> tuple[dict[str, str], dict[str, dict]]:
+    texts: dict[str, str] = {}
+    usages: dict[str, dict] = {}
+    for _ in range(500):
+        events, finished = engine.step()
+        for job_id, kind, data in events:
+            if kind == EventType.DELTA:
+                texts[job_id] = texts.get(job_id, "") + data.get("text", "")
+        usages.update(finished)
+        if set(usages) >= job_ids:
+            return texts, usages
+    raise AssertionError("the jobs did not finish")
+
+
+def test_identical_prompts_admitted_together_share_one_prefill(model):
+    """The n choices of one request: the first prefills the prompt, the others start from its
+    cache and prefill only the last token; greedy, all three say what one alone says."""
+    prompt = "Tell me everything about the sea. " * 6
+    alone = TextEngine(model, capacity=4, prompt_cache_bytes=0, prefill_chunk=CHUNK)
+    alone.add("alone", job(prompt, max_tokens=12))
+    solo, _ = run_all(alone, {"alone"})
+    engine = TextEngine(model, capacity=4, prompt_cache_bytes=0, prefill_chunk=CHUNK)
+    starts = [engine.add(f"c{i}", job(prompt, max_tokens=12)) for i in range(3)]
+    length = starts[0]["prompt_tokens"]
+    assert [s["cached_tokens"] for s in starts] == [0, length - 1, length - 1]
+    texts, usages = run_all(engine, {"c0", "c1", "c2"})
+    assert texts == {"c0": solo["alone"], "c1": solo["alone"], "c2": solo["alone"]}
+    assert [usages[c]["prompt_tokens_details"]["cached_tokens"] for c in ("c0", "c1", "c2")] == [
+        0,
+        length - 1,
+        length - 1,
+    ]
+
+
+def test_followers_of_a_cancelled_leader_start_on_their_own(model):
+    engine = TextEngine(model, capacity=4, prompt_cache_bytes=0, prefill_chunk=CHUNK)
+    prompt = "Tell me everything about the sea. " * 6
+    for i in range(3):
+        engine.add(f"c{i}", job(prompt, max_tokens=5))
+    engine.step()  # the leader's prefill is under way
+    assert engine.remove(["c0", "c2"]) == {"c0": 0, "c2": 0}  # the leader, and a follower still waiting
+    texts, usages = run_all(engine, {"c1"})
+    assert set(usages) == {"c1"} and usages["c1"]["completion_tokens"] == 5

@@ -43,6 +43,7 @@ from runtime.steps import StepEvent
 from runtime.stops import StopMatcher, done_data
 
 from .constrained import install, rows_of
+from .shared_prefill import SharedPrefill, from_shared
 
 PROMPT_CACHE_ENTRIES = 64
 """Most sequences the prompt cache keeps (its byte bound usually binds first)."""
@@ -126,6 +127,7 @@ class TextEngine:
         self.samplers = SamplerCache()
         self.sequences: dict[int, _Sequence] = {}
         self.uid_of: dict[str, int] = {}
+        self.shared = SharedPrefill()
         self._generator: BatchGenerator | None = None
 
     @property
@@ -191,26 +193,38 @@ class TextEngine:
         # Checked before the insert (a grammar this vocabulary cannot follow is refused);
         # applied to the batch's logits right after the forward pass, before any processor.
         constraint = self.grammars.processor(grammar) if grammar else None
-        cache, rest = self._cached_prefix(prompt)
-        cached = len(prompt) - len(rest)
-        (uid,) = self.generator.insert(
-            [rest],
-            max_tokens=[min(request.max_tokens, model.context_length - len(prompt))],
-            caches=[cache],  # type: ignore[list-item]  # None (no cache) is fine; mlx-lm's hint lacks it
-            all_tokens=[prompt[:cached]],
-            samplers=[self.samplers.get(params)],
-            logits_processors=[processors],
-            stop_sequences=[self.eos_stops],
-        )
-        self.sequences[uid] = _Sequence(
-            job_id, uid, request, len(prompt), cached, StopMatcher(request.stop), model.tokenizer.detokenizer,
-            calls=ToolCallSplitter(self.tool_format) if calling and self.tool_format else None,
-            reasoning=ReasoningSplitter(thinking, inside) if thinking is not None else None,
-        )  # fmt: skip
-        self.uid_of[job_id] = uid
-        if constraint is not None:
-            self.constrained[uid] = constraint
-        return {"prompt_tokens": len(prompt), "cached_tokens": cached, **start}
+
+        def insert(shared: list | None) -> int:
+            """Into the batch: from the prompt cache's longest prefix, or from `shared`, the
+            KV cache of this very prompt that a leader just prefilled (worker_text/shared_prefill.py)."""
+            cache, rest = self._cached_prefix(prompt) if shared is None else from_shared(shared, prompt)
+            cached = len(prompt) - len(rest)
+            (uid,) = self.generator.insert(
+                [rest],
+                max_tokens=[min(request.max_tokens, model.context_length - len(prompt))],
+                caches=[cache],  # type: ignore[list-item]  # None (no cache) is fine; mlx-lm's hint lacks it
+                all_tokens=[prompt[:cached]],
+                samplers=[self.samplers.get(params)],
+                logits_processors=[processors],
+                stop_sequences=[self.eos_stops],
+            )
+            self.sequences[uid] = _Sequence(
+                job_id, uid, request, len(prompt), cached, StopMatcher(request.stop), model.tokenizer.detokenizer,
+                calls=ToolCallSplitter(self.tool_format) if calling and self.tool_format else None,
+                reasoning=ReasoningSplitter(thinking, inside) if thinking is not None else None,
+            )  # fmt: skip
+            self.uid_of[job_id] = uid
+            if constraint is not None:
+                self.constrained[uid] = constraint
+            return uid
+
+        leader = self.shared.leader_of(prompt)
+        if leader is not None:  # the same prompt is being prefilled: wait for it, not prefill it again
+            self.shared.follow(leader, job_id, insert)
+            return {"prompt_tokens": len(prompt), "cached_tokens": len(prompt) - 1, **start}
+        uid = insert(None)
+        self.shared.lead(uid, prompt)
+        return {"prompt_tokens": len(prompt), "cached_tokens": self.sequences[uid].cached_tokens, **start}
 
     def _raw_prompt(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, str):
@@ -232,7 +246,10 @@ class TextEngine:
         return ThinkingBudget(start[0] if len(start) == 1 else None, thinking.end_token, budget, inside)
 
     def step(self) -> tuple[list[StepEvent], dict[str, dict]]:
-        _, responses = self.generator.next()
+        prompts, responses = self.generator.next()
+        for prompt in prompts:
+            if prompt.end_of_prompt:
+                self._start_followers(prompt.uid)
         events: list[StepEvent] = []
         finished: dict[str, dict] = {}
         for response in responses:
@@ -269,11 +286,21 @@ class TextEngine:
                 finished[seq.job_id] = usage
         return events, finished
 
+    def _start_followers(self, uid: int) -> None:
+        """A leader's prompt is prefilled: the jobs waiting for it start from its cache."""
+        followers = self.shared.prefilled(uid)
+        if not followers:
+            return
+        cache = self.generator.extract_cache([uid]).get(uid, (None, None))[0] if uid in self.sequences else None
+        for follower in followers:
+            follower.insert(cache)
+
     def remove(self, job_ids: list[str]) -> dict[str, int]:
+        waiting = {j: 0 for j in job_ids if self.shared.drop(j)}  # never started: no tokens
         uids = [self.uid_of[j] for j in job_ids if j in self.uid_of]
         if uids:
             self.generator.remove(uids)
-        tokens = {}
+        tokens = waiting
         for uid in uids:
             seq = self._forget(uid)
             tokens[seq.job_id] = seq.tokens
@@ -329,6 +356,8 @@ class TextEngine:
         self.constrained.pop(uid, None)
         seq = self.sequences.pop(uid)
         del self.uid_of[seq.job_id]
+        for follower in self.shared.prefilled(uid):  # it went before its prompt was done
+            follower.insert(None)
         return seq
 
 
