@@ -22,10 +22,11 @@ from .errors import APIError
 PENDING = "pending"
 
 
-def start(ctx: Context, model: str) -> Kind | None:
+def start(ctx: Context, model: str, want: Kind | None = None) -> Kind | None:
     """The kind of the model whose load is now under way, or None when it cannot be loaded
     on demand (AUTOLOAD off, or `local` and not a local model; an invalid reference; no
-    manager of its kind). Raises a 503 when MAX_AUTOLOADED other models are loading already."""
+    manager of its kind; not of the kind `want`). Raises a 503 when MAX_AUTOLOADED other
+    models are loading already."""
     conn, keys, settings = ctx.conn, ctx.keys, ctx.settings
     policy = settings.autoload_policy
     if policy == "off":
@@ -37,7 +38,7 @@ def start(ctx: Context, model: str) -> Kind | None:
     if policy == "local" and ref.local_path is None:
         return None
     kind = guess_kind(ref)
-    if not live_managers(conn, keys, kind):
+    if (want is not None and kind != want) or not live_managers(conn, keys, kind):
         return None
     marker = keys.autoload(ref.name)
     if not conn.exists(marker) and loading_count(ctx) >= settings.max_autoloaded:

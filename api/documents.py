@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import uuid
 
 import pypdfium2 as pdfium
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
-from contract import blobs
+from contract import blobs, registry
 from contract.keys import Kind
 from contract.payloads import ImagePart
 from contract.results import ResultStatus
@@ -39,19 +40,32 @@ bp = Blueprint("documents", __name__, url_prefix="/v1")
 ID_PREFIX = "doc_"
 
 
-def parse_pages(spec: str | None, total: int) -> list[int]:
+PAGE_RANGE = re.compile(r"([0-9]{1,9})(?:-([0-9]{1,9}))?")
+"""One chunk of `pages`: ASCII digits, a range with both ends ("1-", "+1", "١" are not pages)."""
+
+
+def parse_pages(spec: str | None, total: int, most: int) -> list[int]:
+    """The pages to read, in the order given, each once; at most `most` of them. Linear in
+    the spec: a range is checked against the limit before it is expanded, so no spec (the
+    field is ≤ 1,000 characters) costs more than `most` steps per range."""
     if not spec:
+        _check_page_count(total, most)
         return list(range(1, total + 1))
     numbers: list[int] = []
+    seen: set[int] = set()
     for chunk in spec.split(","):
-        first, _, last = chunk.strip().partition("-")
-        try:
-            lo, hi = int(first), int(last or first)
-        except ValueError:
-            raise _bad(f"pages: {chunk.strip()[:20]!r} is not a page or a range like 2-5", "pages") from None
+        match = PAGE_RANGE.fullmatch(chunk.strip())
+        if match is None:
+            raise _bad(f"pages: {chunk.strip()[:20]!r} is not a page or a range like 2-5", "pages")
+        lo, hi = int(match.group(1)), int(match.group(2) or match.group(1))
         if not 1 <= lo <= hi <= total:
             raise _bad(f"pages: {chunk.strip()[:20]!r} is outside 1-{total}", "pages")
-        numbers += [n for n in range(lo, hi + 1) if n not in numbers]
+        _check_page_count(hi - lo + 1, most)  # before expanding it
+        for n in range(lo, hi + 1):
+            if n not in seen:
+                seen.add(n)
+                numbers.append(n)
+        _check_page_count(len(numbers), most)
     return numbers
 
 
@@ -63,13 +77,13 @@ def create_document():
     req = DocumentRequest.model_validate(fields, context={"settings": settings})
     grammar = grammar_for(req.response_format)
     model = canonical_model(ext, req.model)
-    kind, _ = route(ext, model)
+    kind, _ = route(ext, model, want=Kind.VISION)  # an unknown model is a 404, and loads nothing
     if kind != Kind.VISION:
         raise _bad(f"model {req.model!r} is a text model; documents need a vision model", "model")
     combine_model, combine_kind = None, Kind.TEXT
     if req.combine:
         combine_model = canonical_model(ext, req.combine_model or settings.text_model)
-        combine_kind, _ = route(ext, combine_model)
+        combine_kind = _served_kind(ext, combine_model, "combine_model")
     if not uploads:
         raise _bad("send a PDF or page images (multipart field `file`, or `document`/`images` in JSON)", "file")
     doc_id = ID_PREFIX + uuid.uuid4().hex
@@ -89,14 +103,12 @@ def create_document():
     if uploads[0].startswith(b"%PDF"):
         if len(uploads) > 1:
             raise _bad("send one PDF per document", "file")
-        numbers = parse_pages(req.pages, _count_pdf_pages(uploads[0]))
-        _check_page_count(len(numbers), settings.max_document_pages)
+        numbers = parse_pages(req.pages, _count_pdf_pages(uploads[0]), settings.max_document_pages)
         doc = DocumentJob(page_numbers=numbers, source_blob=blobs.put(ext.conn, ext.keys, uploads[0], ttl), **common)
         documents.create(ext, doc, DocStatus.QUEUED)
         documents.enqueue_render(ext, doc)
     else:
-        numbers = parse_pages(req.pages, len(uploads))
-        _check_page_count(len(numbers), settings.max_document_pages)
+        numbers = parse_pages(req.pages, len(uploads), settings.max_document_pages)
         parts = [_store_image(uploads[n - 1], ext, ttl) for n in numbers]
         doc = DocumentJob(page_numbers=numbers, **common)
         documents.create(ext, doc, DocStatus.RUNNING)
@@ -208,6 +220,8 @@ def _read_request(max_bytes: int) -> tuple[dict, list[bytes]]:
         fields: dict = request.form.to_dict()
     elif request.is_json:
         fields = json_body()
+        if fields.get("document") is not None and fields.get("images") is not None:
+            raise _bad("send either `document` (a PDF) or `images` (page images), not both", "images")
         encoded = [fields["document"]] if isinstance(fields.get("document"), str) else fields.get("images") or []
         if not isinstance(encoded, list) or not all(isinstance(e, str) for e in encoded):
             raise _bad("images must be a list of base64 strings or data URIs", "images")
@@ -253,15 +267,32 @@ def _count_pdf_pages(data: bytes) -> int:
 def _check_page_count(count: int, most: int) -> None:
     if count > most:
         raise _bad(
-            f"the document has {count} pages to read; the limit is {most} (MAX_DOCUMENT_PAGES)",
+            f"the document has more than {most} pages to read (MAX_DOCUMENT_PAGES)",
             "pages",
             "too_many_pages",
         )
 
 
 def _store_image(data: bytes, ext, ttl: int) -> ImagePart:
+    most = ext.settings.max_image_bytes  # a page image is an image: chat's limit
+    if len(data) > most:
+        raise APIError(413, f"a page image may be at most {most // 1_000_000} MB (MAX_IMAGE_BYTES)",
+                       param="file", code="image_too_large")  # fmt: skip
     media_type, width, height = images.inspect(data, ext.settings.max_image_pixels)
     return ImagePart(blob=blobs.put(ext.conn, ext.keys, data, ttl), media_type=media_type, width=width, height=height)
+
+
+def _served_kind(ext, model: str, param: str) -> Kind:
+    """The kind of a model live workers serve (or are loading) now. The combine step runs
+    only after every page, so a model loaded on demand for it could fail to load before its
+    job is even queued, and the document would wait for it forever: it must be there."""
+    workers = [w for w in registry.live_workers(ext.conn, ext.keys) if w.model == model]
+    if not workers or all(w.state == registry.WorkerState.ERROR for w in workers):
+        raise APIError(
+            404, f"{param} {model!r} is not served here; load it first (POST /admin/load)",
+            param=param, code="model_not_found",
+        )  # fmt: skip
+    return workers[0].kind
 
 
 def _bad(message: str, param: str, code: str = "invalid_value") -> APIError:

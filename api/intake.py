@@ -95,10 +95,11 @@ def canonical_model(ctx: Context, model: str) -> str:
         return model
 
 
-def route(ctx: Context, model: str) -> tuple[Kind, int]:
+def route(ctx: Context, model: str, want: Kind | None = None) -> tuple[Kind, int]:
     """The kind of queue a request for `model` goes to (that of its live workers, never its
     name) and the model's context length (0 while not known); raises when nobody serves it
-    and it cannot be loaded on demand."""
+    and it cannot be loaded on demand — with `want`, nor loaded as that kind (a request that
+    needs a vision model starts no load of a text one)."""
     workers = registry.live_workers(ctx.conn, ctx.keys)
     serving = registry.serving_models(workers)
     if model in serving:
@@ -115,7 +116,7 @@ def route(ctx: Context, model: str) -> tuple[Kind, int]:
         raise APIError(
             503, f"model {model!r} is loading; retry shortly", code="model_loading", headers={"Retry-After": "5"}
         )
-    kind = autoload.start(ctx, model)
+    kind = autoload.start(ctx, model, want)
     if kind is None:
         raise model_not_found(model, serving)
     return kind, 0

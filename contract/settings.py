@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     """Decoded bytes per image."""
     max_images: int = Field(8, ge=1)
     """Images per request."""
+    render_page_timeout: float = Field(10.0, gt=0, le=600)
+    """Seconds one PDF page may take to render (pages take 7–47 ms at 150 dpi; a render bomb
+    minutes): past it the renderer is killed and the document fails, naming the page."""
     max_image_pixels: int = Field(36_000_000, ge=1)
     """Pixels per image, checked on the header before decoding (decompression bombs)."""
     allow_remote_images: bool = False

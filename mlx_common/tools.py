@@ -151,6 +151,21 @@ def _family_of(tokenizer) -> str | None:
     return None
 
 
+def hidden_tokens(tokenizer, markers: set[int | None]) -> frozenset[int]:
+    """Control tokens (`<|im_start|>`, `<|endoftext|>`: mlx-lm's wrapper's special ids), which
+    never reach answer text — less `markers` (tool-call and thinking markers: the splitters
+    read their text)."""
+    return special_tokens(tokenizer._tokenizer) - markers
+
+
+def special_tokens(tokenizer) -> frozenset[int]:
+    """A Hugging Face tokenizer's control tokens: its special ids, and added tokens marked
+    special (a chat template's `<|im_start|>` often is only the latter)."""
+    added = getattr(tokenizer, "added_tokens_decoder", {})
+    ids = {i for i, token in added.items() if getattr(token, "special", False)}
+    return frozenset(ids | set(getattr(tokenizer, "all_special_ids", ())))
+
+
 def marker_tokens(tokenizer, fmt: ToolFormat | None) -> dict[str, int]:
     """The format's markers that are single added tokens of `tokenizer` (mlx-lm's wrapper)."""
     if fmt is None:

@@ -41,3 +41,40 @@ def encrypted_pdf() -> bytes:
         + b">] >>\nstartxref\n%d\n%%%%EOF\n" % xref
     )
     return bytes(out)
+
+
+def render_bomb(depth: int = 7, fan: int = 10) -> bytes:
+    """A one-page PDF of a few KB whose page draws a form XObject that draws the next one `fan`
+    times, `depth` deep: fan**depth rectangles (10**7: pdfium renders it for minutes)."""
+    first_form = 6
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] /Resources << /XObject << /X %d 0 R >> >> "
+        b"/Contents 4 0 R >>" % first_form,
+        _stream(b"/X Do"),
+        b"<< >>",  # unused: keeps the forms' numbers simple
+    ]
+    for level in range(depth):
+        if level == depth - 1:
+            content = b"0 0 1 1 re f"
+            resources = b""
+        else:
+            content = b" ".join(b"q 1 0 0 1 %d 0 cm /X Do Q" % i for i in range(fan))
+            resources = b"/Resources << /XObject << /X %d 0 R >> >> " % (first_form + level + 1)
+        head = b"<< /Type /XObject /Subtype /Form /BBox [0 0 200 200] " + resources
+        objects.append(_stream(content, head))
+    out, offsets = bytearray(b"%PDF-1.4\n"), []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    for offset in offsets:
+        out += b"%010d 00000 n \n" % offset
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
+def _stream(content: bytes, head: bytes = b"<< ") -> bytes:
+    return head + b"/Length %d >>\nstream\n" % len(content) + content + b"\nendstream"

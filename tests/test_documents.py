@@ -232,3 +232,96 @@ def test_a_page_schema_makes_every_page_validated_json(api_url, docs_worker):
     refused = submit(api_url, make_pdf(1), response_format='{"type": "json_schema", "json_schema": {"name": "x", '
                                                           '"schema": {"not": {}}}}')  # fmt: skip
     assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_response_format"
+
+
+@pytest.mark.parametrize("spec", ["1-", "+1", "١", "1_0", "2-1", "1--2", "1,,2", " - "])
+def test_pages_take_ascii_numbers_and_whole_ranges(spec):
+    from api.documents import parse_pages
+    from api.errors import APIError
+
+    with pytest.raises(APIError) as refused:
+        parse_pages(spec, 5, 200)
+    assert refused.value.param == "pages"
+
+
+def test_pages_are_parsed_in_linear_time_before_the_limit():
+    """Hardening III, case 1: a PDF claiming 20,000 (or 1,000,000) pages with repeated whole
+    ranges cost an API process seconds; now the limit is checked before a range is expanded."""
+    from api.documents import parse_pages
+    from api.errors import APIError
+
+    assert parse_pages("3,1-2,2-4", 5, 200) == [3, 1, 2, 4]
+    cases = [
+        (20_000, ",".join(["1-20000"] * 4)),
+        (1_000_000, "1-1000000,1-1000000"),
+        (20_000, ",".join(["1-150"] * 200)),
+    ]
+    for total, spec in cases:
+        started = time.perf_counter()
+        try:
+            pages = parse_pages(spec, total, 200)
+            assert len(pages) <= 200
+        except APIError as exc:
+            assert exc.code == "too_many_pages"
+        assert time.perf_counter() - started < 0.05
+
+
+def test_a_document_is_a_pdf_or_images_not_both_and_page_images_are_images(api_url, docs_worker, stack):
+    body = {"model": DOCS_MODEL, "document": "JVBERg==", "images": [base64.b64encode(png()).decode()]}
+    both = requests.post(api_url + "/v1/documents", json=body, timeout=30)
+    assert both.status_code == 400 and both.json()["error"]["param"] == "images"
+    _, small_images = stack.start_api(MAX_IMAGE_BYTES=100_000)
+    big = b"\x89PNG\r\n\x1a\n" + b"\0" * 150_000  # over MAX_IMAGE_BYTES, under MAX_DOCUMENT_BYTES
+    refused = submit(small_images, big, filename="p.png", mime="image/png")
+    assert refused.status_code == 413 and refused.json()["error"]["code"] == "image_too_large"
+
+
+def test_a_document_that_failed_to_render_says_so_for_every_page():
+    """Hardening III, case 4: a render failure left every page `queued` in status and result."""
+    from work.documents import DocStatus, DocumentJob, page_results
+
+    meta = DocumentJob(id="doc_x", model="m", prompt="p", max_tokens=1, page_numbers=[2, 5])
+    error = {"code": "render_failed", "message": "the document could not be rendered: boom"}
+    pages = page_results(None, {"status": DocStatus.FAILED, "meta": meta, "error": error})  # type: ignore[arg-type]
+    assert [(p.page, p.status.value, p.error) for p in pages] == [(2, "failed", error), (5, "failed", error)]
+    cancelled = page_results(None, {"status": DocStatus.CANCELED, "meta": meta})  # type: ignore[arg-type]
+    assert {p.status.value for p in cancelled} == {"canceled"}
+
+
+def test_unknown_models_are_refused_at_submission(api_url, docs_worker):
+    """Hardening III, case 4: an unknown combine_model left the document running forever (its
+    combine job waited for a load that had failed); `nope/x` was called a text model."""
+    unknown_combine = submit(api_url, make_pdf(1), combine="Sum up.", combine_model="nope-combine")
+    assert unknown_combine.status_code == 404 and unknown_combine.json()["error"]["param"] == "combine_model"
+    unknown = submit(api_url, make_pdf(1), model="nope/x")
+    assert unknown.status_code == 404 and "text model" not in unknown.json()["error"]["message"]
+
+
+def test_a_render_bomb_is_stopped_by_its_clock_and_by_delete(api_url, stack, models_dir, conn):
+    """Hardening III, case 2: a 3 KB page of nested form XObjects rendered for minutes, and
+    DELETE said `canceled` while it went on. Now pdfium runs in a child process that the
+    worker kills when a page passes RENDER_PAGE_TIMEOUT, or within a second of a DELETE."""
+    from .pdfs import render_bomb
+
+    model = alias(models_dir, "tiny-vision-bombs", MODEL)
+    worker = stack.start_vision_worker(model, RENDER_PAGE_TIMEOUT=3)
+    try:
+        slow = submit(api_url, render_bomb(depth=7), model=model)  # ~5 s of pdfium: past 3 s
+        assert slow.status_code == 202
+        failed = wait_done(api_url, slow.json()["id"], timeout=30)
+        assert failed["status"] == "failed" and "RENDER_PAGE_TIMEOUT" in failed["error"]["message"]
+        assert [p["status"] for p in failed["pages"]] == ["failed"]  # not `queued` (case 4)
+        endless = submit(api_url, render_bomb(depth=9), model=model).json()["id"]  # minutes of pdfium
+        record = f"test:document:{endless}"
+
+        def rendering():
+            return requests.get(f"{api_url}/v1/documents/{endless}", timeout=10).json()["status"] == "rendering"
+
+        wait_until(rendering, 30, "the render")
+        render_job = json.loads(conn.hget(record, "render_job"))
+        requests.delete(f"{api_url}/v1/documents/{endless}", timeout=10)
+        deleted = time.monotonic()
+        wait_until(lambda: Job.fetch(render_job, connection=conn).get_status() == "finished", 5, "the render's end")
+        assert time.monotonic() - deleted < 1.5
+    finally:
+        worker.stop()

@@ -165,3 +165,18 @@ def test_the_server_is_healthy_afterwards(api_url, text_worker):
     assert requests.get(api_url + "/health", timeout=10).json()["status"] == "ok"
     reply = requests.post(api_url + CHAT, json=chat_body(), timeout=30)
     assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 2
+
+
+def test_control_tokens_never_reach_the_answer_text(client, models_dir):
+    """Hardening III, case 5: a model that emits `<|im_start|>` (forced here by a bias) shows
+    no markup; the tokens still count."""
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(models_dir / "tiny-text" / "tokenizer.json"))
+    special = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    assert isinstance(special, int) and special >= 0
+    answer = client.chat.completions.create(
+        model="tiny-text", messages=[{"role": "user", "content": "hi"}], max_tokens=3, temperature=0,
+        logit_bias={str(special): 100},
+    )  # fmt: skip
+    assert answer.usage.completion_tokens == 3 and "<|" not in (answer.choices[0].message.content or "")

@@ -152,7 +152,12 @@ def page_results(ctx: Context, record: dict) -> list[PageResult]:
     if "pages" in record:
         return [PageResult.model_validate(p) for p in record["pages"]]
     numbers = record["meta"].page_numbers
-    if "page_jobs" not in record:
+    if "page_jobs" not in record:  # not rendered yet — or never will be: then none was read
+        if record["status"] in (DocStatus.FAILED, DocStatus.CANCELED):
+            failed = record["status"] == DocStatus.FAILED
+            error = record.get("error") or {"code": "canceled", "message": "the document was cancelled"}
+            status = ResultStatus.FAILED if failed else ResultStatus.CANCELED
+            return [PageResult(page=n, status=status, error=error) for n in numbers]
         return [PageResult(page=n, status=ResultStatus.QUEUED) for n in numbers]
     return [
         _page(n, read_result(ctx.conn, ctx.keys, job_id))

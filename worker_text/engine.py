@@ -33,6 +33,7 @@ from mlx_common.sampling import Filters, SeededSampler
 from mlx_common.tools import (
     ToolCallSplitter,
     check_tools,
+    hidden_tokens,
     marker_tokens,
     template_message,
     template_tools,
@@ -122,6 +123,8 @@ class TextEngine:
         self.tool_format = tool_format(tokenizer)
         self.tool_markers = marker_tokens(tokenizer, self.tool_format)
         self.thinking = Thinking.of(tokenizer)
+        thinking_markers = (self.thinking.start_token, self.thinking.end_token) if self.thinking else ()
+        self.hidden = hidden_tokens(tokenizer, {*self.tool_markers.values(), *thinking_markers})
         install()  # its batches mask constrained rows together (worker_text/constrained.py)
         self.constrained = rows_of(text_model.model)
         self.samplers = SamplerCache()
@@ -322,7 +325,8 @@ class TextEngine:
     def _text(self, seq: _Sequence, response) -> tuple[str, str | None]:
         """The text this token releases and the job's finish reason, if it ends here."""
         detokenizer = seq.detokenizer
-        if response.finish_reason != "stop":  # an end-of-sequence token is never text
+        # An end-of-sequence token is never text, nor is any other control token.
+        if response.finish_reason != "stop" and response.token not in self.hidden:
             detokenizer.add_token(response.token)
         if response.finish_reason is not None:
             detokenizer.finalize()

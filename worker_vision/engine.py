@@ -48,6 +48,7 @@ from contract.stream import EventType
 from mlx_common.grammar import Grammars
 from mlx_common.logprobs import token_logprob
 from mlx_common.sampling import Filters, SeededSampler
+from mlx_common.tools import special_tokens
 from runtime.rejections import PromptTooLong, RequestRejected, check_logit_bias
 from runtime.steps import StepEvent
 from runtime.stops import StopMatcher, done_data
@@ -305,6 +306,8 @@ class TextStream:
 
     def __init__(self, processor):
         self.tokenizer = processor.tokenizer
+        # Control tokens (`<|im_start|>`, `<|vision_pad|>`) are never answer text.
+        self.hidden = special_tokens(self.tokenizer)
         self.detokenizer = make_streaming_detokenizer(processor)
         self.utf8 = None
         if isinstance(self.detokenizer, BPEStreamingDetokenizer):
@@ -312,6 +315,8 @@ class TextStream:
             self.utf8 = codecs.getincrementaldecoder("utf-8")("replace")
 
     def add(self, token: int) -> str:
+        if token in self.hidden:
+            return ""
         if self.utf8 is None:
             self.detokenizer.add_token(token)
             return self.detokenizer.last_segment
