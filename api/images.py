@@ -40,9 +40,32 @@ def bad_image(message: str, code: str = "invalid_image", status: int = 400) -> A
     return APIError(status, message, param="messages", code=code)
 
 
-def intake(url: str, settings: Settings, conn: redis.Redis, keys: Keys, ttl: int | None = None) -> ImagePart:
+class PixelBudget:
+    """What one request's images may hold together (MAX_REQUEST_PIXELS), spent image by image."""
+
+    def __init__(self, pixels: int):
+        self.left = pixels
+
+    def spend(self, pixels: int) -> None:
+        self.left -= pixels
+        if self.left < 0:
+            raise bad_image(
+                "the request's images hold more pixels together than MAX_REQUEST_PIXELS; send fewer or smaller",
+                code="too_many_pixels",
+            )
+
+
+def intake(
+    url: str,
+    settings: Settings,
+    conn: redis.Redis,
+    keys: Keys,
+    ttl: int | None = None,
+    budget: PixelBudget | None = None,
+) -> ImagePart:
     """Validate one image URL and store its bytes for `ttl` seconds (default: as long as a
-    chat job may wait and run); returns the payload part naming them."""
+    chat job may wait and run); returns the payload part naming them. `budget`: the
+    request's pixels left (checked before anything is stored)."""
     if url.startswith("data:"):
         data = decode_data_uri(url, settings.max_image_bytes)
     elif url.startswith(("http://", "https://")):
@@ -58,6 +81,8 @@ def intake(url: str, settings: Settings, conn: redis.Redis, keys: Keys, ttl: int
             "image_url must be a data URI (data:image/png;base64,...) or an http(s) URL", code="invalid_image_url"
         )
     media_type, width, height = inspect(data, settings.max_image_pixels)
+    if budget is not None:
+        budget.spend(width * height)
     digest = blobs.put(conn, keys, data, ttl=ttl or settings.queued_ttl + settings.job_timeout)
     return ImagePart(blob=digest, media_type=media_type, width=width, height=height)
 

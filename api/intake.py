@@ -32,7 +32,10 @@ def chat_payload(ctx: Context, req: ChatCompletionRequest, image_ttl: int | None
     kind, context_length = route(ctx, model)
     if req.image_count:
         _check_images_allowed(req, kind, ctx.settings.max_images)
-    store_image = partial(images.intake, settings=ctx.settings, conn=ctx.conn, keys=ctx.keys, ttl=image_ttl)
+    budget = images.PixelBudget(ctx.settings.max_request_pixels)
+    store_image = partial(
+        images.intake, settings=ctx.settings, conn=ctx.conn, keys=ctx.keys, ttl=image_ttl, budget=budget
+    )
     return kind, ChatJob(
         model=model,
         messages=[m.to_payload(store_image) for m in req.messages],

@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     render_page_timeout: float = Field(10.0, gt=0, le=600)
     """Seconds one PDF page may take to render (pages take 7–47 ms at 150 dpi; a render bomb
     minutes): past it the renderer is killed and the document fails, naming the page."""
+    max_request_pixels: int = Field(72_000_000, ge=1)
+    """Pixels all of one request's images may hold together (two of the largest images):
+    eight lossless 6000×6000 WebPs of 1.4 KB each cost a vision worker 17 s."""
     max_image_pixels: int = Field(36_000_000, ge=1)
     """Pixels per image, checked on the header before decoding (decompression bombs)."""
     allow_remote_images: bool = False

@@ -306,3 +306,18 @@ def test_a_vision_answer_follows_its_json_schema(vclient):
         else:
             text = vclient.chat.completions.create(**args).choices[0].message.content
         jsonschema.validate(json.loads(text), schema)
+
+
+def test_a_request_has_a_pixel_budget_across_its_images(stack, vision_worker):
+    """Hardening III, case 3: eight lossless 6000×6000 WebPs (1.4 KB each) passed the
+    per-image limit and cost a vision worker 17 s; one request's images now share a budget
+    (MAX_REQUEST_PIXELS), checked before anything is stored."""
+    _, url = stack.start_api(MAX_REQUEST_PIXELS=64 * 64 * 2)
+    client = client_for(url)
+    two = image_message(data_uri(png(size=(64, 64))), data_uri(png(size=(64, 64))))
+    answer = client.chat.completions.create(model=MODEL, messages=two, max_tokens=1)
+    assert answer.usage.completion_tokens == 1
+    with pytest.raises(openai.BadRequestError) as refused:
+        three = image_message(*[data_uri(png(size=(64, 64)))] * 3)
+        client.chat.completions.create(model=MODEL, messages=three, max_tokens=1)
+    assert refused.value.body["code"] == "too_many_pixels"
