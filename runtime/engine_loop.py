@@ -240,16 +240,11 @@ class EngineLoop(threading.Thread):
             self.model_busy_since = 0.0
         counted = start.pop("count_only", False)
         self.pending.append((job_id, EventType.START, {**start, **_described(admission.job)}))
-        if counted:
-            self._counted(job_id, start["prompt_tokens"])
-
-    def _counted(self, job_id: str, prompt_tokens: int) -> None:
-        """A count-only job: the engine holds nothing of it, so it ends now, with no step of
-        the model, its `done` carrying the prompt's size (the API's count_tokens reads it)."""
-        usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=0, total_tokens=prompt_tokens)
-        result = usage.model_dump(exclude_none=True)
-        self.pending.append((job_id, EventType.DONE, {"finish_reason": "stop", "usage": result}))
-        self._end(job_id, result=result)
+        if counted:  # the engine holds nothing of it: it ends now, its `done` the prompt's size
+            tokens = start["prompt_tokens"]
+            result = Usage(prompt_tokens=tokens, completion_tokens=0, total_tokens=tokens).model_dump(exclude_none=True)
+            self.pending.append((job_id, EventType.DONE, {"finish_reason": "stop", "usage": result}))
+            self._end(job_id, result=result)
 
     def _refuse(self, job_id: str, refusal: BaseException) -> None:
         """The job function refused the payload. A refusal with a `code` (an expired image,

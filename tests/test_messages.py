@@ -27,26 +27,16 @@ from runtime.stops import StopMatcher
 
 from .support import SLOW, VISION_PYTHON, alias, wait_until
 from .test_fuzz import HOSTILE
+from .test_tools import SCHEMAS
+from .test_tools import TOOLS as CHAT_TOOLS
 
 HI = [{"role": "user", "content": "hi"}]
 GREEDY = {"temperature": 0}  # Anthropic's SDK has no `temperature` argument any more: extra_body
-WEATHER = {
-    "type": "object",
-    "properties": {
-        "city": {"type": "string", "maxLength": 10},
-        "days": {"type": "integer", "minimum": 1, "maximum": 7},
-        "unit": {"enum": ["c", "f"]},
-    },
-    "required": ["city", "days", "unit"],
-    "additionalProperties": False,
-}
-TIME = {"type": "object", "properties": {"zone": {"enum": ["utc", "cet"]}}, "required": ["zone"],
-        "additionalProperties": False}  # fmt: skip
-TOOLS = [
-    {"name": "get_weather", "description": "Weather", "input_schema": WEATHER},
-    {"name": "get_time", "input_schema": TIME},
-]
-SCHEMAS = {"get_weather": WEATHER, "get_time": TIME}
+TOOLS = [  # the chat tests' tools (tests/test_tools.py), in Anthropic's shape
+    {"name": t["function"]["name"], "input_schema": t["function"]["parameters"],
+     **({"description": t["function"]["description"]} if "description" in t["function"] else {})}
+    for t in CHAT_TOOLS
+]  # fmt: skip
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
