@@ -26,6 +26,8 @@ from schemathesis.specs.openapi.checks import (
 from api.openapi import build
 from contract.settings import Settings
 
+REQUEST_LINE = 4094
+"""gunicorn's limit_request_line (its default): longer request lines never reach the app."""
 EXAMPLES = 30
 """Generated examples per operation (the coverage phase adds its boundary cases)."""
 CHECKS = [
@@ -113,4 +115,10 @@ def test_the_document_describes_every_public_endpoint():
 @schema.parametrize()
 @settings(deadline=None, suppress_health_check=list(HealthCheck), max_examples=EXAMPLES, database=None)
 def test_every_answer_matches_the_document(case, api_url, text_worker):
+    kwargs = case.as_transport_kwargs(base_url=api_url)
+    url = requests.Request(kwargs["method"], kwargs["url"], params=kwargs.get("params")).prepare().url or ""
+    if len(kwargs["method"]) + len(url) > REQUEST_LINE - 20:
+        # gunicorn answers such a request itself (414, its HTML page) before the app sees it:
+        # a limit of the server in front of the API (docs/API.md), not an answer of the API.
+        return
     case.call_and_validate(base_url=api_url, checks=CHECKS)
