@@ -96,17 +96,13 @@ def create_response():
 def get_response(response_id: str):
     ctx = current_app.extensions["mis"]
     job_id, record = _stored(ctx, response_id)
-    builder = ResponseBuilder(response_id, record)
     if request.args.get("stream", "false").lower() == "true":
         after = request.args.get("starting_after", "-1")
         if not re.fullmatch(r"-?[0-9]{1,9}", after):
             raise APIError(400, "starting_after must be an integer", param="starting_after", code="invalid_value")
         relay = JobRelay(ctx, job_id, record["model"], detached=True)
-        return sse_response(_stream(relay, builder, relay.events(), int(after)))
-    builder.opening()
-    for event in _events_so_far(ctx, job_id):
-        builder.feed(event)
-    return jsonify(builder.snapshot())
+        return sse_response(_stream(relay, ResponseBuilder(response_id, record), relay.events(), int(after)))
+    return jsonify(_built(ctx, response_id, job_id, record).snapshot())
 
 
 @bp.delete("/responses/<response_id>")
@@ -136,7 +132,7 @@ def cancel_response(response_id: str):
     reader, deadline = StreamReader(ctx.conn, ctx.keys, job_id), time.monotonic() + CANCEL_WAIT
     builder = ResponseBuilder(response_id, record)
     builder.opening()
-    while builder.status not in ("completed", "incomplete", "failed", "cancelled") and time.monotonic() < deadline:
+    while not builder.ended and time.monotonic() < deadline:
         for event in reader.read(block_ms=250):
             builder.feed(event)
     return jsonify(builder.snapshot())
@@ -212,6 +208,15 @@ def _stream(
             timer.finish(None)
 
 
+def _built(ctx: Context, response_id: str, job_id: str, record: dict) -> ResponseBuilder:
+    """The response as its job's events so far make it."""
+    builder = ResponseBuilder(response_id, record)
+    builder.opening()
+    for event in _events_so_far(ctx, job_id):
+        builder.feed(event)
+    return builder
+
+
 def _events_so_far(ctx: Context, job_id: str) -> list[Event]:
     """The job's events until now, with an ending for a job that can no longer write its own."""
     events = StreamReader(ctx.conn, ctx.keys, job_id).read_all()
@@ -247,10 +252,7 @@ def _conversation_before(ctx: Context, previous_id: str | None) -> list[dict]:
         job_id, record = _stored(ctx, previous_id)
     except APIError as exc:
         raise APIError(400, exc.message, param="previous_response_id", code="previous_response_not_found") from None
-    builder = ResponseBuilder(previous_id, record)
-    builder.opening()
-    for event in _events_so_far(ctx, job_id):
-        builder.feed(event)
+    builder = _built(ctx, previous_id, job_id, record)
     if builder.status not in ("completed", "incomplete"):
         raise APIError(
             400,

@@ -23,6 +23,9 @@ from dataclasses import dataclass, field
 from contract.results import http_status
 from contract.stream import Event, EventType
 
+ENDED = frozenset({"completed", "incomplete", "failed", "cancelled"})
+"""The statuses a response ends in."""
+
 
 @dataclass
 class ResponseBuilder:
@@ -40,6 +43,10 @@ class ResponseBuilder:
     """The output item being generated (the last of `output` until it is done)."""
     _calls: dict[int, dict] = field(default_factory=dict)
     """Function-call items by the job's call index."""
+
+    @property
+    def ended(self) -> bool:
+        return self.status in ENDED
 
     def opening(self) -> list[dict]:
         """The first events: created (and queued, for a background response)."""
