@@ -1,11 +1,15 @@
 """Image intake: OpenAI `image_url` parts become validated bytes in the blob store.
 
-What a client sends is checked here, before any job exists: the image must decode (the
+What a client sends is checked here, before any job exists: the image must open (the
 format is what the bytes say, not what the data URI claims), be PNG, JPEG or WebP, stay
-under the byte and pixel caps (a decompression bomb is refused before it is decoded), and
-the request may hold at most `MAX_IMAGES` of them. Remote http(s) URLs are refused unless
-`ALLOW_REMOTE_IMAGES` is on; then they are fetched here (never by a worker: mlx-vlm's own
-loader opens any string as a local path and follows redirects) from public addresses only,
+under the byte and pixel caps (a decompression bomb is refused from its header), and
+the request may hold at most `MAX_IMAGES` of them and `MAX_REQUEST_PIXELS` together. The
+pixels are decoded once, by the worker that runs the job (worker_vision/jobs.py), never here:
+a batch file of 35 lossless 6000² WebPs cost the API 13 s of CPU when it decoded them. A
+request's images are all checked before any is stored: a refused one leaves nothing behind.
+Remote http(s) URLs are refused unless `ALLOW_REMOTE_IMAGES` is on; then they are fetched
+here (never by a worker: mlx-vlm's own loader opens any string as a local path and follows
+redirects) from public addresses only,
 over a connection pinned to the checked address, without redirects, with a size cap and a
 timeout. Job payloads carry only the blob keys.
 """
@@ -21,6 +25,7 @@ import socket
 import ssl
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import redis
@@ -55,17 +60,34 @@ class PixelBudget:
             )
 
 
-def intake(
-    url: str,
-    settings: Settings,
-    conn: redis.Redis,
-    keys: Keys,
-    ttl: int | None = None,
-    budget: PixelBudget | None = None,
-) -> ImagePart:
-    """Validate one image URL and store its bytes for `ttl` seconds (default: as long as a
-    chat job may wait and run); returns the payload part naming them. `budget`: the
-    request's pixels left (checked before anything is stored)."""
+@dataclass(frozen=True)
+class Accepted:
+    """An image that passed every check, not yet stored."""
+
+    data: bytes
+    media_type: str
+    width: int
+    height: int
+
+
+def intake_all(
+    urls: list[str], settings: Settings, conn: redis.Redis, keys: Keys, ttl: int | None = None
+) -> list[ImagePart]:
+    """Validate a request's image URLs (together within MAX_REQUEST_PIXELS), then store their
+    bytes for `ttl` seconds (default: as long as a chat job may wait and run); the payload
+    parts naming them, in order. Nothing is stored unless every image passes."""
+    budget = PixelBudget(settings.max_request_pixels)
+    accepted = [accept(url, settings, budget) for url in urls]
+    return [store(conn, keys, image, ttl or settings.queued_ttl + settings.job_timeout) for image in accepted]
+
+
+def store(conn: redis.Redis, keys: Keys, image: Accepted, ttl: int) -> ImagePart:
+    digest = blobs.put(conn, keys, image.data, ttl=ttl)
+    return ImagePart(blob=digest, media_type=image.media_type, width=image.width, height=image.height)
+
+
+def accept(url: str, settings: Settings, budget: PixelBudget) -> Accepted:
+    """One image URL's bytes, checked; `budget`: the request's pixels left."""
     if url.startswith("data:"):
         data = decode_data_uri(url, settings.max_image_bytes)
     elif url.startswith(("http://", "https://")):
@@ -81,10 +103,8 @@ def intake(
             "image_url must be a data URI (data:image/png;base64,...) or an http(s) URL", code="invalid_image_url"
         )
     media_type, width, height = inspect(data, settings.max_image_pixels)
-    if budget is not None:
-        budget.spend(width * height)
-    digest = blobs.put(conn, keys, data, ttl=ttl or settings.queued_ttl + settings.job_timeout)
-    return ImagePart(blob=digest, media_type=media_type, width=width, height=height)
+    budget.spend(width * height)
+    return Accepted(data, media_type, width, height)
 
 
 def decode_data_uri(url: str, max_bytes: int) -> bytes:
@@ -113,7 +133,9 @@ def too_large(max_bytes: int) -> APIError:
 
 
 def inspect(data: bytes, max_pixels: int) -> tuple[str, int, int]:
-    """(media type, width, height) of bytes that fully decode as PNG, JPEG or WebP."""
+    """(media type, width, height) of PNG, JPEG or WebP bytes, from their header (and a PNG's
+    chunk checksums, read without inflating anything): milliseconds, whatever the pixels.
+    What only a full decode finds (a JPEG cut short) the worker refuses as `invalid_image`."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -130,7 +152,7 @@ def inspect(data: bytes, max_pixels: int) -> tuple[str, int, int]:
                     f"an image has {width}x{height} pixels; the limit is {max_pixels} pixels",
                     code="image_too_many_pixels",
                 )
-            image.load()
+            image.verify()
     except APIError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

@@ -7,13 +7,11 @@ Views import this module, never each other.
 
 from __future__ import annotations
 
-from functools import partial
-
 from contract import registry
 from contract.context import Context
 from contract.keys import Kind
 from contract.modelref import InvalidModelRef, check_length, parse_model_ref
-from contract.payloads import ChatJob
+from contract.payloads import ChatJob, ImagePart
 
 from . import autoload, images
 from .errors import APIError
@@ -32,10 +30,12 @@ def chat_payload(ctx: Context, req: ChatCompletionRequest, image_ttl: int | None
     kind, context_length = route(ctx, model)
     if req.image_count:
         _check_images_allowed(req, kind, ctx.settings.max_images)
-    budget = images.PixelBudget(ctx.settings.max_request_pixels)
-    store_image = partial(
-        images.intake, settings=ctx.settings, conn=ctx.conn, keys=ctx.keys, ttl=image_ttl, budget=budget
-    )
+    urls = [url for m in req.messages for url in m.image_urls]
+    stored = iter(images.intake_all(urls, ctx.settings, ctx.conn, ctx.keys, ttl=image_ttl))
+
+    def store_image(url: str) -> ImagePart:  # checked and stored already; asked in the same order
+        return next(stored)
+
     return kind, ChatJob(
         model=model,
         messages=[m.to_payload(store_image) for m in req.messages],

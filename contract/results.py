@@ -23,6 +23,7 @@ STATUS_BY_CODE = {
     "context_length_exceeded": 400,
     "invalid_value": 400,
     "invalid_response_format": 400,  # a grammar this model's vocabulary cannot follow
+    "invalid_image": 400,  # decoded only by the worker (api/images.py)
     "worker_died": 503,
     "model_unavailable": 503,
     "job_expired": 503,

@@ -11,6 +11,8 @@ rq has no concurrent worker, so this module builds one from rq's own parts:
   step it takes newly admitted jobs into the running batch, advances every job by one step,
   and writes all their stream entries in one pipelined round trip (runtime/steps.py) that also
   reads their cancel flags;
+- a **side thread** runs what bookkeeping jobs hand back as `Later` (rendering a document's
+  pages: seconds, and never in the admission loop, which a chat's admission waits for);
 - a **recorder thread** writes each ended job's outcome to rq with rq's own finalizers
   (`finished` with its result, `failed` with the reason, or `canceled`), off the engine's
   path, so a job ending costs the others no Redis round trips.
@@ -41,7 +43,7 @@ from rq.job import Job, _current_job
 from rq.timeouts import TimerDeathPenalty
 from rq.utils import now
 
-from contract.done import Done
+from contract.done import Done, Later
 from contract.keys import Keys, Priority
 from contract.queues import mark_canceled
 from contract.sweep import drop_idle
@@ -55,6 +57,9 @@ sees a stop the worker asked of itself: an unload or an idle keep-alive)."""
 RESTRICTED_WAIT = 0.5
 """Seconds one dequeue of the interactive queue alone waits, so batch work is taken up
 soon after a slot frees."""
+SIDE_BACKLOG = 2
+"""Side jobs (renders) held by this worker, running or waiting, past which it admits
+interactive jobs only: more batch work would wait here, where no other worker can take it."""
 REAP_INTERVAL = 5.0
 """Seconds between sweeps of this worker's started registries for dead workers' jobs."""
 
@@ -80,6 +85,11 @@ class BatchingWorker(SimpleWorker):
         self.admissions_lock = threading.Lock()
         self.recorder = threading.Thread(target=self._record_outcomes, name="recorder", daemon=True)
         self.recorder.start()
+        self.side_work: stdlib_queue.SimpleQueue[Admission | None] = stdlib_queue.SimpleQueue()
+        self.side_held = 0
+        """Side jobs taken and not yet ended (under admissions_lock)."""
+        self.side = threading.Thread(target=self._run_side_work, name="side", daemon=True)
+        self.side.start()
         self._last_reap = 0.0
         self._single_queue_dequeue = False
         self._born = False
@@ -103,6 +113,8 @@ class BatchingWorker(SimpleWorker):
             if not self.engine.is_alive():
                 raise RuntimeError("the engine thread has died")  # rq's loop ends; serve() restarts it
             priorities = self.slots.open_priorities()
+            if self.side_held >= SIDE_BACKLOG:
+                priorities = [p for p in priorities if p is Priority.INTERACTIVE]
             if not priorities or self.engine.behind():
                 # No free slot, or the engine is stuck in a long step with jobs handed over:
                 # further jobs wait in their queue, where other workers can take them.
@@ -163,6 +175,11 @@ class BatchingWorker(SimpleWorker):
             if isinstance(admission.request, Done):  # bookkeeping, done already (contract/done.py)
                 self._finish_now(admission)
                 return
+            if isinstance(admission.request, Later):  # bookkeeping that takes a while: beside the engine
+                with self.admissions_lock:
+                    self.side_held += 1
+                self.side_work.put(admission)
+                return
         self.slots.take(priority)
         self.engine.submit(admission)
 
@@ -174,6 +191,18 @@ class BatchingWorker(SimpleWorker):
         finally:
             with self.admissions_lock:
                 self.admissions.pop(job.id, None)
+
+    def _run_side_work(self) -> None:
+        """The side thread: each `Later`'s work, its outcome to the recorder like an engine job's."""
+        while (admission := self.side_work.get()) is not None:
+            try:
+                outcome = Outcome(admission, result=admission.request.work().value)
+            except Exception as exc:  # the job fails with the reason, the worker lives
+                log.warning("job %s failed: %s", admission.job.id, exc)
+                outcome = Outcome(admission, error=exc)
+            with self.admissions_lock:
+                self.side_held -= 1
+            self.outcomes.put(outcome)
 
     @staticmethod
     def _call_job_function(job: Job):
@@ -249,9 +278,11 @@ class BatchingWorker(SimpleWorker):
         """Warm shutdown: running jobs finish and are recorded before rq's records go.
         A second signal (a cold shutdown) ends them at once with an error."""
         self.engine.drain()
+        self.side_work.put(None)
         try:
-            while self.engine.is_alive():
+            while self.engine.is_alive() or self.side.is_alive():
                 self.engine.join(0.2)
+                self.side.join(0.01)
         except (SystemExit, KeyboardInterrupt, StopRequested):
             log.warning("cold shutdown: ending %d running job(s)", len(self.engine.running))
             self.engine.abort_all("worker_shutdown", "the worker was shut down; please retry")

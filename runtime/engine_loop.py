@@ -251,7 +251,7 @@ class EngineLoop(threading.Thread):
         say) tells the client what happened; anything else is a server-side mismatch."""
         code = getattr(refusal, "code", None)
         if code:
-            self._end(job_id, error=refusal, code=code, message=str(refusal))
+            self._end(job_id, error=refusal, code=code, message=str(refusal), param=getattr(refusal, "param", ""))
         else:
             self._end(job_id, error=refusal, code="invalid_payload", message="this worker cannot run the job's payload")
 

@@ -10,7 +10,8 @@ import pytest
 from contract.payloads import ChatJob, ChatMessage, SamplingParams
 from contract.settings import Settings
 from contract.stream import EventType
-from worker_text.engine import TextEngine, default_prefill_chunk
+from mlx_common.prefill import default_prefill_chunk
+from worker_text.engine import TextEngine
 from worker_text.loading import load_text_model
 from worker_text.tiny import build
 

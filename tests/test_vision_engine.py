@@ -80,6 +80,7 @@ def run(requests):
         for job_id, kind, data in events:
             s = seen[job_id]
             if kind == "delta":
+                s.setdefault("first_step", steps)
                 s["deltas"] += 1
                 s["text"] += data["text"]
                 s["logprobs"] += data.get("logprobs", [])
@@ -153,10 +154,17 @@ out["stop"] = {"stop": stop, "expected": greedy[:greedy.find(stop)],
                **run({"s": request([text("Describe this image."), image("a")], stop=[stop])})["s"]}
 
 engine.add("r", one())
-for _ in range(3):
+for _ in range(4):  # the first step reads the prompt (one chunk), the next three emit a token each
     engine.step()
 out["removed"] = engine.remove(["r", "unknown"])
 out["left"] = sorted(engine.sequences)
+
+# Prefill in chunks of 8 tokens, one chunk a step, the shortest waiting prompt first.
+out["short_alone"] = run({"h": request("Hi")})["h"]
+whole = engine
+engine = VisionEngine(whole.vm, prefill_chunk=8)
+out["chunked"] = run({"one": one(), "h": request("Hi")})
+engine = whole
 
 out["logprobs"] = run({"l": request([image("a")], max_tokens=4, logprobs=True, top_logprobs=3)})["l"]
 no_eos = {str(i): -100.0 for i in engine.vm.eos_token_ids}  # sampling must not end early
@@ -262,6 +270,23 @@ def test_decoding_matches_mlx_vlm_generate(seen):
     for mine, reference in seen["reference"]:
         assert len(mine) == 24
         assert mine == reference
+
+
+def test_prompts_are_read_in_chunks_the_shortest_first(seen):
+    chunked = seen["chunked"]
+    long, short = chunked["one"], chunked["h"]
+    # The same answers as read in one chunk, alone.
+    assert long["text"] == seen["alone_one"]["text"] and long["done"] == seen["alone_one"]["done"]
+    assert short["text"] == seen["short_alone"]["text"]
+
+    # One 8-token chunk per step: the short prompt (added second) is read first, and its
+    # first token comes the step after its last chunk; the long one's after all of both.
+    def chunks(job):
+        return -(-job["start"]["prompt_tokens"] // 8)
+
+    assert chunks(long) > chunks(short) > 1
+    assert short["first_step"] == chunks(short) + 1
+    assert long["first_step"] == chunks(short) + chunks(long) + 1
 
 
 def test_text_only_request(seen):

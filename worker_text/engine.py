@@ -28,6 +28,7 @@ from contract.payloads import ChatJob, CompletionTokensDetails, PromptTokensDeta
 from contract.stream import EventType
 from mlx_common.grammar import Grammars
 from mlx_common.logprobs import token_logprob
+from mlx_common.prefill import default_prefill_chunk
 from mlx_common.reasoning import ReasoningSplitter, Thinking, ThinkingBudget
 from mlx_common.sampling import Filters, SeededSampler
 from mlx_common.tools import (
@@ -387,9 +388,3 @@ class SamplerCache:
                 temp=params.temperature, top_p=params.top_p, min_p=params.min_p, top_k=params.top_k
             )
         return self.shared[key]
-
-
-def default_prefill_chunk() -> int:
-    """PREFILL_CHUNK's default: small on a CPU, where prefill runs ~15 tokens/s for SmolLM2-135M
-    (64 tokens ≈ 4 s between two decode steps of the others), larger where it is fast."""
-    return 64 if mx.default_device() == mx.cpu else 512

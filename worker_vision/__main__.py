@@ -22,7 +22,9 @@ def make_engine(model: str, settings: Settings, capacity: int):
     from .engine import VisionEngine  # imports mlx and mlx-vlm; kept out of --help
     from .loading import load_vision_model
 
-    return VisionEngine(load_vision_model(model, settings), max_images=settings.max_images)
+    return VisionEngine(
+        load_vision_model(model, settings), max_images=settings.max_images, prefill_chunk=settings.prefill_chunk
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,10 @@ positions on every call: nothing a job needs lives on the model between calls. A
 greedy output is the same alone or interleaved, and the same as `generate_step`'s
 (tests/test_vision_engine.py).
 
-Image encoding and prefill run in `add()`: a failure there ends that job alone.
+Image encoding runs in `add()` (a failure there ends that job alone); the prompt is then
+read `prefill_chunk` tokens per step (PREFILL_CHUNK), one chunk of one waiting job per step,
+the shortest prompt first: a 20k-token document page never holds the running streams for
+more than a chunk, and a chat's short prompt is read before the page's long one.
 
 Text is only released once it can no longer turn out to be the start of a stop string
 (runtime/stops.py), so a stop string never reaches the client, even split across tokens.
@@ -47,6 +50,7 @@ from contract.payloads import ChatJob, PromptTokensDetails, SamplingParams, Toke
 from contract.stream import EventType
 from mlx_common.grammar import Grammars
 from mlx_common.logprobs import token_logprob
+from mlx_common.prefill import default_prefill_chunk
 from mlx_common.sampling import Filters, SeededSampler
 from mlx_common.tools import special_tokens
 from runtime.rejections import PromptTooLong, RequestRejected, check_logit_bias
@@ -60,8 +64,6 @@ MAX_IMAGES = 8
 """Images per request unless told otherwise (the worker passes MAX_IMAGES from Settings, the
 limit the API applies): the vision tower encodes all of them at once in the engine thread,
 while every other running job waits."""
-PREFILL_STEP = 2048
-"""Prompt tokens per prefill chunk (mlx-vlm's default): bounds the attention's memory."""
 PENALTY_CONTEXT = 20
 """Recent tokens that repetition/presence/frequency penalties look at (mlx-vlm's default)."""
 FILTERS = Filters(apply_top_p, apply_min_p, apply_top_k)
@@ -81,6 +83,20 @@ class _Prompt:
     @property
     def length(self) -> int:
         return self.input_ids.shape[1]
+
+
+@dataclass
+class _Unread:
+    """What the language model has still to read of a job's prompt."""
+
+    ids: mx.array
+    embeds: mx.array
+    positions: mx.array | None
+    """The whole prompt's positions: the language model slices them at the cache offset."""
+
+    @property
+    def length(self) -> int:
+        return self.ids.shape[1]
 
 
 @dataclass
@@ -107,15 +123,18 @@ class _Sequence:
     """The sampled next token, computing asynchronously until the next step reads it."""
     pending_logprobs: mx.array | None = None
     tokens: int = 0
+    unread: _Unread | None = None
+    """The prompt still to prefill (None once the first token is being sampled)."""
 
 
 class VisionEngine:
     """The vision worker's engine (runtime.engine_loop.Engine) over mlx-vlm models.
     Only the engine thread may call it."""
 
-    def __init__(self, vision_model: VisionModel, max_images: int = MAX_IMAGES):
+    def __init__(self, vision_model: VisionModel, max_images: int = MAX_IMAGES, prefill_chunk: int = 0):
         self.vm = vision_model
         self.max_images = max_images
+        self.prefill_chunk = prefill_chunk or default_prefill_chunk()
         self.sequences: dict[str, _Sequence] = {}
         self._vocab_mask: mx.array | None = None
         tokenizer = getattr(vision_model.processor, "tokenizer", vision_model.processor)
@@ -137,7 +156,7 @@ class VisionEngine:
             raise PromptTooLong(prompt.length, context, counted="the messages (images included)")
         max_tokens = min(job.max_tokens, context - prompt.length)
         grammar = [self.grammars.processor(job.grammar)] if job.grammar else []  # refused before the prefill
-        self.sequences[job_id] = self._prefill(job_id, job, prompt, max_tokens, grammar)
+        self.sequences[job_id] = self._start(job_id, job, prompt, max_tokens, grammar)
         return {"prompt_tokens": prompt.length, "cached_tokens": 0}
 
     def step(self) -> tuple[list[StepEvent], dict[str, dict]]:
@@ -145,6 +164,8 @@ class VisionEngine:
         finished: dict[str, dict] = {}
         advancing = []
         for seq in list(self.sequences.values()):
+            if seq.unread is not None:
+                continue
             finish = self._emit(seq, events)
             if finish is None:
                 self._decode(seq)
@@ -156,6 +177,7 @@ class VisionEngine:
             del self.sequences[seq.job_id]
         if advancing:  # every job's next token computes while the step's events are sent
             mx.async_eval([a for s in advancing for a in (s.pending, s.pending_logprobs)])
+        self._prefill_step()
         return events, finished
 
     def remove(self, job_ids: list[str]) -> dict[str, int]:
@@ -191,43 +213,48 @@ class VisionEngine:
         extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "pixel_values", "attention_mask")}
         return _Prompt(inputs["input_ids"], inputs.get("pixel_values"), inputs.get("attention_mask"), extra)
 
-    def _prefill(self, job_id: str, job: ChatJob, prompt: _Prompt, max_tokens: int, grammar: list) -> _Sequence:
-        """Encode the images, run the prompt through the language model, and start sampling
-        the first token."""
+    def _start(self, job_id: str, job: ChatJob, prompt: _Prompt, max_tokens: int, grammar: list) -> _Sequence:
+        """Encode the images (the vision tower runs here, once) and queue the prompt for
+        prefill; its first token is sampled when the last chunk has been read."""
         features = self.vm.model.get_input_embeddings(
             prompt.input_ids, prompt.pixel_values, mask=prompt.mask, **prompt.extra
         )
         positions, delta = features.position_ids, features.rope_deltas
-        cache = make_prompt_cache(self.vm.model.language_model)
-        logits = self._run_prompt(prompt.input_ids, features.inputs_embeds, positions, cache)
-        seq = _Sequence(
+        mx.eval(features.inputs_embeds)
+        return _Sequence(
             job_id=job_id,
             request=job,
             prompt_tokens=prompt.length,
             max_tokens=max_tokens,
-            cache=cache,
+            cache=make_prompt_cache(self.vm.model.language_model),
             rope_delta=int(delta.reshape(-1)[0].item()) if delta is not None else 0,
-            position_shape=(3, 1, 1) if positions.ndim == 3 else (1, 1),
+            position_shape=(3, 1, 1) if positions is not None and positions.ndim == 3 else (1, 1),
             sampler=_sampler(job.sampling.normalized(self.vm.vocab_size), self.vm.vocab_size),
             processors=[*_processors(job.sampling), *grammar],  # the grammar last: nothing lifts its mask
             stops=StopMatcher(job.stop),
             text=TextStream(self.vm.processor),
             history=prompt.input_ids.reshape(-1)[-PENALTY_CONTEXT:],
+            unread=_Unread(prompt.input_ids, features.inputs_embeds, positions),
         )
-        seq.pending, seq.pending_logprobs = self._sample(seq, logits)
-        mx.async_eval(seq.pending, seq.pending_logprobs)
-        return seq
 
-    def _run_prompt(self, ids: mx.array, embeds: mx.array, positions: mx.array, cache: list) -> mx.array:
-        """Prefill in chunks, as mlx-vlm's generate_step does (the language model slices the
-        whole prompt's positions at the cache offset); returns the last token's logits."""
+    def _prefill_step(self) -> None:
+        """Read one chunk of one waiting prompt, the shortest first (mlx-vlm's generate_step
+        reads the same chunks in one go); after its last chunk, start sampling."""
+        waiting = [s for s in self.sequences.values() if s.unread is not None]
+        if not waiting:
+            return
+        seq = min(waiting, key=lambda s: cast(_Unread, s.unread).length)
+        unread = cast(_Unread, seq.unread)
+        n = min(self.prefill_chunk, unread.length)
         lm = self.vm.model.language_model
-        while embeds.shape[1] > 1:
-            n = min(PREFILL_STEP, embeds.shape[1] - 1)
-            lm(ids[:, :n], inputs_embeds=embeds[:, :n], cache=cache, position_ids=positions)
-            mx.eval([c.state for c in cache])
-            ids, embeds = ids[:, n:], embeds[:, n:]
-        return lm(ids, inputs_embeds=embeds, cache=cache, position_ids=positions).logits[:, -1, :]
+        out = lm(unread.ids[:, :n], inputs_embeds=unread.embeds[:, :n], cache=seq.cache, position_ids=unread.positions)
+        if n < unread.length:
+            mx.eval([c.state for c in seq.cache])
+            seq.unread = _Unread(unread.ids[:, n:], unread.embeds[:, n:], unread.positions)
+            return
+        seq.unread = None
+        seq.pending, seq.pending_logprobs = self._sample(seq, out.logits[:, -1, :])
+        mx.async_eval(seq.pending, seq.pending_logprobs)
 
     # --- decoding ---
 

@@ -20,6 +20,11 @@ from PIL import Image
 from contract import blobs
 from contract.context import Context
 from contract.payloads import ChatJob
+from runtime.rejections import RequestRejected
+
+
+class ImageUnreadable(RequestRejected):
+    code = "invalid_image"
 
 
 @dataclass
@@ -42,7 +47,11 @@ def chat(payload: dict) -> VisionRequest:
 
 
 def _decode(data: bytes) -> Image.Image:
-    """The API validated the bytes; decode them fully now, so a bad blob fails the job here."""
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return image.convert("RGB")
+    """The API checked the header and the pixel count (api/images.py); the pixels are decoded
+    here, once: what only decoding finds (a JPEG cut short) ends the job as a 400."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        return image.convert("RGB")
+    except Exception:  # PIL raises many types for corrupt or truncated data
+        raise ImageUnreadable("an image could not be decoded (corrupt or truncated)") from None

@@ -7,8 +7,9 @@ fanned out as chat jobs (`documents.fan_out`). pdfium renders in a child process
 (worker_vision/render_child.py) that is killed when a page takes longer than
 RENDER_PAGE_TIMEOUT or the document is deleted: a few KB of nested form XObjects can cost
 pdfium a minute, and it cannot be interrupted in-process. The job waits for the child in the
-worker's admission thread (contract/done.py): 7–47 ms a page at 150 dpi; running jobs keep
-generating meanwhile.
+worker's side thread (`Later`, contract/done.py), never in its admission loop: chats are
+admitted, and running jobs keep generating, while a document renders (7–47 ms a page at
+150 dpi, RENDER_PAGE_TIMEOUT at most).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Callable, Iterator
 
 from contract import blobs
 from contract.context import Context
-from contract.done import Done
+from contract.done import Done, Later
 from contract.keys import Keys
 from contract.payloads import ImagePart
 from work import documents
@@ -34,13 +35,17 @@ CHECK_EVERY = 0.25
 """Seconds between two looks at the document's status while a page renders (a DELETE)."""
 
 
-def render(payload: dict) -> Done:
+def render(payload: dict) -> Done | Later:
     """Job function: render the document's pages to blobs and enqueue one job per page."""
     doc = DocumentJob.model_validate(payload)
     ctx = Context.for_current_job()
-    conn, keys, settings = ctx.conn, ctx.keys, ctx.settings
     if documents.status_of(ctx, doc.id) != DocStatus.QUEUED:
         return Done()  # cancelled (or rendered already by an earlier attempt)
+    return Later(lambda: _render(ctx, doc))
+
+
+def _render(ctx: Context, doc: DocumentJob) -> Done:
+    conn, keys, settings = ctx.conn, ctx.keys, ctx.settings
     if not documents.set_status(ctx, doc.id, DocStatus.RENDERING):
         return Done()
     try:
