@@ -35,6 +35,7 @@ import queue as stdlib_queue
 import signal
 import threading
 import time
+from concurrent.futures import Future
 
 import redis
 from rq import Queue, SimpleWorker
@@ -86,6 +87,8 @@ class BatchingWorker(SimpleWorker):
         self.recorder = threading.Thread(target=self._record_outcomes, name="recorder", daemon=True)
         self.recorder.start()
         self.side_work: stdlib_queue.SimpleQueue[Admission | None] = stdlib_queue.SimpleQueue()
+        self.preparing: set[Future] = set()
+        """Admitted requests still being prepared: a warm shutdown waits for them."""
         self.side_held = 0
         """Side jobs taken and not yet ended (under admissions_lock)."""
         self.side = threading.Thread(target=self._run_side_work, name="side", daemon=True)
@@ -181,7 +184,21 @@ class BatchingWorker(SimpleWorker):
                 self.side_work.put(admission)
                 return
         self.slots.take(priority)
+        if isinstance(admission.request, Future):  # prepared off this loop (a vision job's images decode)
+            self.preparing.add(admission.request)
+            admission.request.add_done_callback(lambda done: self._prepared(admission, done))
+            return
         self.engine.submit(admission)
+
+    def _prepared(self, admission: Admission, done: Future) -> None:
+        """A request prepared beside the admission loop goes to the engine (from any thread)."""
+        try:
+            admission.request = done.result()
+        except Exception as exc:  # an image that does not decode, say: refused like a bad payload
+            log.warning("job %s refused: %s", admission.job.id, exc)
+            admission.refusal = exc
+        self.engine.submit(admission)
+        self.preparing.discard(done)
 
     def _finish_now(self, admission: Admission) -> None:
         """A job that needed no engine: finished in rq (dependents enqueued) right here."""
@@ -277,9 +294,11 @@ class BatchingWorker(SimpleWorker):
     def teardown(self):
         """Warm shutdown: running jobs finish and are recorded before rq's records go.
         A second signal (a cold shutdown) ends them at once with an error."""
-        self.engine.drain()
         self.side_work.put(None)
         try:
+            while self.preparing:  # their jobs are admitted: they reach the engine before it drains
+                time.sleep(0.05)
+            self.engine.drain()
             while self.engine.is_alive() or self.side.is_alive():
                 self.engine.join(0.2)
                 self.side.join(0.01)

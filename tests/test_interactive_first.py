@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import time
 
 import pytest
@@ -20,6 +21,7 @@ from rq.job import Job
 from .pdfs import render_bomb
 from .support import alias, client_for, wait_until
 from .test_documents import MODEL, docs_worker, submit  # noqa: F401  (docs_worker builds the tiny model)
+from .test_hostile_images import big_webp
 from .test_vision import data_uri, image_message, png
 
 FIRST_TOKEN_WITHIN = 5.0
@@ -56,21 +58,9 @@ def test_an_image_chat_is_answered_beside_a_render_bomb_and_a_long_page(api_url,
         assert start["prompt_tokens"] > 19_000
         time.sleep(1.0)  # well into the page's prefill
 
-        sent = time.monotonic()
-        stream = client_for(api_url).chat.completions.create(
-            model=model,
-            messages=image_message(data_uri(png((0, 200, 0)))),
-            max_tokens=4,
-            temperature=0,
-            stream=True,
-        )
-        first_token = next(c for c in stream if c.choices and c.choices[0].delta.content is not None)
-        waited = time.monotonic() - sent
-        assert first_token is not None
+        waited = first_token_after(api_url, model)
         print(f"image chat's first token after {waited:.2f} s beside a render bomb and a 19.5k-token page")
         assert waited < FIRST_TOKEN_WITHIN, waited
-        for _ in stream:  # the chat ends normally
-            pass
         # Both were still at it: the chat did not merely come after them.
         assert status(bomb) == "rendering" and status(page_doc) == "running"
 
@@ -85,6 +75,50 @@ def test_an_image_chat_is_answered_beside_a_render_bomb_and_a_long_page(api_url,
         assert status(page_doc) == "canceled"
     finally:
         worker.stop()
+
+
+@pytest.mark.usefixtures("docs_worker")
+def test_an_image_chat_is_answered_beside_clients_sending_the_heaviest_images(api_url, stack, models_dir):
+    """Case 3: eight 6000² WebPs per request cost 17 s of the worker (a chat waited 45 s behind
+    three such clients). Now a request holds at most two (MAX_REQUEST_PIXELS), the worker
+    decodes each once and box-reduces it to what the model reads before its processor runs."""
+    model = alias(models_dir, "tiny-vision-heavy", MODEL)
+    worker = stack.start_vision_worker(model)
+    heavy = data_uri(big_webp(), "image/webp")
+    answered: list[str] = []
+
+    def heavy_client() -> None:
+        answer = client_for(api_url).chat.completions.create(
+            model=model, messages=image_message(heavy, heavy), max_tokens=4, temperature=0
+        )
+        answered.append(answer.choices[0].finish_reason)
+
+    clients = [threading.Thread(target=heavy_client) for _ in range(3)]
+    try:
+        for client in clients:
+            client.start()
+        time.sleep(0.3)  # their requests are queued before the chat
+        waited = first_token_after(api_url, model)
+        print(f"image chat's first token after {waited:.2f} s beside three clients of two 6000² WebPs each")
+        assert waited < FIRST_TOKEN_WITHIN, waited
+        for client in clients:
+            client.join(60)
+        assert len(answered) == 3
+    finally:
+        worker.stop()
+
+
+def first_token_after(api_url: str, model: str) -> float:
+    """Seconds from sending a small image chat to its first token."""
+    sent = time.monotonic()
+    stream = client_for(api_url).chat.completions.create(
+        model=model, messages=image_message(data_uri(png((0, 200, 0)))), max_tokens=4, temperature=0, stream=True
+    )
+    next(c for c in stream if c.choices and c.choices[0].delta.content is not None)
+    waited = time.monotonic() - sent
+    for _ in stream:  # the chat ends normally
+        pass
+    return waited
 
 
 def requests_get(api_url: str, path: str) -> dict:

@@ -66,7 +66,8 @@ def text(t):
 def request(content, max_tokens=12, **extra):
     payload = {"model": "tiny-vision", "messages": [{"role": "user", "content": content}],
                "max_tokens": max_tokens, "sampling": {"temperature": 0}, **extra}
-    return vision_jobs.chat(payload)
+    prepared = vision_jobs.chat(payload)  # a Future while its images decode
+    return prepared.result() if hasattr(prepared, "result") else prepared
 
 
 def run(requests):
@@ -165,6 +166,9 @@ whole = engine
 engine = VisionEngine(whole.vm, prefill_chunk=8)
 out["chunked"] = run({"one": one(), "h": request("Hi")})
 engine = whole
+
+huge = Image.new("RGB", (6000, 4000), (9, 9, 9))
+out["shrunk"] = [list(vision_jobs.shrink(huge, p).size) for p in (200_704, 12_845_056, None)]
 
 out["logprobs"] = run({"l": request([image("a")], max_tokens=4, logprobs=True, top_logprobs=3)})["l"]
 no_eos = {str(i): -100.0 for i in engine.vm.eos_token_ids}  # sampling must not end early
@@ -287,6 +291,13 @@ def test_prompts_are_read_in_chunks_the_shortest_first(seen):
     assert chunks(long) > chunks(short) > 1
     assert short["first_step"] == chunks(short) + 1
     assert long["first_step"] == chunks(short) + chunks(long) + 1
+
+
+def test_huge_images_are_reduced_to_what_the_model_reads(seen):
+    # By a whole factor, never below the processor's max_pixels; untouched when within 4x of it.
+    reduced, kept, unknown = seen["shrunk"]
+    assert reduced == [6000 // 10, 4000 // 10] and reduced[0] * reduced[1] >= 200_704
+    assert kept == unknown == [6000, 4000]
 
 
 def test_text_only_request(seen):

@@ -9,10 +9,9 @@ forward pass per job. Concurrent jobs thus interleave fairly (a chat is never st
 a long document page), but they do not share a batched forward pass: a step costs the sum
 of the jobs' passes. mlx-vlm 0.7.10 has a BatchGenerator (generate/ar.py) too, but jobs
 joining and leaving it mid-batch with their own images, mRoPE offsets, samplers and stops
-is more than we could prove correct; the simple path is. mlx-vlm's single-sequence
-`stream_generate` / `generate_step` cannot be interleaved either: Qwen-VL language models
-keep the current sequence's mRoPE offsets (`_rope_deltas`, `_position_ids`) on the shared
-model object, and `stream_generate` hangs per-request state on the shared tokenizer. So the
+is more than we could prove correct. mlx-vlm's `stream_generate` / `generate_step` cannot be
+interleaved either: Qwen-VL language models keep the current sequence's mRoPE offsets on the
+shared model object, and `stream_generate` hangs per-request state on the shared tokenizer. So the
 engine drives the model itself, the way `generate_step` does (`get_input_embeddings`,
 chunked prefill, then one token per call), but hands the language model each job's own
 positions on every call: nothing a job needs lives on the model between calls. A job's
@@ -34,7 +33,6 @@ engine thread, on that thread's default stream. mlx-vlm's module-level `generati
 
 from __future__ import annotations
 
-import codecs
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
@@ -43,7 +41,6 @@ import mlx.core as mx
 from mlx_vlm.models.cache import make_prompt_cache
 from mlx_vlm.prompt_utils import apply_chat_template
 from mlx_vlm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_logits_processors, make_sampler
-from mlx_vlm.tokenizer_utils import BPEStreamingDetokenizer, make_streaming_detokenizer
 from mlx_vlm.utils import prepare_inputs, should_add_special_tokens
 
 from contract.payloads import ChatJob, PromptTokensDetails, SamplingParams, TokenLogprob, Usage
@@ -52,18 +49,17 @@ from mlx_common.grammar import Grammars
 from mlx_common.logprobs import token_logprob
 from mlx_common.prefill import default_prefill_chunk
 from mlx_common.sampling import Filters, SeededSampler
-from mlx_common.tools import special_tokens
 from runtime.rejections import PromptTooLong, RequestRejected, check_logit_bias
 from runtime.steps import StepEvent
 from runtime.stops import StopMatcher, done_data
 
-from .jobs import VisionRequest
+from .jobs import VisionRequest, shrink
 from .loading import VisionModel
+from .text_stream import TextStream
 
 MAX_IMAGES = 8
 """Images per request unless told otherwise (the worker passes MAX_IMAGES from Settings, the
-limit the API applies): the vision tower encodes all of them at once in the engine thread,
-while every other running job waits."""
+limit the API applies): the vision tower encodes all of them in one engine step."""
 PENALTY_CONTEXT = 20
 """Recent tokens that repetition/presence/frequency penalties look at (mlx-vlm's default)."""
 FILTERS = Filters(apply_top_p, apply_min_p, apply_top_k)
@@ -108,23 +104,24 @@ class _Sequence:
     prompt_tokens: int
     max_tokens: int
     cache: list
-    rope_delta: int
-    """mRoPE: a token at cache offset n sits at position n + rope_delta (images are compact)."""
-    position_shape: tuple[int, ...]
-    """(3, 1, 1) for mRoPE's three axes, or (1, 1) where the prompt had plain positions (a
-    text-only prompt): the same shapes mlx-vlm's own decoding passes, for the same numbers."""
     sampler: Callable[[mx.array], mx.array]
     processors: list
     stops: StopMatcher
     text: TextStream
     history: mx.array
     """The last PENALTY_CONTEXT ids (prompt, then generated), for the penalties."""
+    unread: _Prompt | _Unread | None
+    """The prompt still to read: its images not yet encoded (a _Prompt), then its embeddings;
+    None once the first token is being sampled."""
+    rope_delta: int = 0
+    """mRoPE: a token at cache offset n sits at position n + rope_delta (images are compact)."""
+    position_shape: tuple[int, ...] = (1, 1)
+    """(3, 1, 1) for mRoPE's three axes, or (1, 1) where the prompt had plain positions (a
+    text-only prompt): the same shapes mlx-vlm's own decoding passes, for the same numbers."""
     pending: mx.array | None = None
     """The sampled next token, computing asynchronously until the next step reads it."""
     pending_logprobs: mx.array | None = None
     tokens: int = 0
-    unread: _Unread | None = None
-    """The prompt still to prefill (None once the first token is being sampled)."""
 
 
 class VisionEngine:
@@ -204,7 +201,7 @@ class VisionEngine:
         try:
             inputs = prepare_inputs(
                 vm.processor,
-                images=request.images or None,
+                images=[shrink(image, vm.max_pixels) for image in request.images] or None,
                 prompts=text,
                 add_special_tokens=should_add_special_tokens(vm.model_type, vm.processor),
             )
@@ -214,37 +211,45 @@ class VisionEngine:
         return _Prompt(inputs["input_ids"], inputs.get("pixel_values"), inputs.get("attention_mask"), extra)
 
     def _start(self, job_id: str, job: ChatJob, prompt: _Prompt, max_tokens: int, grammar: list) -> _Sequence:
-        """Encode the images (the vision tower runs here, once) and queue the prompt for
-        prefill; its first token is sampled when the last chunk has been read."""
-        features = self.vm.model.get_input_embeddings(
-            prompt.input_ids, prompt.pixel_values, mask=prompt.mask, **prompt.extra
-        )
-        positions, delta = features.position_ids, features.rope_deltas
-        mx.eval(features.inputs_embeds)
+        """Queue the prompt: its images are encoded, then it is read a chunk a step, when its
+        turn comes; its first token is sampled when the last chunk has been read."""
         return _Sequence(
             job_id=job_id,
             request=job,
             prompt_tokens=prompt.length,
             max_tokens=max_tokens,
             cache=make_prompt_cache(self.vm.model.language_model),
-            rope_delta=int(delta.reshape(-1)[0].item()) if delta is not None else 0,
-            position_shape=(3, 1, 1) if positions is not None and positions.ndim == 3 else (1, 1),
             sampler=_sampler(job.sampling.normalized(self.vm.vocab_size), self.vm.vocab_size),
             processors=[*_processors(job.sampling), *grammar],  # the grammar last: nothing lifts its mask
             stops=StopMatcher(job.stop),
             text=TextStream(self.vm.processor),
             history=prompt.input_ids.reshape(-1)[-PENALTY_CONTEXT:],
-            unread=_Unread(prompt.input_ids, features.inputs_embeds, positions),
+            unread=prompt,
         )
 
+    def _embed(self, seq: _Sequence, prompt: _Prompt) -> _Unread:
+        """Run the vision tower over the prompt's images: its embeddings, and its positions."""
+        features = self.vm.model.get_input_embeddings(
+            prompt.input_ids, prompt.pixel_values, mask=prompt.mask, **prompt.extra
+        )
+        positions, delta = features.position_ids, features.rope_deltas
+        mx.eval(features.inputs_embeds)
+        seq.rope_delta = int(delta.reshape(-1)[0].item()) if delta is not None else 0
+        seq.position_shape = (3, 1, 1) if positions is not None and positions.ndim == 3 else (1, 1)
+        return _Unread(prompt.input_ids, features.inputs_embeds, positions)
+
     def _prefill_step(self) -> None:
-        """Read one chunk of one waiting prompt, the shortest first (mlx-vlm's generate_step
-        reads the same chunks in one go); after its last chunk, start sampling."""
+        """Encode the images and read one chunk of one waiting prompt, the shortest first, so
+        a chat's images and prompt go before a long page's (mlx-vlm's generate_step reads the
+        same chunks in one go); after its last chunk, start sampling."""
         waiting = [s for s in self.sequences.values() if s.unread is not None]
         if not waiting:
             return
-        seq = min(waiting, key=lambda s: cast(_Unread, s.unread).length)
-        unread = cast(_Unread, seq.unread)
+        seq = min(waiting, key=lambda s: cast(_Prompt | _Unread, s.unread).length)
+        unread = seq.unread
+        if isinstance(unread, _Prompt):
+            unread = self._embed(seq, unread)
+        assert unread is not None
         n = min(self.prefill_chunk, unread.length)
         lm = self.vm.model.language_model
         out = lm(unread.ids[:, :n], inputs_embeds=unread.embeds[:, :n], cache=seq.cache, position_ids=unread.positions)
@@ -260,7 +265,7 @@ class VisionEngine:
 
     def _decode(self, seq: _Sequence) -> None:
         """Queue the forward pass for the token just emitted (evaluated after the step)."""
-        assert seq.pending is not None  # sampled in _prefill, and by every _decode since
+        assert seq.pending is not None  # sampled in _prefill_step, and by every _decode since
         offset = seq.prompt_tokens + seq.tokens - 1  # the token just emitted goes there
         positions = mx.full(seq.position_shape, offset + seq.rope_delta, dtype=mx.int32)
         logits = self.vm.model.language_model(
@@ -291,7 +296,7 @@ class VisionEngine:
 
     def _emit(self, seq: _Sequence, events: list[StepEvent]) -> str | None:
         """Send the job's pending token as text (and logprob); returns its finish reason."""
-        assert seq.pending is not None  # sampled in _prefill, and by every _decode since
+        assert seq.pending is not None  # sampled in _prefill_step, and by every _decode since
         token = cast(int, seq.pending.item())
         seq.tokens += 1
         eos = token in self.vm.eos_token_ids
@@ -321,47 +326,6 @@ class VisionEngine:
     def _logprob(self, seq: _Sequence, token: int) -> TokenLogprob:
         assert seq.pending_logprobs is not None  # set with seq.pending
         return token_logprob(self.vm.tokenizer, seq.pending_logprobs, token, seq.request.top_logprobs)
-
-
-class TextStream:
-    """A job's tokens as text, token by token, never splitting a UTF-8 character.
-
-    mlx-vlm's BPE streaming detokenizer holds text back until a token starts with a space:
-    a reply without spaces (Chinese, Japanese, code) would arrive in one piece at the end.
-    So byte-level BPE tokens go through an incremental UTF-8 decoder, as mlx-vlm's own
-    server streams them; other tokenizers use mlx-vlm's streaming detokenizer as it is."""
-
-    def __init__(self, processor):
-        self.tokenizer = processor.tokenizer
-        # Control tokens (`<|im_start|>`, `<|vision_pad|>`) are never answer text.
-        self.hidden = special_tokens(self.tokenizer)
-        self.detokenizer = make_streaming_detokenizer(processor)
-        self.utf8 = None
-        if isinstance(self.detokenizer, BPEStreamingDetokenizer):
-            self.tokenmap, self.byte_decoder = self.detokenizer.tokenmap, self.detokenizer._byte_decoder
-            self.utf8 = codecs.getincrementaldecoder("utf-8")("replace")
-
-    def add(self, token: int) -> str:
-        if token in self.hidden:
-            return ""
-        if self.utf8 is None:
-            self.detokenizer.add_token(token)
-            return self.detokenizer.last_segment
-        value = self.tokenmap[token] if token < len(self.tokenmap) else None
-        try:
-            data = bytes(self.byte_decoder[c] for c in value) if value is not None else None
-        except KeyError:  # an added token outside the byte alphabet
-            data = None
-        if data is None:
-            return self.utf8.decode(self.tokenizer.decode([token]).encode("utf-8"), final=False)
-        return self.utf8.decode(data, final=False)
-
-    def finish(self) -> str:
-        """What is still held back (an unfinished character ends as U+FFFD)."""
-        if self.utf8 is None:
-            self.detokenizer.finalize()
-            return self.detokenizer.last_segment
-        return self.utf8.decode(b"", final=True)
 
 
 def _template_message(message) -> dict:

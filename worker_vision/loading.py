@@ -46,6 +46,12 @@ class VisionModel:
         return self.processor.tokenizer
 
     @property
+    def max_pixels(self) -> int | None:
+        """Pixels the image processor resizes an image down to (Qwen-VL's `max_pixels`), if it says."""
+        value = getattr(getattr(self.processor, "image_processor", None), "max_pixels", None)
+        return value if isinstance(value, int) and value > 0 else None
+
+    @property
     def text_vocab_size(self) -> int:
         """Ids the tokenizer can turn into text; the model may score more."""
         return len(self.processor.tokenizer)
