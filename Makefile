@@ -29,7 +29,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 DEFAULT_MODEL := SmolLM2-135M-Instruct
 
-.PHONY: run test lint install install-vision models default-model tiny-models bench clean
+.PHONY: run test lint install install-vision models default-model tiny-models bench bench-vision clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +80,18 @@ test: install install-vision lint
 
 bench: default-model
 	$(PY) bench/overhead.py
+
+# The peer of bench/vision.py: stock mlx_vlm.server with all of mlx-vlm's dependencies (1.1 GB),
+# in a venv of its own so the worker's lean one stays as it is.
+VENV_PEER := .venv-peer
+$(VENV_PEER)/.installed:
+	$(PYTHON) -m venv $(VENV_PEER)
+	$(VENV_PEER)/bin/pip install -q "$(MLX_VLM)" "mlx==0.32.4" fastapi uvicorn
+	if [ "$$(uname)" = Linux ]; then $(VENV_PEER)/bin/pip install -q "mlx[cpu]==0.32.4"; fi
+	touch $@
+
+bench-vision: install install-vision $(VENV_PEER)/.installed
+	PEER_PYTHON=$(VENV_PEER)/bin/python $(PY) bench/vision.py
 
 clean:
 	rm -rf $(VENV) $(VENV_VISION) var/redis

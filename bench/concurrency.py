@@ -49,10 +49,10 @@ TOPICS = [
 ]
 
 
-def one_stream(url: str, model: str, prompt: str, max_tokens: int, out: list, start_gate: threading.Barrier):
+def one_stream(url: str, model: str, messages: list, max_tokens: int, out: list, start_gate: threading.Barrier):
     body = {
         "model": model,
-        "messages": [{"role": "user", "content": prompt}],
+        "messages": messages,
         "max_tokens": max_tokens,
         "temperature": 0,
         "stream": True,
@@ -86,20 +86,18 @@ def one_stream(url: str, model: str, prompt: str, max_tokens: int, out: list, st
     )
 
 
-def run_level(url: str, model: str, clients: int, max_tokens: int, round_no: int) -> dict:
+def story(round_no: int, i: int) -> list[dict]:
+    """Client i's request in a round: a prompt of its own, so no prompt cache helps."""
+    return [{"role": "user", "content": f"Request {round_no}-{i}: tell me a story about {TOPICS[i % len(TOPICS)]}."}]
+
+
+def run_level(url: str, model: str, clients: int, max_tokens: int, round_no: int, messages=story) -> dict:
     results: list[dict] = []
     gate = threading.Barrier(clients)
     threads = [
         threading.Thread(
             target=one_stream,
-            args=(
-                url,
-                model,
-                f"Request {round_no}-{i}: tell me a story about {TOPICS[i % len(TOPICS)]}.",
-                max_tokens,
-                results,
-                gate,
-            ),
+            args=(url, model, messages(round_no, i), max_tokens, results, gate),
         )
         for i in range(clients)
     ]
@@ -150,8 +148,11 @@ def percentile(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
-def compare_levels(servers: dict[str, tuple[str, str]], levels: list[int], rounds: int, max_tokens: int) -> list[dict]:
-    """Every level on every server (name → (url, model)), rounds interleaved; one row each."""
+def compare_levels(
+    servers: dict[str, tuple[str, str]], levels: list[int], rounds: int, max_tokens: int, messages=story
+) -> list[dict]:
+    """Every level on every server (name → (url, model)), rounds interleaved; one row each.
+    `messages(round, client)`: each request's messages."""
     rows = []
     for clients in levels:
         runs: dict[str, list] = {name: [] for name in servers}
@@ -159,10 +160,12 @@ def compare_levels(servers: dict[str, tuple[str, str]], levels: list[int], round
         # compiles kernels on first use (tens of seconds, then cached on disk, where the
         # other server would find them), which must not land on whichever runs first.
         for server_url, model in servers.values():
-            run_level(server_url, model, clients, 16, round_no=clients * 100 + 99)
+            run_level(server_url, model, clients, 16, round_no=clients * 100 + 99, messages=messages)
         for round_no in range(rounds):
             for name, (server_url, model) in servers.items():
-                runs[name].append(run_level(server_url, model, clients, max_tokens, round_no=clients * 100 + round_no))
+                runs[name].append(
+                    run_level(server_url, model, clients, max_tokens, clients * 100 + round_no, messages=messages)
+                )
         rows += [{"server": name, "concurrency": clients, **summarize(runs[name])} for name in servers]
     return rows
 

@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     jobs already generating, so a long prompt never stalls them (nor their cancels and
     timeouts) for more than one chunk. 0: 64 on a CPU (prefill runs ~15 tokens/s there), 512
     on a GPU."""
+    vision_batch: bool = True
+    """A vision worker decodes all its jobs in one forward pass per step (worker_vision/batch.py);
+    `VISION_BATCH=0`: one pass per job, as before batching (kept to measure against)."""
     flat_decode: bool = True
     """Quantized layers see 2-D activations during batched decode (worker_text/flat_decode.py);
     `FLAT_DECODE=0` turns it off (outputs are the same either way; only speed differs)."""

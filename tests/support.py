@@ -20,7 +20,8 @@ from contract.redis_server import server_argv
 from contract.registry import WorkerState, live_workers
 
 ROOT = Path(__file__).resolve().parent.parent
-VISION_PYTHON = ROOT / ".venv-vision" / "bin" / "python"
+VISION_PYTHON = Path(os.environ.get("VISION_PYTHON") or ROOT / ".venv-vision" / "bin" / "python")
+"""mlx-vlm's interpreter; a GPU machine with one Python for everything sets VISION_PYTHON."""
 """The vision worker's interpreter: `make test` builds .venv-vision before the tests run."""
 
 

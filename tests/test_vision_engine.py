@@ -78,6 +78,7 @@ def run(requests):
     while engine.sequences:
         events, finished = engine.step()
         steps += 1
+        ROWS.append(max((len(b) for b in engine.batches), default=0))
         for job_id, kind, data in events:
             s = seen[job_id]
             if kind == "delta":
@@ -91,6 +92,10 @@ def run(requests):
             seen[job_id]["result"] = usage
         assert steps < 500, "runaway"
     return seen
+
+
+ROWS = []
+"""The decode batch's size after each step."""
 
 
 class RecordingTextStream(TextStream):
@@ -142,6 +147,18 @@ out = {"build_s": built - start}
 out["alone_one"] = run({"one": one()})["one"]
 out["alone_two"] = run({"two": two()})["two"]
 out["together"] = run({"one": one(), "two": two()})
+four = lambda: {"a": one(), "b": two(), "c": request("Describe this image."),
+                "d": request([image("b"), text("What colour is it?")], max_tokens=16)}
+out["four_alone"] = {k: run({k: r})[k] for k, r in four().items()}
+ROWS.clear()
+out["four_together"] = run(four())
+out["four_rows"] = max(ROWS)
+whole = engine
+engine = VisionEngine(whole.vm, batched=False)  # VISION_BATCH=0: a forward pass per job
+ROWS.clear()
+out["four_interleaved"] = run(four())
+out["interleaved_rows"] = max(ROWS)
+engine = whole
 out["text_only"] = run({"t": request("Describe this image.")})["t"]
 contents = ([text("Describe this image."), image("a")], [image("a"), text("Compare it with"), image("b")],
             "Describe this image.")
@@ -257,6 +274,15 @@ def test_interleaved_jobs_decode_as_if_alone(seen):
     assert seen["together"]["one"]["text"] == seen["alone_one"]["text"]
     assert seen["together"]["two"]["text"] == seen["alone_two"]["text"]
     assert seen["together"]["one"]["done"] == seen["alone_one"]["done"]
+
+
+def test_four_jobs_decode_in_one_batch_as_if_alone(seen):
+    # One forward pass per step for all four (two images, one, none, another), each row
+    # greedy-equal to its job alone: prompts of different lengths, left-padded in the batch.
+    assert seen["four_rows"] == 4 and seen["interleaved_rows"] == 1
+    for key, alone in seen["four_alone"].items():
+        for together in (seen["four_together"][key], seen["four_interleaved"][key]):
+            assert together["text"] == alone["text"] and together["done"] == alone["done"], key
 
 
 def test_text_streams_token_by_token_in_whole_characters(seen):

@@ -53,6 +53,7 @@ from runtime.rejections import PromptTooLong, RequestRejected, check_logit_bias
 from runtime.steps import StepEvent
 from runtime.stops import StopMatcher, done_data
 
+from .batch import DecodeBatch
 from .jobs import VisionRequest, shrink
 from .loading import VisionModel
 from .text_stream import TextStream
@@ -87,8 +88,9 @@ class _Unread:
 
     ids: mx.array
     embeds: mx.array
-    positions: mx.array | None
-    """The whole prompt's positions: the language model slices them at the cache offset."""
+    extra: dict
+    """What the vision tower handed the language model besides the embeddings, for every
+    prefill call (Qwen-VL: the whole prompt's positions, which it slices at the cache offset)."""
 
     @property
     def length(self) -> int:
@@ -104,6 +106,7 @@ class _Sequence:
     prompt_tokens: int
     max_tokens: int
     cache: list
+    """Its KV caches while it prefills; then they are a row of the engine's DecodeBatch."""
     sampler: Callable[[mx.array], mx.array]
     processors: list
     stops: StopMatcher
@@ -115,9 +118,6 @@ class _Sequence:
     None once the first token is being sampled."""
     rope_delta: int = 0
     """mRoPE: a token at cache offset n sits at position n + rope_delta (images are compact)."""
-    position_shape: tuple[int, ...] = (1, 1)
-    """(3, 1, 1) for mRoPE's three axes, or (1, 1) where the prompt had plain positions (a
-    text-only prompt): the same shapes mlx-vlm's own decoding passes, for the same numbers."""
     pending: mx.array | None = None
     """The sampled next token, computing asynchronously until the next step reads it."""
     pending_logprobs: mx.array | None = None
@@ -128,11 +128,17 @@ class VisionEngine:
     """The vision worker's engine (runtime.engine_loop.Engine) over mlx-vlm models.
     Only the engine thread may call it."""
 
-    def __init__(self, vision_model: VisionModel, max_images: int = MAX_IMAGES, prefill_chunk: int = 0):
+    def __init__(
+        self, vision_model: VisionModel, max_images: int = MAX_IMAGES, prefill_chunk: int = 0, batched: bool = True
+    ):
         self.vm = vision_model
         self.max_images = max_images
         self.prefill_chunk = prefill_chunk or default_prefill_chunk()
         self.sequences: dict[str, _Sequence] = {}
+        self.batched = batched
+        """One forward pass per step for all decoding jobs; False: one per job (VISION_BATCH=0,
+        the engine before batching, kept to measure against: bench/vision.py)."""
+        self.batches: list[DecodeBatch] = []
         self._vocab_mask: mx.array | None = None
         tokenizer = getattr(vision_model.processor, "tokenizer", vision_model.processor)
         self.grammars = Grammars(tokenizer, vision_model.vocab_size, sorted(vision_model.eos_token_ids))
@@ -159,26 +165,29 @@ class VisionEngine:
     def step(self) -> tuple[list[StepEvent], dict[str, dict]]:
         events: list[StepEvent] = []
         finished: dict[str, dict] = {}
-        advancing = []
-        for seq in list(self.sequences.values()):
-            if seq.unread is not None:
-                continue
+        for job_id in [j for batch in self.batches for j in batch.rows]:
+            seq = self.sequences[job_id]
             finish = self._emit(seq, events)
             if finish is None:
-                self._decode(seq)
-                advancing.append(seq)
                 continue
             usage = self._usage(seq)
             events.append((seq.job_id, EventType.DONE, done_data(finish, usage, seq.stops)))
             finished[seq.job_id] = usage
             del self.sequences[seq.job_id]
-        if advancing:  # every job's next token computes while the step's events are sent
-            mx.async_eval([a for s in advancing for a in (s.pending, s.pending_logprobs)])
+        self._leave(set(finished))
+        for batch in self.batches:  # every job's next token computes while the step's events are sent
+            self._decode(batch)
         self._prefill_step()
         return events, finished
 
     def remove(self, job_ids: list[str]) -> dict[str, int]:
+        self._leave(set(job_ids))
         return {j: self.sequences.pop(j).tokens for j in job_ids if j in self.sequences}
+
+    def _leave(self, job_ids: set[str]) -> None:
+        for batch in self.batches:
+            batch.leave(job_ids)
+        self.batches = [batch for batch in self.batches if batch]
 
     # --- admission ---
 
@@ -228,15 +237,16 @@ class VisionEngine:
         )
 
     def _embed(self, seq: _Sequence, prompt: _Prompt) -> _Unread:
-        """Run the vision tower over the prompt's images: its embeddings, and its positions."""
+        """Run the vision tower over the prompt's images: its embeddings, and what else the
+        language model reads with them (as mlx-vlm's generate_step passes it)."""
         features = self.vm.model.get_input_embeddings(
             prompt.input_ids, prompt.pixel_values, mask=prompt.mask, **prompt.extra
         )
-        positions, delta = features.position_ids, features.rope_deltas
+        extra = {k: v for k, v in features.to_dict().items() if k != "inputs_embeds" and v is not None}
+        delta = extra.pop("rope_deltas", None)  # kept by the model between calls: the batch passes positions
         mx.eval(features.inputs_embeds)
         seq.rope_delta = int(delta.reshape(-1)[0].item()) if delta is not None else 0
-        seq.position_shape = (3, 1, 1) if positions is not None and positions.ndim == 3 else (1, 1)
-        return _Unread(prompt.input_ids, features.inputs_embeds, positions)
+        return _Unread(prompt.input_ids, features.inputs_embeds, extra)
 
     def _prefill_step(self) -> None:
         """Encode the images and read one chunk of one waiting prompt, the shortest first, so
@@ -252,26 +262,32 @@ class VisionEngine:
         assert unread is not None
         n = min(self.prefill_chunk, unread.length)
         lm = self.vm.model.language_model
-        out = lm(unread.ids[:, :n], inputs_embeds=unread.embeds[:, :n], cache=seq.cache, position_ids=unread.positions)
+        out = lm(unread.ids[:, :n], inputs_embeds=unread.embeds[:, :n], cache=seq.cache, **unread.extra)
         if n < unread.length:
             mx.eval([c.state for c in seq.cache])
-            seq.unread = _Unread(unread.ids[:, n:], unread.embeds[:, n:], unread.positions)
+            seq.unread = _Unread(unread.ids[:, n:], unread.embeds[:, n:], unread.extra)
             return
         seq.unread = None
         seq.pending, seq.pending_logprobs = self._sample(seq, out.logits[:, -1, :])
         mx.async_eval(seq.pending, seq.pending_logprobs)
+        if not self.batches or not self.batched:
+            self.batches.append(DecodeBatch(self.vm.model.language_model))
+        self.batches[-1].join(seq.job_id, seq.cache)
+        seq.cache = []  # the batch holds it now
 
     # --- decoding ---
 
-    def _decode(self, seq: _Sequence) -> None:
-        """Queue the forward pass for the token just emitted (evaluated after the step)."""
-        assert seq.pending is not None  # sampled in _prefill_step, and by every _decode since
-        offset = seq.prompt_tokens + seq.tokens - 1  # the token just emitted goes there
-        positions = mx.full(seq.position_shape, offset + seq.rope_delta, dtype=mx.int32)
-        logits = self.vm.model.language_model(
-            seq.pending.reshape(1, 1), cache=seq.cache, position_ids=positions
-        ).logits[:, -1, :]
-        seq.pending, seq.pending_logprobs = self._sample(seq, logits)
+    def _decode(self, batch: DecodeBatch) -> None:
+        """One forward pass for the tokens just emitted, every decoding job's a row of it;
+        each row's next token is sampled as its job asks (evaluated after the step)."""
+        rows = [self.sequences[job_id] for job_id in batch.rows]
+        tokens = [cast(mx.array, seq.pending) for seq in rows]  # sampled by _prefill_step or the last _decode
+        # The token just emitted goes to cache offset prompt + tokens - 1; mRoPE shifts it.
+        positions = [seq.prompt_tokens + seq.tokens - 1 + seq.rope_delta for seq in rows] if self.vm.mrope else None
+        logits = batch.logits(tokens, positions)
+        for i, seq in enumerate(rows):
+            seq.pending, seq.pending_logprobs = self._sample(seq, logits[i : i + 1])
+        mx.async_eval([a for seq in rows for a in (seq.pending, seq.pending_logprobs)])
 
     def _sample(self, seq: _Sequence, logits: mx.array) -> tuple[mx.array, mx.array]:
         # float32 from here on: log-probabilities in the model's bfloat16 tie tokens whose

@@ -21,6 +21,7 @@ SUPPORTED_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
 models keep their mRoPE offsets on the shared model object between calls; VisionEngine
 passes every job's positions explicitly instead, which needs this language-model code
 (tested on qwen2_5_vl; qwen2_vl's language model takes the same arguments)."""
+MROPE_TYPES = frozenset({"qwen2_vl", "qwen2_5_vl", "qwen3_vl"})
 DEFAULT_CONTEXT = 32768
 
 
@@ -44,6 +45,11 @@ class VisionModel:
     @property
     def tokenizer(self):
         return self.processor.tokenizer
+
+    @property
+    def mrope(self) -> bool:
+        """Qwen-VL's three-axis positions, which the engine passes itself (worker_vision/batch.py)."""
+        return self.model_type in MROPE_TYPES
 
     @property
     def max_pixels(self) -> int | None:

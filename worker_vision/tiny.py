@@ -84,6 +84,17 @@ HIDDEN, LAYERS, HEADS, KV_HEADS = 64, 2, 4, 2
 VISION_HIDDEN, VISION_DEPTH = 64, 2
 MAX_PIXELS = 256 * 28 * 28
 BITS, GROUP_SIZE = 4, 64
+TINY: dict = {"hidden": HIDDEN, "layers": LAYERS, "heads": HEADS, "kv_heads": KV_HEADS, "intermediate": 2 * HIDDEN,
+        "vocab": 0, "vision_hidden": VISION_HIDDEN, "vision_depth": VISION_DEPTH,
+        "vision_intermediate": 2 * VISION_HIDDEN, "vision_heads": 4}  # fmt: skip
+SHAPES: dict[str, dict] = {
+    "tiny": TINY,
+    # Qwen2.5-VL-7B-Instruct's published shape, for benchmarks on a GPU (bench/vision.py):
+    # every step costs what the real model's does; the text is nonsense all the same.
+    "qwen2.5-vl-7b": {"hidden": 3584, "layers": 28, "heads": 28, "kv_heads": 4, "intermediate": 18944,
+                      "vocab": 152064, "vision_hidden": 1280, "vision_depth": 32, "vision_intermediate": 3420,
+                      "vision_heads": 16, "full_attention": [7, 15, 23, 31]},
+}  # fmt: skip
 
 
 def build_tokenizer(out: Path) -> dict[str, int]:
@@ -152,8 +163,8 @@ def build_tokenizer(out: Path) -> dict[str, int]:
     return ids
 
 
-def model_config(ids: dict[str, int]) -> dict:
-    head_dim = HIDDEN // HEADS
+def model_config(ids: dict[str, int], shape: dict = TINY) -> dict:
+    head_dim = shape["hidden"] // shape["heads"]
     half = head_dim // 2  # mrope_section sums to half the head size (real: [16, 24, 24] for 128)
     hw = (half - half // 4) // 2
     return {
@@ -168,13 +179,13 @@ def model_config(ids: dict[str, int]) -> dict:
         "image_token_id": ids["<|image_pad|>"],
         "video_token_id": ids["<|video_pad|>"],
         "hidden_act": "silu",
-        "hidden_size": HIDDEN,
-        "intermediate_size": 2 * HIDDEN,
-        "num_attention_heads": HEADS,
-        "num_key_value_heads": KV_HEADS,
-        "num_hidden_layers": LAYERS,
+        "hidden_size": shape["hidden"],
+        "intermediate_size": shape["intermediate"],
+        "num_attention_heads": shape["heads"],
+        "num_key_value_heads": shape["kv_heads"],
+        "num_hidden_layers": shape["layers"],
         "max_position_embeddings": 32768,
-        "max_window_layers": LAYERS,
+        "max_window_layers": shape["layers"],
         "rms_norm_eps": 1e-6,
         "rope_theta": 1000000.0,
         "rope_scaling": {"type": "mrope", "mrope_section": [half - 2 * hw, hw, hw]},
@@ -183,23 +194,23 @@ def model_config(ids: dict[str, int]) -> dict:
         "tie_word_embeddings": False,
         "torch_dtype": "bfloat16",
         "use_cache": True,
-        "vocab_size": (ids["_size"] + 63) // 64 * 64,  # padded like Qwen's
+        "vocab_size": shape["vocab"] or (ids["_size"] + 63) // 64 * 64,  # padded like Qwen's
         "vision_config": {
             "model_type": "qwen2_5_vl",
-            "depth": VISION_DEPTH,
+            "depth": shape["vision_depth"],
             "hidden_act": "silu",
-            "hidden_size": VISION_HIDDEN,
-            "intermediate_size": 2 * VISION_HIDDEN,
-            "num_heads": 4,
+            "hidden_size": shape["vision_hidden"],
+            "intermediate_size": shape["vision_intermediate"],
+            "num_heads": shape["vision_heads"],
             "in_chans": 3,
             "in_channels": 3,
-            "out_hidden_size": HIDDEN,
+            "out_hidden_size": shape["hidden"],
             "patch_size": 14,
             "spatial_merge_size": 2,
             "spatial_patch_size": 14,
             "temporal_patch_size": 2,
             "window_size": 112,
-            "fullatt_block_indexes": [VISION_DEPTH - 1],
+            "fullatt_block_indexes": shape.get("full_attention", [shape["vision_depth"] - 1]),
             "tokens_per_second": 2,
         },
     }
@@ -267,9 +278,9 @@ def random_weights(config: dict, ids: dict[str, int], seed: int) -> tuple[dict, 
     return dict(tree_flatten(model.parameters())), {"group_size": GROUP_SIZE, "bits": BITS, "mode": "affine"}
 
 
-def build(out_dir: Path, seed: int = 0) -> Path:
+def build(out_dir: Path, seed: int = 0, shape: str = "tiny") -> Path:
     """Write the model directory next to `out_dir`, then rename it into place: a
-    half-written model never looks complete."""
+    half-written model never looks complete. `shape`: a key of SHAPES."""
     import mlx.core as mx
 
     out_dir = Path(out_dir)
@@ -277,7 +288,7 @@ def build(out_dir: Path, seed: int = 0) -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     ids = build_tokenizer(partial)
-    config = model_config(ids)
+    config = model_config(ids, SHAPES[shape])
     write_processor_files(partial, ids)
     weights, quantization = random_weights(config, ids, seed)
     config["quantization"] = config["quantization_config"] = quantization
@@ -296,9 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m worker_vision.tiny", description=__doc__.split("\n")[0])
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    path = build(args.out_dir, args.seed)
+    path = build(args.out_dir, args.seed, args.shape)
     print(f"wrote {path} in {time.perf_counter() - start:.1f} s")
     return 0
 
