@@ -39,9 +39,7 @@ from typing import cast
 
 import mlx.core as mx
 from mlx_vlm.models.cache import make_prompt_cache
-from mlx_vlm.prompt_utils import apply_chat_template
 from mlx_vlm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_logits_processors, make_sampler
-from mlx_vlm.utils import prepare_inputs, should_add_special_tokens
 
 from contract.payloads import ChatJob, PromptTokensDetails, SamplingParams, TokenLogprob, Usage
 from contract.stream import EventType
@@ -54,8 +52,9 @@ from runtime.steps import StepEvent
 from runtime.stops import StopMatcher, done_data
 
 from .batch import DecodeBatch
-from .jobs import VisionRequest, shrink
+from .jobs import VisionRequest
 from .loading import VisionModel
+from .prompts import Prompt, encode
 from .text_stream import TextStream
 
 MAX_IMAGES = 8
@@ -65,21 +64,6 @@ PENALTY_CONTEXT = 20
 """Recent tokens that repetition/presence/frequency penalties look at (mlx-vlm's default)."""
 FILTERS = Filters(apply_top_p, apply_min_p, apply_top_k)
 """mlx-vlm's logit filters, for seeded samplers (mlx_common.sampling)."""
-
-
-@dataclass
-class _Prompt:
-    """A request turned into model inputs by mlx-vlm's processor."""
-
-    input_ids: mx.array
-    pixel_values: mx.array | None
-    mask: mx.array | None
-    extra: dict
-    """Processor outputs the model needs besides ids and pixels (`image_grid_thw`)."""
-
-    @property
-    def length(self) -> int:
-        return self.input_ids.shape[1]
 
 
 @dataclass
@@ -107,14 +91,14 @@ class _Sequence:
     max_tokens: int
     cache: list
     """Its KV caches while it prefills; then they are a row of the engine's DecodeBatch."""
-    sampler: Callable[[mx.array], mx.array]
+    sampler: Callable[[mx.array], mx.array] | None
     processors: list
     stops: StopMatcher
     text: TextStream
     history: mx.array
     """The last PENALTY_CONTEXT ids (prompt, then generated), for the penalties."""
-    unread: _Prompt | _Unread | None
-    """The prompt still to read: its images not yet encoded (a _Prompt), then its embeddings;
+    unread: Prompt | _Unread | None
+    """The prompt still to read: its images not yet encoded (a Prompt), then its embeddings;
     None once the first token is being sampled."""
     rope_delta: int = 0
     """mRoPE: a token at cache offset n sits at position n + rope_delta (images are compact)."""
@@ -201,25 +185,10 @@ class VisionEngine:
         if job.tools and job.tool_choice != "none":  # refused, never ignored (docs/STRUCTURED.md)
             raise RequestRejected("tool calls are not supported on vision models yet", param="tools")
 
-    def _encode(self, request: VisionRequest) -> _Prompt:
-        """The chat template with one image marker per image part, in message order; the
-        processor expands each marker to the image's tokens and preprocesses the pixels."""
-        vm = self.vm
-        messages = [_template_message(m) for m in request.job.messages]
-        text = apply_chat_template(vm.processor, vm.config, messages, num_images=len(request.images))
-        try:
-            inputs = prepare_inputs(
-                vm.processor,
-                images=[shrink(image, vm.max_pixels) for image in request.images] or None,
-                prompts=text,
-                add_special_tokens=should_add_special_tokens(vm.model_type, vm.processor),
-            )
-        except ValueError as exc:  # the image processor refused an image (say, a 1 x 400 strip)
-            raise RequestRejected(f"an image could not be prepared for this model: {_short(exc)}") from exc
-        extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "pixel_values", "attention_mask")}
-        return _Prompt(inputs["input_ids"], inputs.get("pixel_values"), inputs.get("attention_mask"), extra)
+    def _encode(self, request: VisionRequest) -> Prompt:
+        return encode(self.vm, request.job.messages, request.images)
 
-    def _start(self, job_id: str, job: ChatJob, prompt: _Prompt, max_tokens: int, grammar: list) -> _Sequence:
+    def _start(self, job_id: str, job: ChatJob, prompt: Prompt, max_tokens: int, grammar: list) -> _Sequence:
         """Queue the prompt: its images are encoded, then it is read a chunk a step, when its
         turn comes; its first token is sampled when the last chunk has been read."""
         return _Sequence(
@@ -236,7 +205,7 @@ class VisionEngine:
             unread=prompt,
         )
 
-    def _embed(self, seq: _Sequence, prompt: _Prompt) -> _Unread:
+    def _embed(self, seq: _Sequence, prompt: Prompt) -> _Unread:
         """Run the vision tower over the prompt's images: its embeddings, and what else the
         language model reads with them (as mlx-vlm's generate_step passes it)."""
         features = self.vm.model.get_input_embeddings(
@@ -255,12 +224,14 @@ class VisionEngine:
         waiting = [s for s in self.sequences.values() if s.unread is not None]
         if not waiting:
             return
-        seq = min(waiting, key=lambda s: cast(_Prompt | _Unread, s.unread).length)
+        seq = min(waiting, key=lambda s: cast(Prompt | _Unread, s.unread).length)
         unread = seq.unread
-        if isinstance(unread, _Prompt):
+        if isinstance(unread, Prompt):
             unread = self._embed(seq, unread)
         assert unread is not None
-        n = min(self.prefill_chunk, unread.length)
+        # All but the last token in chunks, then the last token alone, as mlx-vlm's generate_step
+        # splits a prompt (the same chunks give the same numbers).
+        n = min(self.prefill_chunk, unread.length - 1) if unread.length > 1 else 1
         lm = self.vm.model.language_model
         out = lm(unread.ids[:, :n], inputs_embeds=unread.embeds[:, :n], cache=seq.cache, **unread.extra)
         if n < unread.length:
@@ -268,8 +239,7 @@ class VisionEngine:
             seq.unread = _Unread(unread.ids[:, n:], unread.embeds[:, n:], unread.extra)
             return
         seq.unread = None
-        seq.pending, seq.pending_logprobs = self._sample(seq, out.logits[:, -1, :])
-        mx.async_eval(seq.pending, seq.pending_logprobs)
+        self._sample([seq], out.logits[:, -1, :])
         if not self.batches or not self.batched:
             self.batches.append(DecodeBatch(self.vm.model.language_model))
         self.batches[-1].join(seq.job_id, seq.cache)
@@ -284,24 +254,32 @@ class VisionEngine:
         tokens = [cast(mx.array, seq.pending) for seq in rows]  # sampled by _prefill_step or the last _decode
         # The token just emitted goes to cache offset prompt + tokens - 1; mRoPE shifts it.
         positions = [seq.prompt_tokens + seq.tokens - 1 + seq.rope_delta for seq in rows] if self.vm.mrope else None
-        logits = batch.logits(tokens, positions)
-        for i, seq in enumerate(rows):
-            seq.pending, seq.pending_logprobs = self._sample(seq, logits[i : i + 1])
-        mx.async_eval([a for seq in rows for a in (seq.pending, seq.pending_logprobs)])
+        self._sample(rows, batch.logits(tokens, positions))
 
-    def _sample(self, seq: _Sequence, logits: mx.array) -> tuple[mx.array, mx.array]:
+    def _sample(self, rows: list[_Sequence], logits: mx.array) -> None:
+        """Each row's next token from its logits (rows x vocabulary), as its job asks; its
+        `pending` token and log-probabilities compute asynchronously."""
         # float32 from here on: log-probabilities in the model's bfloat16 tie tokens whose
         # logits differ (argmax then takes the lower id), and clients read them as logprobs.
         logits = logits.astype(mx.float32)
-        for processor in seq.processors:
-            logits = processor(seq.history, logits)
+        if any(seq.processors for seq in rows):  # penalties, biases, grammars: per job
+            logits = mx.concatenate([self._process(seq, logits[i : i + 1]) for i, seq in enumerate(rows)])
         if self.vm.vocab_size > self.vm.text_vocab_size:  # padded rows name no token
             logits = logits + self.vocab_mask
         logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-        token = seq.sampler(logprobs).reshape(-1)
-        if seq.processors:
-            seq.history = mx.concatenate([seq.history, token.astype(seq.history.dtype)])[-PENALTY_CONTEXT:]
-        return token, logprobs.reshape(-1)
+        greedy = mx.argmax(logprobs, axis=-1)
+        for i, seq in enumerate(rows):
+            token = greedy[i : i + 1] if seq.sampler is None else seq.sampler(logprobs[i : i + 1]).reshape(-1)
+            if seq.processors:
+                seq.history = mx.concatenate([seq.history, token.astype(seq.history.dtype)])[-PENALTY_CONTEXT:]
+            seq.pending, seq.pending_logprobs = token, logprobs[i]
+        mx.async_eval([a for seq in rows for a in (seq.pending, seq.pending_logprobs)])
+
+    @staticmethod
+    def _process(seq: _Sequence, logits: mx.array) -> mx.array:
+        for processor in seq.processors:
+            logits = processor(seq.history, logits)
+        return logits
 
     @property
     def vocab_mask(self) -> mx.array:
@@ -344,15 +322,6 @@ class VisionEngine:
         return token_logprob(self.vm.tokenizer, seq.pending_logprobs, token, seq.request.top_logprobs)
 
 
-def _template_message(message) -> dict:
-    """A message as mlx-vlm's prompt utilities take it: plain text, or its parts in order
-    with an image marker where each image goes."""
-    if not message.images:
-        return {"role": message.role, "content": message.text}
-    parts = [{"type": "image"} if p.type == "image" else {"type": "text", "text": p.text} for p in message.content]
-    return {"role": message.role, "content": parts}
-
-
 def _processors(params: SamplingParams) -> list:
     return make_logits_processors(
         logit_bias=params.logit_bias or None,
@@ -366,14 +335,10 @@ def _processors(params: SamplingParams) -> list:
 
 
 def _sampler(params: SamplingParams, vocab_size: int):
+    """None for greedy decoding: the batch takes every greedy row's argmax at once."""
     if params.temperature == 0:
-        return lambda logprobs: mx.argmax(logprobs, axis=-1)
+        return None
     top_k = params.top_k if 0 < params.top_k < vocab_size else 0
     if params.seed is not None:
         return SeededSampler(params, FILTERS, top_k)
     return make_sampler(temp=params.temperature, top_p=params.top_p, min_p=params.min_p, top_k=top_k)
-
-
-def _short(exc: Exception, limit: int = 200) -> str:
-    text = str(exc).replace("Failed to process inputs with error: ", "")
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -16,11 +16,17 @@ from typing import Any
 from contract.modelref import ModelLoadError, parse_model_ref, resolve
 from contract.settings import Settings
 
-SUPPORTED_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
-"""mlx-vlm architectures whose per-sequence state the engine keeps itself. Qwen-VL language
-models keep their mRoPE offsets on the shared model object between calls; VisionEngine
-passes every job's positions explicitly instead, which needs this language-model code
-(tested on qwen2_5_vl; qwen2_vl's language model takes the same arguments)."""
+SUPPORTED_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3", "idefics3", "smolvlm", "llava", "mistral3")
+"""mlx-vlm architectures the engine serves: each tested with a tiny random model of its own
+(tests/test_vision_families.py: greedy output equal to mlx-vlm's own generate, alone and four
+in one batch). Qwen-VL language models keep their mRoPE offsets on the shared model object;
+VisionEngine passes every job's positions explicitly instead. The others place tokens by
+their cache offsets, which the batch caches keep per row."""
+REFUSED = {
+    "mllama": "its language model reads each job's image through cross-attention states, which "
+    "the shared decode batch cannot carry yet",
+}
+"""Architectures known not to fit the engine, and why (others: untested, refused as such)."""
 MROPE_TYPES = frozenset({"qwen2_vl", "qwen2_5_vl", "qwen3_vl"})
 DEFAULT_CONTEXT = 32768
 
@@ -75,6 +81,7 @@ def load_vision_model(model_ref: str, settings: Settings) -> VisionModel:
         raise ModelLoadError(f"{model_ref} could not be loaded by mlx-vlm: {exc}") from exc
     if not hasattr(processor, "image_processor") or not hasattr(processor, "tokenizer"):
         raise ModelLoadError(f"{model_ref} has no image processor: not a vision-language model")
+    _materialize(model)
     return VisionModel(
         model_id=model_ref,
         model=model,
@@ -84,6 +91,24 @@ def load_vision_model(model_ref: str, settings: Settings) -> VisionModel:
         vocab_size=_vocab_size(config, processor),
         eos_token_ids=_eos_ids(model, processor),
     )
+
+
+def _materialize(model) -> None:
+    """Evaluate, in this thread, every array the model computed while it was built: such an
+    array is bound to this thread's stream, which the engine thread cannot use ("There is no
+    Stream(cpu, 0) in current thread"). Pixtral keeps its rotary table on a plain object held
+    by a module, where `parameters()` does not look."""
+    import mlx.core as mx
+    from mlx import nn
+
+    arrays = [model.parameters()]
+    for _, module in model.named_modules():
+        for value in vars(module).values():
+            if isinstance(value, mx.array):
+                arrays.append(value)
+            elif not isinstance(value, nn.Module) and hasattr(value, "__dict__"):
+                arrays += [v for v in vars(value).values() if isinstance(v, mx.array)]
+    mx.eval(arrays)
 
 
 def read_config(model_ref: str, path: Path) -> dict:
@@ -101,8 +126,10 @@ def read_config(model_ref: str, path: Path) -> dict:
             f"{model_ref} is not a vision-language model (its config has no model_type and vision_config)"
         )
     if model_type not in SUPPORTED_MODEL_TYPES:
+        why = REFUSED.get(model_type, "it has not been tested with this worker's batched engine")
         raise ModelLoadError(
-            f"{model_ref} is a {model_type!r} model; the vision worker serves {', '.join(SUPPORTED_MODEL_TYPES)} models"
+            f"{model_ref} is a {model_type!r} model, which the vision worker does not serve: {why} "
+            f"(served: {', '.join(SUPPORTED_MODEL_TYPES)})"
         )
     return config
 

@@ -45,6 +45,10 @@ class TextStream:
     def finish(self) -> str:
         """What is still held back (an unfinished character ends as U+FFFD)."""
         if self.utf8 is None:
-            self.detokenizer.finalize()
-            return self.detokenizer.last_segment
+            # All of it: `last_segment` holds back text that ends in U+FFFD (awaiting the rest of
+            # a character), and nothing comes after finalize: the answer's tail was lost.
+            detokenizer = self.detokenizer
+            detokenizer.finalize()
+            rest, detokenizer.offset = detokenizer.text[detokenizer.offset :], len(detokenizer.text)
+            return rest
         return self.utf8.decode(b"", final=True)
