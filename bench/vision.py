@@ -43,6 +43,11 @@ SIDE = 448
 """Pixels per image side: 448² is 256 image tokens for Qwen2.5-VL (28-pixel merged patches)."""
 
 
+def text_chat(round_no: int, i: int) -> list[dict]:
+    """--no-images: the same engine and language model without the vision tower."""
+    return [{"role": "user", "content": f"Request {round_no}-{i}: describe a picture in detail."}]
+
+
 def image_chat(round_no: int, i: int) -> list[dict]:
     colour = ((37 * i + 11 * round_no) % 256, (91 * i + 7 * round_no) % 256, (53 * round_no + 5 * i) % 256)
     buffer = io.BytesIO()
@@ -91,12 +96,13 @@ def start_mlx_vlm_server(model_dir: Path, log: Path) -> tuple[subprocess.Popen, 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shape", default="tiny", choices=["tiny", "qwen2.5-vl-7b"])
+    parser.add_argument("--shape", default="tiny", choices=["tiny", "qwen2.5-vl-7b", "qwen2.5-vl-7b-hd64"])
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2, help="rounds per level and server")
     parser.add_argument("--models-dir", type=Path, default=ROOT / "var" / "models")
     parser.add_argument("--skip-reference", action="store_true", help="leave mlx_vlm.server out")
+    parser.add_argument("--no-images", action="store_true", help="text-only chats to the vision model")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -115,9 +121,10 @@ def main() -> int:
             reference, ref_url = start_mlx_vlm_server(args.models_dir / model, stack.logs / "mlx_vlm_server.log")
             servers["mlx_vlm.server"] = (ref_url, str(args.models_dir / model))
         try:
+            chat = text_chat if args.no_images else image_chat
             for server_url, name in servers.values():  # warm-up, not counted
-                run_level(server_url, name, 2, 8, round_no=-1, messages=image_chat)
-            rows = compare_levels(servers, args.levels, args.rounds, args.max_tokens, messages=image_chat)
+                run_level(server_url, name, 2, 8, round_no=-1, messages=chat)
+            rows = compare_levels(servers, args.levels, args.rounds, args.max_tokens, messages=chat)
         finally:
             if reference is not None:
                 reference.terminate()
@@ -128,25 +135,33 @@ def main() -> int:
 
 def report(args, rows: list[dict]) -> None:
     device = device_name()
-    print(f"\nshape {args.shape}, {args.max_tokens} tokens per request, greedy, {args.rounds} rounds, on {device}")
+    images = "no images" if args.no_images else f"one {SIDE}x{SIDE} image each"
+    print(f"\nshape {args.shape}, {images}, {args.max_tokens} tokens, greedy, {args.rounds} rounds, on {device}")
     print(
         f"{'server':<17} {'clients':>7} {'agg tok/s':>10} {'TTFT p50':>9} {'TTFT p95':>9} "
         f"{'ITL p50':>8} {'vs inter':>8} {'vs vlm':>7}"
     )
     for row in rows:
         same = {r["server"]: r["aggregate_tok_s"] for r in rows if r["concurrency"] == row["concurrency"]}
-        row["vs_interleaved"] = row["aggregate_tok_s"] / same["ours-interleaved"]
+        row["vs_interleaved"] = row["aggregate_tok_s"] / same["ours-interleaved"] if same["ours-interleaved"] else None
         ref = same.get("mlx_vlm.server")
         row["vs_mlx_vlm_server"] = row["aggregate_tok_s"] / ref if ref else None
         print(
             f"{row['server']:<17} {row['concurrency']:>7} {row['aggregate_tok_s']:>10.1f} "
-            f"{row['ttft_ms_p50']:>8.0f}ms {row['ttft_ms_p95']:>7.0f}ms {row['itl_ms_p50'] or 0:>6.1f}ms "
-            f"{row['vs_interleaved']:>8.2f} {row['vs_mlx_vlm_server'] or 0:>7.2f}"
+            f"{row['ttft_ms_p50'] or 0:>8.0f}ms {row['ttft_ms_p95'] or 0:>7.0f}ms {row['itl_ms_p50'] or 0:>6.1f}ms "
+            f"{row['vs_interleaved'] or 0:>8.2f} {row['vs_mlx_vlm_server'] or 0:>7.2f}"
         )
     write_result(
         args.out,
-        f"vision-{args.shape}",
-        {"bench": "vision", "shape": args.shape, "max_tokens": args.max_tokens, "rounds": args.rounds, "rows": rows},
+        f"vision-{args.shape}" + ("-no-images" if args.no_images else ""),
+        {
+            "bench": "vision",
+            "shape": args.shape,
+            "images": not args.no_images,
+            "max_tokens": args.max_tokens,
+            "rounds": args.rounds,
+            "rows": rows,
+        },
     )
 
 

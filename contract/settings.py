@@ -97,8 +97,9 @@ class Settings(BaseSettings):
     """A vision worker decodes all its jobs in one forward pass per step (worker_vision/batch.py);
     `VISION_BATCH=0`: one pass per job, as before batching (kept to measure against)."""
     flat_decode: bool = True
-    """Quantized layers see 2-D activations during batched decode (worker_text/flat_decode.py);
-    `FLAT_DECODE=0` turns it off (outputs are the same either way; only speed differs)."""
+    """Quantized layers see 2-D activations during batched decode (mlx_common/flat_decode.py);
+    `FLAT_DECODE=0` turns it off (outputs are the same either way; only speed differs). Text and
+    vision workers (the vision language model only)."""
 
     keepalive_interval: float = Field(5.0, gt=0)
     """Seconds of silence after which the API sends an SSE `: keepalive` and re-checks the job."""

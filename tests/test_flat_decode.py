@@ -1,4 +1,4 @@
-"""The batched-decode reshape (worker_text/flat_decode.py) changes speed, never output: on the
+"""The batched-decode reshape (mlx_common/flat_decode.py) changes speed, never output: on the
 CPU, layers and whole batched generations give identical results with and without it."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from mlx_lm import load
 from mlx_lm.generate import BatchGenerator
 
 from contract.settings import Settings
-from worker_text.flat_decode import (
+from mlx_common.flat_decode import (
     FlatDecodeQuantizedEmbedding,
     FlatDecodeQuantizedLinear,
     flatten_decode,

@@ -11,9 +11,9 @@ from typing import Any, cast
 
 from contract.modelref import ModelLoadError, parse_model_ref, resolve
 from contract.settings import Settings
+from mlx_common.flat_decode import flatten_decode
 
 from .engine import TextModel
-from .flat_decode import flatten_decode
 
 
 def load_text_model(model_ref: str, settings: Settings) -> TextModel:

@@ -218,32 +218,39 @@ class VisionEngine:
         return _Unread(prompt.input_ids, features.inputs_embeds, extra)
 
     def _prefill_step(self) -> None:
-        """Encode the images and read one chunk of one waiting prompt, the shortest first, so
-        a chat's images and prompt go before a long page's (mlx-vlm's generate_step reads the
-        same chunks in one go); after its last chunk, start sampling."""
-        waiting = [s for s in self.sequences.values() if s.unread is not None]
-        if not waiting:
-            return
-        seq = min(waiting, key=lambda s: cast(Prompt | _Unread, s.unread).length)
+        """Encode images and read prompts, the shortest first (a chat's images and prompt go
+        before a long page's), about `prefill_chunk` tokens a step: a burst of short chats is
+        read in one step, a long page a chunk at a time between the others' tokens."""
+        budget = self.prefill_chunk
+        while budget > 0:
+            waiting = [s for s in self.sequences.values() if s.unread is not None]
+            if not waiting:
+                return
+            budget -= self._read(min(waiting, key=lambda s: cast(Prompt | _Unread, s.unread).length))
+
+    def _read(self, seq: _Sequence) -> int:
+        """One piece of the job's prompt: all but the last token in chunks, then the last token
+        alone, as mlx-vlm's generate_step splits a prompt (the same pieces give the same
+        numbers, whatever else is waiting); after the last, its first token is sampled and it
+        joins the decode batch. Returns the tokens read."""
         unread = seq.unread
         if isinstance(unread, Prompt):
             unread = self._embed(seq, unread)
         assert unread is not None
-        # All but the last token in chunks, then the last token alone, as mlx-vlm's generate_step
-        # splits a prompt (the same chunks give the same numbers).
         n = min(self.prefill_chunk, unread.length - 1) if unread.length > 1 else 1
         lm = self.vm.model.language_model
         out = lm(unread.ids[:, :n], inputs_embeds=unread.embeds[:, :n], cache=seq.cache, **unread.extra)
         if n < unread.length:
             mx.eval([c.state for c in seq.cache])
             seq.unread = _Unread(unread.ids[:, n:], unread.embeds[:, n:], unread.extra)
-            return
+            return n
         seq.unread = None
         self._sample([seq], out.logits[:, -1, :])
         if not self.batches or not self.batched:
             self.batches.append(DecodeBatch(self.vm.model.language_model))
         self.batches[-1].join(seq.job_id, seq.cache)
         seq.cache = []  # the batch holds it now
+        return n
 
     # --- decoding ---
 

@@ -75,12 +75,16 @@ def load_vision_model(model_ref: str, settings: Settings) -> VisionModel:
     config = read_config(model_ref, path)
     from mlx_vlm.utils import load  # imports mlx and transformers: kept out of --help
 
+    from mlx_common.flat_decode import flatten_decode
+
     try:
         model, processor = load(str(path))
     except (FileNotFoundError, ValueError) as exc:  # missing weights, unknown classes
         raise ModelLoadError(f"{model_ref} could not be loaded by mlx-vlm: {exc}") from exc
     if not hasattr(processor, "image_processor") or not hasattr(processor, "tokenizer"):
         raise ModelLoadError(f"{model_ref} has no image processor: not a vision-language model")
+    if settings.flat_decode:  # batched decode's quantized matmuls read the weights once (CUDA)
+        flatten_decode(model.language_model)
     _materialize(model)
     return VisionModel(
         model_id=model_ref,
