@@ -63,6 +63,13 @@ default-model: install
 tiny-models: install install-vision
 	$(PY) -m worker_text.tiny "$(MODEL_ROOT)/tiny-text"
 	$(VPY) -m worker_vision.tiny "$(MODEL_ROOT)/tiny-vision"
+	$(VPY) -m worker_vision.tiny_qwen "$(MODEL_ROOT)/tiny-qwen3-vl" --flavor qwen3_vl
+	$(VPY) -m worker_vision.tiny_qwen "$(MODEL_ROOT)/tiny-qwen2-vl" --flavor qwen2_vl
+	$(VPY) -m worker_vision.tiny_gemma3 "$(MODEL_ROOT)/tiny-gemma3"
+	$(VPY) -m worker_vision.tiny_idefics3 "$(MODEL_ROOT)/tiny-smolvlm" --flavor smolvlm
+	$(VPY) -m worker_vision.tiny_idefics3 "$(MODEL_ROOT)/tiny-idefics3" --flavor idefics3
+	$(VPY) -m worker_vision.tiny_llava "$(MODEL_ROOT)/tiny-llava" --flavor llava
+	$(VPY) -m worker_vision.tiny_llava "$(MODEL_ROOT)/tiny-mistral3" --flavor mistral3
 
 run: models
 	exec honcho -f Procfile start $(PROCESSES)

@@ -64,12 +64,16 @@ def image_chat(round_no: int, i: int) -> list[dict]:
     ]
 
 
+BUILDERS = {"tiny": "worker_vision.tiny", "qwen2.5-vl-7b": "worker_vision.tiny",
+            "qwen2.5-vl-7b-hd64": "worker_vision.tiny", "gemma-3-4b": "worker_vision.tiny_gemma3"}  # fmt: skip
+"""Each --shape's builder (random weights in that model's shape)."""
+
+
 def build_model(models_dir: Path, shape: str) -> str:
     name = "tiny-vision" if shape == "tiny" else f"bench-{shape}"
     if not (models_dir / name).exists():
-        subprocess.run(
-            [str(VISION_PYTHON), "-m", "worker_vision.tiny", str(models_dir / name), "--shape", shape], check=True
-        )
+        builder = BUILDERS[shape]
+        subprocess.run([str(VISION_PYTHON), "-m", builder, str(models_dir / name), "--shape", shape], check=True)
     return name
 
 
@@ -96,7 +100,7 @@ def start_mlx_vlm_server(model_dir: Path, log: Path) -> tuple[subprocess.Popen, 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shape", default="tiny", choices=["tiny", "qwen2.5-vl-7b", "qwen2.5-vl-7b-hd64"])
+    parser.add_argument("--shape", default="tiny", choices=sorted(BUILDERS))
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2, help="rounds per level and server")

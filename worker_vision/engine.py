@@ -3,25 +3,21 @@
 No Redis here: `VisionEngine` turns admitted `VisionRequest`s into stream events, one engine
 step at a time, for the engine thread (runtime/engine_loop.py) to send.
 
-Concurrency without a shared batch: every admitted job has its own KV cache and its own
-decoding state, and `step()` advances EVERY running job by one token, round-robin, one
-forward pass per job. Concurrent jobs thus interleave fairly (a chat is never stuck behind
-a long document page), but they do not share a batched forward pass: a step costs the sum
-of the jobs' passes. mlx-vlm 0.7.10 has a BatchGenerator (generate/ar.py) too, but jobs
-joining and leaving it mid-batch with their own images, mRoPE offsets, samplers and stops
-is more than we could prove correct. mlx-vlm's `stream_generate` / `generate_step` cannot be
-interleaved either: Qwen-VL language models keep the current sequence's mRoPE offsets on the
-shared model object, and `stream_generate` hangs per-request state on the shared tokenizer. So the
-engine drives the model itself, the way `generate_step` does (`get_input_embeddings`,
-chunked prefill, then one token per call), but hands the language model each job's own
-positions on every call: nothing a job needs lives on the model between calls. A job's
-greedy output is the same alone or interleaved, and the same as `generate_step`'s
-(tests/test_vision_engine.py).
-
-Image encoding runs in `add()` (a failure there ends that job alone); the prompt is then
-read `prefill_chunk` tokens per step (PREFILL_CHUNK), one chunk of one waiting job per step,
-the shortest prompt first: a 20k-token document page never holds the running streams for
-more than a chunk, and a chat's short prompt is read before the page's long one.
+Two phases per job, as mlx-vlm's own BatchGenerator has them. **Prefill**: the job's images
+are encoded and its prompt read into KV caches of its own, about `prefill_chunk` tokens a step
+(PREFILL_CHUNK) across the waiting jobs, the shortest prompt first — a 20k-token document page
+never holds the running streams for more than a chunk, and a chat's prompt goes before it; each
+job's pieces are mlx-vlm's `generate_step` split (all but the last token in chunks, then the
+last), so its numbers never depend on what else waits. **Decode**: when its first token is
+sampled the job's caches join a `DecodeBatch` (worker_vision/batch.py) as one more row, and one
+forward pass per step gives every decoding job its next token's logits; sampling, penalties,
+grammars, stops and logprobs stay per job, on its row. mlx-vlm's `stream_generate` cannot be
+shared by jobs: Qwen-VL language models keep the current sequence's mRoPE offsets on the
+shared model object, and it hangs per-request state on the shared tokenizer. So the engine
+drives the model itself, passing Qwen-VL rows their positions on every call; nothing a job
+needs lives on the model between calls. A job's greedy output is the same alone or in a
+batch, and the same as `generate_step`'s (tests/test_vision_engine.py, test_vision_families.py).
+A failure while a job's images are prepared (`add()`) ends that job alone.
 
 Text is only released once it can no longer turn out to be the start of a stop string
 (runtime/stops.py), so a stop string never reaches the client, even split across tokens.

@@ -90,6 +90,19 @@ HIDDEN, LAYERS, HEADS, KV_HEADS, HEAD_DIM = 64, 2, 4, 2, 16
 VISION_HIDDEN, VISION_LAYERS, IMAGE_SIZE, PATCH_SIZE = 64, 2, 112, 14
 MM_TOKENS = 16
 SLIDING_WINDOW = 64
+TINY: dict = {"hidden": HIDDEN, "intermediate": 2 * HIDDEN, "layers": LAYERS, "heads": HEADS, "kv_heads": KV_HEADS,
+              "head_dim": HEAD_DIM, "window": SLIDING_WINDOW, "pattern": LAYERS, "vocab": 0,
+              "vision_hidden": VISION_HIDDEN, "vision_intermediate": 2 * VISION_HIDDEN, "vision_heads": 4,
+              "vision_layers": VISION_LAYERS, "image_size": IMAGE_SIZE, "mm_tokens": MM_TOKENS}  # fmt: skip
+SHAPES: dict[str, dict] = {
+    "tiny": TINY,
+    # gemma-3-4b-it's published shape (SigLIP-400M tower, 896 px, 256 tokens an image), for GPU
+    # benchmarks (bench/vision.py): every step costs what the real model's does.
+    "gemma-3-4b": {"hidden": 2560, "intermediate": 10240, "layers": 34, "heads": 8, "kv_heads": 4, "head_dim": 256,
+                   "window": 1024, "pattern": 6, "vocab": 262208, "vision_hidden": 1152,
+                   "vision_intermediate": 4304, "vision_heads": 16, "vision_layers": 27, "image_size": 896,
+                   "mm_tokens": 256},
+}  # fmt: skip
 """Four images' worth of soft tokens, as the real 1024 is four of 256: prompts of a few images
 already wrap the sliding layers' rotating cache."""
 
@@ -146,8 +159,8 @@ def build_tokenizer(out: Path) -> dict[str, int]:
     return ids
 
 
-def model_config(ids: dict[str, int]) -> dict:
-    vocab_size = (ids["_size"] + 63) // 64 * 64  # padded like Gemma's (262145 -> 262208)
+def model_config(ids: dict[str, int], shape: dict = TINY) -> dict:
+    vocab_size = shape["vocab"] or (ids["_size"] + 63) // 64 * 64  # padded like Gemma's (262145 -> 262208)
     return {
         "architectures": ["Gemma3ForConditionalGeneration"],
         "model_type": "gemma3",
@@ -156,37 +169,37 @@ def model_config(ids: dict[str, int]) -> dict:
         "image_token_index": ids["<image_soft_token>"],
         "eos_token_id": [ids[t] for t in END_OF_TURN],
         "pad_token_id": ids["<pad>"],
-        "hidden_size": HIDDEN,  # not in the real config: see the module docstring
+        "hidden_size": shape["hidden"],  # not in the real config: see the module docstring
         "initializer_range": 0.02,
-        "mm_tokens_per_image": MM_TOKENS,
+        "mm_tokens_per_image": shape["mm_tokens"],
         "vocab_size": vocab_size,
         "text_config": {
             "model_type": "gemma3_text",
-            "hidden_size": HIDDEN,
-            "intermediate_size": 2 * HIDDEN,
-            "num_hidden_layers": LAYERS,
-            "num_attention_heads": HEADS,
-            "num_key_value_heads": KV_HEADS,
-            "head_dim": HEAD_DIM,
-            "query_pre_attn_scalar": HEAD_DIM,
+            "hidden_size": shape["hidden"],
+            "intermediate_size": shape["intermediate"],
+            "num_hidden_layers": shape["layers"],
+            "num_attention_heads": shape["heads"],
+            "num_key_value_heads": shape["kv_heads"],
+            "head_dim": shape["head_dim"],
+            "query_pre_attn_scalar": shape["head_dim"],
             "hidden_activation": "gelu_pytorch_tanh",
             "rms_norm_eps": 1e-6,
             "rope_theta": 1000000.0,
             "rope_local_base_freq": 10000.0,
             "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
-            "sliding_window": SLIDING_WINDOW,
-            "sliding_window_pattern": LAYERS,
+            "sliding_window": shape["window"],
+            "sliding_window_pattern": shape["pattern"],
             "max_position_embeddings": 131072,
-            "mm_tokens_per_image": MM_TOKENS,
+            "mm_tokens_per_image": shape["mm_tokens"],
             "vocab_size": vocab_size,
         },
         "vision_config": {
             "model_type": "siglip_vision_model",
-            "hidden_size": VISION_HIDDEN,
-            "intermediate_size": 2 * VISION_HIDDEN,
-            "num_attention_heads": 4,
-            "num_hidden_layers": VISION_LAYERS,
-            "image_size": IMAGE_SIZE,
+            "hidden_size": shape["vision_hidden"],
+            "intermediate_size": shape["vision_intermediate"],
+            "num_attention_heads": shape["vision_heads"],
+            "num_hidden_layers": shape["vision_layers"],
+            "image_size": shape["image_size"],
             "patch_size": PATCH_SIZE,
             "layer_norm_eps": 1e-6,
             "vision_use_head": False,
@@ -194,7 +207,7 @@ def model_config(ids: dict[str, int]) -> dict:
     }
 
 
-def write_processor_files(out: Path, ids: dict[str, int]) -> None:
+def write_processor_files(out: Path, ids: dict[str, int], shape: dict = TINY) -> None:
     _write_json(
         out / "preprocessor_config.json",
         {
@@ -205,7 +218,7 @@ def write_processor_files(out: Path, ids: dict[str, int]) -> None:
             "do_resize": True,
             "image_mean": [0.5, 0.5, 0.5],
             "image_processor_type": "Gemma3ImageProcessor",
-            "image_seq_length": MM_TOKENS,
+            "image_seq_length": shape["mm_tokens"],
             "image_std": [0.5, 0.5, 0.5],
             "pan_and_scan_max_num_crops": None,
             "pan_and_scan_min_crop_size": None,
@@ -213,10 +226,12 @@ def write_processor_files(out: Path, ids: dict[str, int]) -> None:
             "processor_class": "Gemma3Processor",
             "resample": 2,
             "rescale_factor": 1 / 255,
-            "size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+            "size": {"height": shape["image_size"], "width": shape["image_size"]},
         },
     )
-    _write_json(out / "processor_config.json", {"image_seq_length": MM_TOKENS, "processor_class": "Gemma3Processor"})
+    _write_json(
+        out / "processor_config.json", {"image_seq_length": shape["mm_tokens"], "processor_class": "Gemma3Processor"}
+    )
     _write_json(out / "chat_template.json", {"chat_template": CHAT_TEMPLATE})
     _write_json(
         out / "generation_config.json",
@@ -244,9 +259,10 @@ def random_weights(config: dict, ids: dict[str, int], seed: int) -> tuple[dict, 
     cfg = copy.deepcopy(config)
     arch, _ = get_model_and_args(cfg)
     model = arch.Model(update_module_configs(arch.ModelConfig.from_dict(cfg), arch, cfg, ["text", "vision"]))
+    hidden, vision_hidden = config["text_config"]["hidden_size"], config["vision_config"]["hidden_size"]
     projector = model.multi_modal_projector
-    projector.mm_input_projection_weight = mx.random.normal((VISION_HIDDEN, HIDDEN)) * VISION_HIDDEN**-0.5
-    model.language_model.model.norm.weight = mx.random.normal((HIDDEN,)) - 1.0  # gain 1 + w: random signs
+    projector.mm_input_projection_weight = mx.random.normal((vision_hidden, hidden)) * vision_hidden**-0.5
+    model.language_model.model.norm.weight = mx.random.normal((hidden,)) - 1.0  # gain 1 + w: random signs
     model.set_dtype(mx.bfloat16)
 
     def quantizable(path: str, module) -> bool:  # the vision tower and projector stay in full precision
@@ -266,9 +282,9 @@ def random_weights(config: dict, ids: dict[str, int], seed: int) -> tuple[dict, 
     return dict(tree_flatten(model.parameters())), {"group_size": GROUP_SIZE, "bits": BITS, "mode": "affine"}
 
 
-def build(out_dir: Path, seed: int = 0) -> Path:
+def build(out_dir: Path, seed: int = 0, shape: str = "tiny") -> Path:
     """Write the model directory next to `out_dir`, then rename it into place: a
-    half-written model never looks complete."""
+    half-written model never looks complete. `shape`: a key of SHAPES."""
     import mlx.core as mx
 
     out_dir = Path(out_dir)
@@ -276,8 +292,8 @@ def build(out_dir: Path, seed: int = 0) -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     ids = build_tokenizer(partial)
-    config = model_config(ids)
-    write_processor_files(partial, ids)
+    config = model_config(ids, SHAPES[shape])
+    write_processor_files(partial, ids, SHAPES[shape])
     weights, quantization = random_weights(config, ids, seed)
     config["quantization"] = config["quantization_config"] = quantization
     mx.save_safetensors(str(partial / "model.safetensors"), weights, metadata={"format": "mlx"})
@@ -291,9 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m worker_vision.tiny_gemma3", description=__doc__.split("\n")[0])
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    path = build(args.out_dir, args.seed)
+    path = build(args.out_dir, args.seed, args.shape)
     print(f"wrote {path} in {time.perf_counter() - start:.1f} s")
     return 0
 
