@@ -10,6 +10,7 @@ MLX_VLM := mlx-vlm==0.7.10
 PORT ?= 11440
 TEXT_MODEL ?= SmolLM2-135M-Instruct
 VISION_MODEL ?= mlx-community/Qwen2.5-VL-7B-Instruct-4bit
+EMBED_MODEL ?= all-MiniLM-L6-v2
 MODELS_DIR ?= var/models
 REDIS_PORT ?= 11441
 REDIS_URL ?=
@@ -18,16 +19,17 @@ MODEL_ROOT := $(firstword $(subst :, ,$(MODELS_DIR)))
 # An unset REDIS_URL means: start the embedded Redis and point everything at it.
 ifeq ($(strip $(REDIS_URL)),)
 REDIS_URL := redis://127.0.0.1:$(REDIS_PORT)/0
-PROCESSES := redis api text vision
+PROCESSES := redis api text vision embed
 else
-PROCESSES := api text vision
+PROCESSES := api text vision embed
 endif
 
 export API_PORT := $(PORT)
-export TEXT_MODEL VISION_MODEL MODELS_DIR REDIS_URL
+export TEXT_MODEL VISION_MODEL EMBED_MODEL MODELS_DIR REDIS_URL
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 DEFAULT_MODEL := SmolLM2-135M-Instruct
+DEFAULT_EMBED_MODEL := all-MiniLM-L6-v2
 
 .PHONY: run test lint install install-vision models default-model tiny-models bench bench-vision clean
 
@@ -56,6 +58,8 @@ models: install install-vision
 	@if [ "$(TEXT_MODEL)" = "$(DEFAULT_MODEL)" ]; then $(MAKE) --no-print-directory default-model; fi
 	@if [ "$(TEXT_MODEL)" = tiny-text ] && [ ! -d "$(MODEL_ROOT)/tiny-text" ]; then $(PY) -m worker_text.tiny "$(MODEL_ROOT)/tiny-text"; fi
 	@if [ "$(VISION_MODEL)" = tiny-vision ] && [ ! -d "$(MODEL_ROOT)/tiny-vision" ]; then $(VPY) -m worker_vision.tiny "$(MODEL_ROOT)/tiny-vision"; fi
+	@if [ "$(EMBED_MODEL)" = "$(DEFAULT_EMBED_MODEL)" ]; then $(PY) -m worker_embedding.models install-default --models-dir "$(MODEL_ROOT)"; fi
+	@if [ "$(EMBED_MODEL)" = tiny-embed ] && [ ! -d "$(MODEL_ROOT)/tiny-embed" ]; then $(PY) -m worker_embedding.tiny "$(MODEL_ROOT)/tiny-embed"; fi
 
 default-model: install
 	$(PY) -m worker_text.models install-default --models-dir "$(MODEL_ROOT)"
@@ -63,6 +67,7 @@ default-model: install
 tiny-models: install install-vision
 	$(PY) -m worker_text.tiny "$(MODEL_ROOT)/tiny-text"
 	$(VPY) -m worker_vision.tiny "$(MODEL_ROOT)/tiny-vision"
+	$(PY) -m worker_embedding.tiny "$(MODEL_ROOT)/tiny-embed"
 	$(VPY) -m worker_vision.tiny_qwen "$(MODEL_ROOT)/tiny-qwen3-vl" --flavor qwen3_vl
 	$(VPY) -m worker_vision.tiny_qwen "$(MODEL_ROOT)/tiny-qwen2-vl" --flavor qwen2_vl
 	$(VPY) -m worker_vision.tiny_gemma3 "$(MODEL_ROOT)/tiny-gemma3"

@@ -29,6 +29,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         bodies,
         chat,
         documents,
+        embeddings,
         errors,
         files,
         health,
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(legacy.bp)
     app.register_blueprint(messages.bp)  # Anthropic's Messages API
     app.register_blueprint(responses.bp)
+    app.register_blueprint(embeddings.bp)
     app.register_blueprint(documents.bp)
     app.register_blueprint(files.bp)
     app.register_blueprint(batches.bp)

@@ -246,7 +246,7 @@ def _kind_arg(ref: ModelRef) -> Kind:
     given = request.args.get("kind")
     if given:
         if given not in set(Kind):
-            raise APIError(400, "kind must be text or vision", param="kind", code="invalid_value")
+            raise APIError(400, f"kind must be one of {', '.join(Kind)}", param="kind", code="invalid_value")
         return Kind(given)
     return guess_kind(ref)
 

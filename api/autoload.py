@@ -22,7 +22,7 @@ from .errors import APIError
 PENDING = "pending"
 
 
-def start(ctx: Context, model: str, want: Kind | None = None) -> Kind | None:
+def start(ctx: Context, model: str, want: Kind | frozenset[Kind] | None = None) -> Kind | None:
     """The kind of the model whose load is now under way, or None when it cannot be loaded
     on demand (AUTOLOAD off, or `local` and not a local model; an invalid reference; no
     manager of its kind; not of the kind `want`). Raises a 503 when MAX_AUTOLOADED other
@@ -38,7 +38,8 @@ def start(ctx: Context, model: str, want: Kind | None = None) -> Kind | None:
     if policy == "local" and ref.local_path is None:
         return None
     kind = guess_kind(ref)
-    if (want is not None and kind != want) or not live_managers(conn, keys, kind):
+    wanted = {want} if isinstance(want, Kind) else want
+    if (wanted is not None and kind not in wanted) or not live_managers(conn, keys, kind):
         return None
     marker = keys.autoload(ref.name)
     if not conn.exists(marker) and loading_count(ctx) >= settings.max_autoloaded:

@@ -27,7 +27,15 @@ def chat_payload(ctx: Context, req: ChatCompletionRequest, image_ttl: int | None
     grammar = grammar_for(req.response_format)  # a format we cannot enforce is a 400 first
     tools = job_tools(req.tools, req.tool_choice, req.parallel_tool_calls)
     model = canonical_model(ctx, req.model)
-    kind, context_length = route(ctx, model)
+    kind, context_length = route(ctx, model, want=CHAT_KINDS)
+    if kind == Kind.EMBEDDING:
+        raise APIError(
+            400,
+            f"model {model!r} is an embedding model; send its inputs to /v1/embeddings, and chat to a "
+            "text or vision model (see /v1/models)",
+            param="model",
+            code="wrong_model_kind",
+        )
     if req.image_count:
         _check_images_allowed(req, kind, ctx.settings.max_images)
     urls = [url for m in req.messages for url in m.image_urls]
@@ -58,11 +66,11 @@ def completion_payloads(ctx: Context, req: CompletionRequest) -> tuple[Kind, lis
     """Legacy completions: a job per prompt and choice (choice j of prompt i at i * n + j),
     each a raw prompt for a text model's worker."""
     model = canonical_model(ctx, req.model)
-    kind, context_length = route(ctx, model)
+    kind, context_length = route(ctx, model, want=Kind.TEXT)
     if kind != Kind.TEXT:
         raise APIError(
             400,
-            f"model {req.model!r} is a vision model; legacy completions (a raw prompt) need a text model",
+            f"model {req.model!r} is a {kind} model; legacy completions (a raw prompt) need a text model",
             param="model",
             code="invalid_value",
         )
@@ -98,7 +106,11 @@ def canonical_model(ctx: Context, model: str) -> str:
         return model
 
 
-def route(ctx: Context, model: str, want: Kind | None = None) -> tuple[Kind, int]:
+CHAT_KINDS = frozenset({Kind.TEXT, Kind.VISION})
+"""The kinds that chat: a chat request loads no embedding model on demand."""
+
+
+def route(ctx: Context, model: str, want: Kind | frozenset[Kind] | None = None) -> tuple[Kind, int]:
     """The kind of queue a request for `model` goes to (that of its live workers, never its
     name) and the model's context length (0 while not known); raises when nobody serves it
     and it cannot be loaded on demand — with `want`, nor loaded as that kind (a request that

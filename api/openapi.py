@@ -15,7 +15,14 @@ from flask import Blueprint, current_app, jsonify
 
 from contract.settings import Settings
 
-from . import openapi_completions, openapi_jobs, openapi_messages, openapi_responses, openapi_schemas
+from . import (
+    openapi_completions,
+    openapi_embeddings,
+    openapi_jobs,
+    openapi_messages,
+    openapi_responses,
+    openapi_schemas,
+)
 from .openapi_builders import (
     ERROR_TEXT,
     REQUEST_ID,
@@ -202,6 +209,7 @@ def build(settings: Settings) -> dict:
     paths.update(openapi_messages.paths(settings))
     paths.update(openapi_responses.paths(v1))
     paths.update(openapi_completions.paths(v1))
+    paths.update(openapi_embeddings.paths(v1))
     return {
         "openapi": "3.1.0",
         "info": {
@@ -223,6 +231,7 @@ def build(settings: Settings) -> dict:
                 **openapi_messages.schemas(settings),
                 **openapi_responses.schemas(),
                 **openapi_completions.schemas(settings),
+                **openapi_embeddings.schemas(settings),
             },
             "responses": {f"Error{s}": json_response(text, ref("Error")) for s, text in ERROR_TEXT.items()},
             "headers": {

@@ -12,6 +12,7 @@ from enum import StrEnum
 class Kind(StrEnum):
     TEXT = "text"
     VISION = "vision"
+    EMBEDDING = "embedding"
 
 
 class Priority(StrEnum):

@@ -131,11 +131,16 @@ def resolve(ref: ModelRef) -> Path:
 
 
 def guess_kind(ref: ModelRef) -> Kind:
-    """A local model with a vision tower is a vision model; anything else is text (a hub model
-    that is not on this machine: say `kind=vision` to load one)."""
-    config = Path(ref.local_path) / "config.json" if ref.local_path is not None else None
+    """A local model with a vision tower is a vision model, a sentence-transformers directory
+    an embedding model; anything else is text (a hub model that is not on this machine: say
+    `kind=vision` or `kind=embedding` to load one)."""
+    if ref.local_path is None:
+        return Kind.TEXT
+    path = Path(ref.local_path)
+    if (path / "modules.json").is_file() or (path / "sentence_bert_config.json").is_file():
+        return Kind.EMBEDDING
     try:
-        if config is not None and "vision_config" in json.loads(config.read_text()):
+        if "vision_config" in json.loads((path / "config.json").read_text()):
             return Kind.VISION
     except (OSError, ValueError):
         pass

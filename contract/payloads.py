@@ -197,3 +197,21 @@ class TokenLogprob(BaseModel):
             if not math.isfinite(entry.get("logprob", 0.0)):
                 entry["logprob"] = LOGPROB_FLOOR
         return value
+
+
+class EmbedJob(BaseModel):
+    """An embeddings request as its worker runs it (api/embeddings.py makes it)."""
+
+    model: str
+    texts: list[str] | None = None
+    """The inputs as text (the worker tokenizes them), or:"""
+    tokens: list[list[int]] | None = None
+    """the inputs as token ids, used as they are."""
+    dimensions: int | None = None
+    """Leading dimensions to keep (re-normalized), for models trained for it."""
+    batch: bool = False
+    """Batch work (a batch file's line): embedded after the interactive requests waiting."""
+
+    @property
+    def count(self) -> int:
+        return len(self.texts if self.texts is not None else self.tokens or [])

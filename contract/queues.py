@@ -28,6 +28,7 @@ from contract.payloads import ChatJob
 from contract.stream import EventType, StreamWriter
 
 CHAT_FUNC = {Kind.TEXT: "worker_text.jobs.chat", Kind.VISION: "worker_vision.jobs.chat"}
+EMBED_FUNC = "worker_embedding.jobs.embed"
 WAITING = frozenset({JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED})
 """rq statuses of a job that no worker has taken yet."""
 

@@ -122,6 +122,8 @@ class Settings(BaseSettings):
     """`logit_bias` entries per request (OpenAI's limit)."""
     max_image_bytes: int = Field(10_000_000, ge=1000)
     """Decoded bytes per image."""
+    max_embed_inputs: int = Field(2048, ge=1, le=100_000)
+    """Inputs one `/v1/embeddings` request may carry (OpenAI's limit)."""
     max_images: int = Field(8, ge=1)
     """Images per request."""
     render_page_timeout: float = Field(10.0, gt=0, le=600)

@@ -32,6 +32,8 @@ def main(kind: Kind, argv: list[str] | None = None) -> int:
     settings = Settings()
     preload = []
     for model in args.preload:
+        if not model:  # `--preload ""`: an unset *_MODEL means a manager with no model yet
+            continue
         try:
             preload.append(parse_model_ref(model, settings.model_roots).name)
         except InvalidModelRef as exc:

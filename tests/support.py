@@ -165,6 +165,14 @@ class Stack:
             self.wait_for_worker(proc, model)
         return proc
 
+    def start_embedding_worker(self, model: str, wait: bool = True, **env) -> Proc:
+        proc = self.spawn(
+            f"embedding-{model.replace('/', '_')}", [sys.executable, "-m", "worker_embedding", "--model", model], **env
+        )
+        if wait:
+            self.wait_for_worker(proc, model)
+        return proc
+
     def wait_for_worker(self, proc: Proc, model: str, state=WorkerState.IDLE, timeout: float = 120):
         conn = redis.Redis.from_url(self.env["REDIS_URL"])
         keys = Keys(self.env["KEY_PREFIX"])

@@ -36,6 +36,7 @@ def test_make_run_serves_and_sigterm_stops_everything(models_dir, tmp_path):
             "run",
             "TEXT_MODEL=tiny-text",
             "VISION_MODEL=tiny-vision",
+            "EMBED_MODEL=tiny-embed",
             f"PORT={port}",
             f"REDIS_PORT={redis_port}",
         ],
@@ -50,11 +51,15 @@ def test_make_run_serves_and_sigterm_stops_everything(models_dir, tmp_path):
 
         def served():
             try:
-                return {"tiny-text", "tiny-vision"} <= {m.id for m in client.models.list().data}
+                return {"tiny-text", "tiny-vision", "tiny-embed"} <= {m.id for m in client.models.list().data}
             except openai.APIError:
                 return False
 
-        wait_until(served, 180, "make run to serve tiny-text and tiny-vision", interval=0.5)
+        wait_until(served, 180, "make run to serve tiny-text, tiny-vision and tiny-embed", interval=0.5)
+        kinds = {m.id: m.model_extra.get("kind") for m in client.models.list().data}
+        assert kinds["tiny-embed"] == "embedding"
+        vectors = client.embeddings.create(model="tiny-embed", input=["hello", "world"])
+        assert [d.index for d in vectors.data] == [0, 1]
         reply = client.chat.completions.create(
             model="tiny-text", max_tokens=3, temperature=0, messages=[{"role": "user", "content": "hi"}]
         )

@@ -107,6 +107,7 @@ def test_the_document_describes_every_public_endpoint():
         "/v1/responses/{response_id}",
         "/v1/responses/{response_id}/cancel",
         "/v1/responses/{response_id}/input_items",
+        "/v1/embeddings",
     }
     chat = paths["/v1/chat/completions"]["post"]["responses"]["200"]["content"]
     assert set(chat) == {"application/json", "text/event-stream"}

@@ -75,6 +75,7 @@ def load_vision_model(model_ref: str, settings: Settings) -> VisionModel:
     config = read_config(model_ref, path)
     from mlx_vlm.utils import load  # imports mlx and transformers: kept out of --help
 
+    from mlx_common.arrays import materialize
     from mlx_common.flat_decode import flatten_decode
 
     try:
@@ -85,7 +86,7 @@ def load_vision_model(model_ref: str, settings: Settings) -> VisionModel:
         raise ModelLoadError(f"{model_ref} has no image processor: not a vision-language model")
     if settings.flat_decode:  # batched decode's quantized matmuls read the weights once (CUDA)
         flatten_decode(model.language_model)
-    _materialize(model)
+    materialize(model)
     return VisionModel(
         model_id=model_ref,
         model=model,
@@ -95,24 +96,6 @@ def load_vision_model(model_ref: str, settings: Settings) -> VisionModel:
         vocab_size=_vocab_size(config, processor),
         eos_token_ids=_eos_ids(model, processor),
     )
-
-
-def _materialize(model) -> None:
-    """Evaluate, in this thread, every array the model computed while it was built: such an
-    array is bound to this thread's stream, which the engine thread cannot use ("There is no
-    Stream(cpu, 0) in current thread"). Pixtral keeps its rotary table on a plain object held
-    by a module, where `parameters()` does not look."""
-    import mlx.core as mx
-    from mlx import nn
-
-    arrays = [model.parameters()]
-    for _, module in model.named_modules():
-        for value in vars(module).values():
-            if isinstance(value, mx.array):
-                arrays.append(value)
-            elif not isinstance(value, nn.Module) and hasattr(value, "__dict__"):
-                arrays += [v for v in vars(value).values() if isinstance(v, mx.array)]
-    mx.eval(arrays)
 
 
 def read_config(model_ref: str, path: Path) -> dict:

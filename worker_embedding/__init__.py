@@ -1,0 +1,1 @@
+"""The embeddings worker: sentence vectors from BERT encoders written in MLX."""

@@ -1,0 +1,232 @@
+"""A BERT sentence encoder in MLX: what sentence-transformers computes, without torch.
+
+It mirrors Hugging Face's `BertModel` (post-LayerNorm layers, exact erf GELU, absolute
+positions, token type 0) followed by sentence-transformers' `Pooling` and `Normalize`
+modules, and reads a sentence-transformers model directory as published (config.json,
+model.safetensors in HF names, tokenizer.json, modules.json, 1_Pooling/config.json,
+sentence_bert_config.json). Neither mlx-lm nor transformers (without torch) can run a BERT
+encoder, and the network is small enough to keep here and check against a numpy reference
+(tests/test_bert.py).
+
+Nothing is truncated here: `tokenize` returns every token and `embed` refuses sequences
+longer than `max_tokens`, so the caller decides whether to refuse or split an input instead
+of silently embedding its beginning. Published tokenizer.json files often carry truncation
+and padding settings (all-MiniLM-L6-v2's: truncate at 128, pad to 128); they are switched off.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import mlx.core as mx
+import mlx.nn as nn
+from tokenizers import Tokenizer
+
+POOLING_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_lasttoken": "last"}
+"""sentence-transformers' pooling flags we implement; any other flag set is refused."""
+MODULES = {"Transformer", "Pooling", "Normalize"}
+"""modules.json entries we know; a Dense or other module would change the vectors: refused."""
+RENAMES = (
+    # HF name fragment -> ours, applied in order (attention.output.* before the FFN's output.*).
+    ("encoder.layer.", "layers."),
+    (".attention.self.", ".attention."),
+    (".attention.output.dense.", ".attention.out."),
+    (".attention.output.LayerNorm.", ".attention_norm."),
+    (".intermediate.dense.", ".ffn_in."),
+    (".output.dense.", ".ffn_out."),
+    (".output.LayerNorm.", ".ffn_norm."),
+    ("embeddings.LayerNorm.", "embeddings.norm."),
+)
+
+
+class UnsupportedModel(ValueError):
+    """The directory is not a model this encoder computes faithfully."""
+
+
+class Attention(nn.Module):
+    def __init__(self, hidden: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.query, self.key, self.value = (nn.Linear(hidden, hidden) for _ in range(3))
+        self.out = nn.Linear(hidden, hidden)
+
+    def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
+        batch, length, hidden = x.shape
+        q, k, v = (
+            p(x).reshape(batch, length, self.heads, -1).transpose(0, 2, 1, 3)
+            for p in (self.query, self.key, self.value)
+        )
+        scale = (hidden // self.heads) ** -0.5
+        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+        return self.out(o.transpose(0, 2, 1, 3).reshape(batch, length, hidden))
+
+
+class Layer(nn.Module):
+    def __init__(self, hidden: int, heads: int, intermediate: int, eps: float):
+        super().__init__()
+        self.attention = Attention(hidden, heads)
+        self.attention_norm = nn.LayerNorm(hidden, eps=eps)
+        self.ffn_in = nn.Linear(hidden, intermediate)
+        self.ffn_out = nn.Linear(intermediate, hidden)
+        self.ffn_norm = nn.LayerNorm(hidden, eps=eps)
+
+    def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
+        # Post-LN, as BERT: the residual sum is normalized, not the sublayer's input.
+        x = self.attention_norm(x + self.attention(x, mask))
+        return self.ffn_norm(x + self.ffn_out(nn.gelu(self.ffn_in(x))))
+
+
+class Embeddings(nn.Module):
+    def __init__(self, config: dict[str, Any]):
+        super().__init__()
+        hidden = config["hidden_size"]
+        self.word_embeddings = nn.Embedding(config["vocab_size"], hidden)
+        self.position_embeddings = nn.Embedding(config["max_position_embeddings"], hidden)
+        self.token_type_embeddings = nn.Embedding(config.get("type_vocab_size", 2), hidden)
+        self.norm = nn.LayerNorm(hidden, eps=config.get("layer_norm_eps", 1e-12))
+
+    def __call__(self, ids: mx.array) -> mx.array:
+        # Right padding keeps every real token at the position it has alone. One sentence
+        # per input: token type 0 everywhere, as sentence-transformers passes it.
+        positions = self.position_embeddings(mx.arange(ids.shape[1]))
+        return self.norm(self.word_embeddings(ids) + positions + self.token_type_embeddings.weight[0])
+
+
+class Bert(nn.Module):
+    """BertModel's encoder stack (no pooler: sentence-transformers never uses it)."""
+
+    def __init__(self, config: dict[str, Any]):
+        super().__init__()
+        eps = config.get("layer_norm_eps", 1e-12)
+        self.embeddings = Embeddings(config)
+        self.layers = [
+            Layer(config["hidden_size"], config["num_attention_heads"], config["intermediate_size"], eps)
+            for _ in range(config["num_hidden_layers"])
+        ]
+
+    def __call__(self, ids: mx.array, mask: mx.array) -> mx.array:
+        x = self.embeddings(ids)
+        for layer in self.layers:
+            x = layer(x, mask)
+        return x
+
+
+@dataclass
+class Encoder:
+    """A loaded model: token ids in, pooled (and normalized if configured) vectors out."""
+
+    model: Bert
+    tokenizer: Tokenizer
+    pooling: str  # "mean", "cls" or "last"
+    normalize: bool
+    max_tokens: int
+    dimensions: int
+    pad_id: int
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.embeddings.word_embeddings.weight.shape[0]
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Token ids with [CLS] ... [SEP], never truncated: compare lengths with max_tokens."""
+        return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=True)]
+
+    def embed(self, batch: list[list[int]]) -> mx.array:
+        """(len(batch), dimensions) float32 vectors; raises ValueError for an empty or too long sequence."""
+        lengths = [len(ids) for ids in batch]
+        shortest, longest = min(lengths, default=0), max(lengths, default=0)
+        if shortest == 0 or longest > self.max_tokens:
+            raise ValueError(f"each sequence needs 1 to {self.max_tokens} tokens, got {shortest} to {longest}")
+        width = longest
+        ids = mx.array([seq + [self.pad_id] * (width - len(seq)) for seq in batch], dtype=mx.int32)
+        real = (mx.arange(width)[None, :] < mx.array(lengths)[:, None]).astype(mx.float32)  # (B, L)
+        # Additive key mask, as HF BERT: padded keys get the most negative float, so their
+        # softmax weight is exactly 0 and a sentence's vector does not depend on its batch.
+        mask = ((1.0 - real) * mx.finfo(mx.float32).min)[:, None, None, :]
+        hidden = self.model(ids, mask)
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        elif self.pooling == "last":
+            pooled = hidden[mx.arange(len(batch)), mx.array(lengths) - 1]
+        else:
+            pooled = (hidden * real[..., None]).sum(axis=1) / real.sum(axis=1, keepdims=True)
+        if self.normalize:  # torch's F.normalize: x / max(|x|, 1e-12)
+            pooled = pooled / mx.maximum(mx.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
+        pooled = pooled.astype(mx.float32)
+        mx.eval(pooled)
+        return pooled
+
+
+def load_encoder(path: Path) -> Encoder:
+    """Load a sentence-transformers BERT directory; raises UnsupportedModel for anything else."""
+    path = Path(path)
+    config = _read_json(path / "config.json")
+    if config.get("model_type") != "bert":
+        raise UnsupportedModel(f"{path}: model_type {config.get('model_type')!r}, only 'bert' is supported")
+    if config.get("hidden_act", "gelu") != "gelu" or config.get("position_embedding_type", "absolute") != "absolute":
+        raise UnsupportedModel(f"{path}: only hidden_act 'gelu' and absolute position embeddings are supported")
+    pooling, normalize = _read_pooling(path)
+
+    model = Bert(config)
+    model.load_weights(list(_hf_weights(path / "model.safetensors").items()), strict=True)
+
+    tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+
+    # The limit sentence-transformers applies: max_seq_length when the model states one
+    # (256 for all-MiniLM-L6-v2, trained on 128), else the tokenizer's, never more positions
+    # than the model has. It counts [CLS] and [SEP].
+    max_tokens = config["max_position_embeddings"]
+    st_config = _read_json(path / "sentence_bert_config.json", {})
+    tok_config = _read_json(path / "tokenizer_config.json", {})
+    stated = st_config.get("max_seq_length") or tok_config.get("model_max_length")
+    if isinstance(stated, int) and stated > 0:
+        max_tokens = min(max_tokens, stated)
+    # The pad id never reaches a result (padded keys are masked, padded rows not pooled);
+    # it only has to be a valid row of the embedding table.
+    pad_id = config.get("pad_token_id") or 0
+    return Encoder(model, tokenizer, pooling, normalize, max_tokens, config["hidden_size"], pad_id)
+
+
+def _hf_weights(file: Path) -> dict[str, mx.array]:
+    """The safetensors under our names: `bert.` prefix dropped, pooler and buffers left out,
+    floats in float32 (these encoders are small; float16 LayerNorm sums would cost accuracy)."""
+    weights = {}
+    for name, value in cast(dict[str, mx.array], mx.load(str(file))).items():
+        name = name.removeprefix("bert.")
+        if name.startswith("pooler.") or name.endswith("position_ids"):
+            continue
+        for old, new in RENAMES:
+            name = name.replace(old, new)
+        weights[name] = value.astype(mx.float32)
+    return weights
+
+
+def _read_pooling(path: Path) -> tuple[str, bool]:
+    """(pooling, normalize) from modules.json and the Pooling module's config."""
+    modules = _read_json(path / "modules.json", None)
+    if modules is None:
+        return "mean", True  # a bare BERT directory: the common sentence-embedding recipe
+    kinds = {m["type"].rsplit(".", 1)[-1]: m for m in modules}
+    if unknown := set(kinds) - MODULES:
+        raise UnsupportedModel(f"{path}: unsupported sentence-transformers modules {sorted(unknown)}")
+    if "Pooling" not in kinds:
+        raise UnsupportedModel(f"{path}: modules.json lists no Pooling module")
+    flags = _read_json(path / kinds["Pooling"]["path"] / "config.json")
+    chosen = [k for k, v in flags.items() if k.startswith("pooling_mode_") and v is True]
+    if len(chosen) != 1 or chosen[0] not in POOLING_MODES:
+        raise UnsupportedModel(f"{path}: pooling {chosen}, supported: exactly one of {sorted(POOLING_MODES)}")
+    return POOLING_MODES[chosen[0]], "Normalize" in kinds
+
+
+_MISSING: Any = object()
+
+
+def _read_json(file: Path, default: Any = _MISSING) -> Any:
+    if default is not _MISSING and not file.exists():
+        return default
+    return json.loads(file.read_text())

@@ -1,0 +1,165 @@
+"""`python -m worker_embedding.tiny OUTDIR`: a tiny random-weight BERT sentence encoder for tests.
+
+It is laid out like a sentence-transformers model as published (all-MiniLM-L6-v2's layout:
+config.json, model.safetensors in Hugging Face names with the unused pooler and the
+position_ids buffer, a WordPiece tokenizer.json, modules.json with Pooling + Normalize,
+1_Pooling/config.json, sentence_bert_config.json), so `worker_embedding.bert.load_encoder`
+takes it through the same path as a real model, offline and in well under a second.
+
+Pitfalls it keeps on purpose, as the real model has them:
+- its tokenizer.json truncates and pads to a fixed length (16 here, 128 in all-MiniLM-L6-v2):
+  a loader that forgets to switch that off embeds padded, truncated text;
+- max_seq_length (128) is below max_position_embeddings (512): the limit is the former.
+
+Weights are larger than BERT's initialization (std 0.2, not 0.02) so attention is far from
+uniform: a masking or pooling mistake then moves vectors well beyond test tolerances.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+CORPUS = (
+    """
+A man is eating food. A man is eating a piece of bread. A man is riding a horse.
+The quick brown fox jumps over the lazy dog. Embeddings map sentences to vectors.
+Invoice number 2024-0117, total amount due: 1,234.56 EUR. Où est la gare ? Ça va bien.
+Search engines rank documents by the similarity of their vectors to the query's vector.
+""".strip().splitlines()
+    * 4
+)
+HIDDEN, LAYERS, HEADS, MAX_POSITIONS, MAX_SEQ_LENGTH = 32, 2, 4, 512, 128
+POOLINGS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token", "last": "pooling_mode_lasttoken"}
+
+
+def build_tokenizer(out: Path) -> int:
+    """A lower-casing WordPiece like BERT's, write tokenizer.json; returns its vocabulary size.
+
+    The vocabulary is built here, not trained: tokenizers' WordPieceTrainer numbers tokens
+    differently from run to run. Ours: the special tokens, every character of the corpus alone
+    and as a `##` continuation, then its words, all sorted. Other words split into characters;
+    characters the corpus lacks (emoji, CJK) become [UNK].
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    words = {w for line in CORPUS for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(line))}
+    chars = sorted({c for w in words for c in w})
+    tokens = SPECIALS + chars + ["##" + c for c in chars] + sorted(w for w in words if len(w) > 1)
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(tokens)}, unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre_tokenizer, decoders.WordPiece()
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    tok.enable_truncation(16)  # as published tokenizer.json files do: the loader must undo it
+    tok.enable_padding(length=16, pad_id=tok.token_to_id("[PAD]"), pad_token="[PAD]")
+    tok.save(str(out / "tokenizer.json"))
+    return tok.get_vocab_size()
+
+
+def model_config(vocab_size: int) -> dict:
+    return {
+        "architectures": ["BertModel"],
+        "model_type": "bert",
+        "vocab_size": vocab_size,
+        "hidden_size": HIDDEN,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS,
+        "intermediate_size": 4 * HIDDEN,
+        "hidden_act": "gelu",
+        "max_position_embeddings": MAX_POSITIONS,
+        "type_vocab_size": 2,
+        "layer_norm_eps": 1e-12,
+        "pad_token_id": 0,
+        "position_embedding_type": "absolute",
+    }
+
+
+def random_weights(config: dict, seed: int) -> dict[str, np.ndarray]:
+    """HF BertModel parameter names, float32, plus the pooler and position_ids buffer a real
+    checkpoint carries (the encoder must ignore them)."""
+    rng = np.random.default_rng(seed)
+    hidden, inter = config["hidden_size"], config["intermediate_size"]
+
+    def matrix(*shape: int) -> np.ndarray:
+        return rng.normal(0.0, 0.2, shape).astype(np.float32)
+
+    def vector(n: int, mean: float = 0.0) -> np.ndarray:
+        return (mean + rng.normal(0.0, 0.1, n)).astype(np.float32)
+
+    w = {
+        "embeddings.word_embeddings.weight": matrix(config["vocab_size"], hidden),
+        "embeddings.position_embeddings.weight": matrix(config["max_position_embeddings"], hidden),
+        "embeddings.token_type_embeddings.weight": matrix(config["type_vocab_size"], hidden),
+        "embeddings.LayerNorm.weight": vector(hidden, 1.0),
+        "embeddings.LayerNorm.bias": vector(hidden),
+        "embeddings.position_ids": np.arange(config["max_position_embeddings"], dtype=np.int64)[None],
+        "pooler.dense.weight": matrix(hidden, hidden),
+        "pooler.dense.bias": vector(hidden),
+    }
+    for i in range(config["num_hidden_layers"]):
+        p = f"encoder.layer.{i}."
+        for name in ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"):
+            w[p + name + ".weight"], w[p + name + ".bias"] = matrix(hidden, hidden), vector(hidden)
+        w[p + "intermediate.dense.weight"], w[p + "intermediate.dense.bias"] = matrix(inter, hidden), vector(inter)
+        w[p + "output.dense.weight"], w[p + "output.dense.bias"] = matrix(hidden, inter), vector(hidden)
+        for norm in ("attention.output.LayerNorm", "output.LayerNorm"):
+            w[p + norm + ".weight"], w[p + norm + ".bias"] = vector(hidden, 1.0), vector(hidden)
+    return w
+
+
+def build(out_dir: Path, seed: int = 0, pooling: str = "mean") -> Path:
+    """Write the model directory next to `out_dir`, then rename it into place: a
+    half-written model never looks complete. `pooling`: a key of POOLINGS."""
+    from safetensors.numpy import save_file
+
+    out_dir = Path(out_dir)
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    (partial / "1_Pooling").mkdir(parents=True)
+    config = model_config(build_tokenizer(partial))
+    save_file(random_weights(config, seed), str(partial / "model.safetensors"), metadata={"format": "pt"})
+    _write_json(partial / "config.json", config)
+    _write_json(
+        partial / "modules.json",
+        [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+        ],
+    )
+    flags = {flag: flag == POOLINGS[pooling] for flag in POOLINGS.values()}
+    _write_json(partial / "1_Pooling" / "config.json", {"word_embedding_dimension": HIDDEN, **flags})
+    _write_json(partial / "sentence_bert_config.json", {"max_seq_length": MAX_SEQ_LENGTH, "do_lower_case": False})
+    shutil.rmtree(out_dir, ignore_errors=True)
+    partial.rename(out_dir)
+    return out_dir
+
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=1, ensure_ascii=False))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m worker_embedding.tiny", description=__doc__.split("\n")[0])
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pooling", choices=sorted(POOLINGS), default="mean")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    path = build(args.out_dir, args.seed, args.pooling)
+    print(f"wrote {path} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
