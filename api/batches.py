@@ -1,12 +1,12 @@
 """`/v1/batches` of the OpenAI Batch API: `POST` (from an uploaded JSONL file of
-`/v1/chat/completions` requests), `GET /<id>`, `POST /<id>/cancel`.
+`/v1/chat/completions` or `/v1/embeddings` requests), `GET /<id>`, `POST /<id>/cancel`.
 
-The input file is validated here, line by line, with the same request model as
-`/v1/chat/completions` (api/schemas.py) and the same image intake (api/images.py): a file
+The input file is validated here, line by line, with the same request model as the endpoint
+(api/schemas.py, api/embeddings_request.py) and the same image intake (api/images.py): a file
 with a malformed line makes a batch that is `failed` with the lines' `errors`, as OpenAI's
 validation does. A line for a model nobody serves (and none can load) runs no job and goes to
-the error file. Every other line is one chat job on its model's batch queue; the work is
-work/batches.py.
+the error file. Every other line is one chat (or embedding) job on its model's batch queue;
+the work is work/batches.py.
 """
 
 from __future__ import annotations
@@ -17,16 +17,21 @@ import uuid
 from flask import Blueprint, current_app, jsonify
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from contract.keys import Kind
+from contract.queues import enqueue
 from work import batches, files
 from work.batches import BatchStatus
 
 from .bodies import json_body
+from .embeddings_request import EmbeddingRequest, embed_payload, embed_spec
 from .errors import APIError, file_not_found, from_validation_error
 from .intake import chat_payload
 from .schemas import ChatCompletionRequest
 
 bp = Blueprint("batches", __name__, url_prefix="/v1")
 ENDPOINT = "/v1/chat/completions"
+EMBEDDINGS = "/v1/embeddings"
+ENDPOINTS = (ENDPOINT, EMBEDDINGS)
 ID_PREFIX = "batch_"
 MAX_LINE_ERRORS = 100
 """Errors listed for a file that fails validation (the count says how many lines failed)."""
@@ -36,7 +41,7 @@ class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     input_file_id: str = Field(min_length=1, max_length=100)
-    endpoint: str = Field(description=f"only {ENDPOINT}")
+    endpoint: str = Field(description=f"{ENDPOINT} or {EMBEDDINGS}")
     completion_window: str = Field("24h", description="only 24h")
     metadata: dict[str, str] | None = None
 
@@ -62,10 +67,11 @@ class BatchLine(BaseModel):
 def create_batch():
     ext = current_app.extensions["mis"]
     req = BatchRequest.model_validate(json_body())
-    if req.endpoint != ENDPOINT:
+    if req.endpoint not in ENDPOINTS:
         raise APIError(
-            400, f"endpoint must be {ENDPOINT} (the only one batches run here)", param="endpoint", code="invalid_value"
-        )
+            400, f"endpoint must be {' or '.join(ENDPOINTS)} (those batches run here)", param="endpoint",
+            code="invalid_value",
+        )  # fmt: skip
     if req.completion_window != "24h":
         raise APIError(400, "completion_window must be 24h", param="completion_window", code="invalid_value")
     content = files.content(ext.conn, ext.keys, req.input_file_id)
@@ -81,7 +87,7 @@ def create_batch():
         "expires_at": now + ext.settings.batch_queued_ttl,
         "metadata": req.metadata,
     }
-    parsed, errors = _parse(content, ext.settings)
+    parsed, errors = _parse(content, ext.settings, req.endpoint)
     if errors:
         batches.create(
             ext,
@@ -92,10 +98,20 @@ def create_batch():
             errors={"object": "list", "data": errors[:MAX_LINE_ERRORS]},
         )
         return jsonify(_view(batch_id))
-    lines, queued = [], []
-    for custom_id, chat in parsed:
+    lines: list[dict] = []
+    queued: list[tuple[Kind, str, str]] = []
+    for custom_id, line_req in parsed:
         try:
-            kind, payload = chat_payload(ext, chat, image_ttl=ext.settings.batch_queued_ttl + ext.settings.job_timeout)
+            if isinstance(line_req, EmbeddingRequest):
+                embed = embed_payload(ext, line_req, batch=True)
+                job_id = enqueue(ext, embed_spec(ext, embed, retries=batches.LINE_RETRIES)).id
+                lines.append({"custom_id": custom_id, "job_id": job_id, "model": embed.model,
+                              "encoding_format": line_req.encoding_format})  # fmt: skip
+                queued.append((Kind.EMBEDDING, embed.model, job_id))
+                continue
+            kind, payload = chat_payload(
+                ext, line_req, image_ttl=ext.settings.batch_queued_ttl + ext.settings.job_timeout
+            )
         except APIError as exc:
             lines.append(
                 {
@@ -136,9 +152,13 @@ def cancel_batch(batch_id: str):
     return jsonify(_view(batch_id))
 
 
-def _parse(content: bytes, settings) -> tuple[list[tuple[str, ChatCompletionRequest]], list[dict]]:
+def _parse(
+    content: bytes, settings, endpoint: str
+) -> tuple[list[tuple[str, ChatCompletionRequest | EmbeddingRequest]], list[dict]]:
     """The lines as (custom_id, request), or the validation errors of the file."""
-    parsed, errors, seen = [], [], set()
+    parsed: list[tuple[str, ChatCompletionRequest | EmbeddingRequest]] = []
+    errors: list[dict] = []
+    seen: set[str] = set()
 
     def error(number: int | None, code: str | None, message: str | None, param: str | None = None):
         errors.append({"code": code, "message": message, "param": param, "line": number})
@@ -159,8 +179,8 @@ def _parse(content: bytes, settings) -> tuple[list[tuple[str, ChatCompletionRequ
     for number, raw in lines:
         try:
             line = BatchLine.model_validate_json(raw)
-            if line.method != "POST" or line.url != ENDPOINT:
-                error(number, "invalid_url", f"each line must be POST {ENDPOINT}", "url")
+            if line.method != "POST" or line.url != endpoint:
+                error(number, "invalid_url", f"each line must be POST {endpoint}, the batch's endpoint", "url")
                 continue
             if line.custom_id in seen:
                 error(
@@ -168,6 +188,10 @@ def _parse(content: bytes, settings) -> tuple[list[tuple[str, ChatCompletionRequ
                 )
                 continue
             seen.add(line.custom_id)
+            if endpoint == EMBEDDINGS:
+                embed = EmbeddingRequest.model_validate(line.body, context={"settings": settings})
+                parsed.append((line.custom_id, embed))
+                continue
             chat = ChatCompletionRequest.model_validate(line.body, context={"settings": settings})
             if chat.stream:
                 error(number, "invalid_value", "batch requests cannot stream", "body.stream")

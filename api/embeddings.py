@@ -9,23 +9,17 @@ each vector, so `encoding_format: base64` only cuts the bytes per input.
 
 from __future__ import annotations
 
-import base64
-import struct
-
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from contract.context import Context
-from contract.keys import Kind, Priority
-from contract.payloads import EmbedJob
-from contract.queues import EMBED_FUNC, JobSpec, QueueFull, enqueue, new_job_id
+from contract.embeddings import embedding_list
+from contract.queues import QueueFull, enqueue, new_job_id
 from contract.stream import Event, EventType
 
 from . import request_id
 from .bodies import json_body
 from .delivery import read_all, then
-from .embeddings_request import EmbeddingRequest
+from .embeddings_request import EmbeddingRequest, embed_payload, embed_spec
 from .errors import APIError
-from .intake import canonical_model, route
 from .relay import JobRelay
 
 bp = Blueprint("embeddings", __name__, url_prefix="/v1")
@@ -54,49 +48,5 @@ def embeddings():
 
     if not read_all(relay, add, client_socket=request.environ.get("gunicorn.socket")):
         return Response(status=499)  # nobody reads it; its job was cancelled
-    body = jsonify(response(payload.model, done, req.encoding_format)).get_data()
+    body = jsonify(embedding_list(payload.model, done, req.encoding_format)).get_data()
     return Response(then(body, relay.sent), mimetype="application/json", headers={"Content-Length": str(len(body))})
-
-
-def embed_payload(ctx: Context, req: EmbeddingRequest, *, batch: bool = False) -> EmbedJob:
-    """The job for a checked request, routed to an embedding model (else a 400 naming the fix)."""
-    model = canonical_model(ctx, req.model)
-    kind, _ = route(ctx, model, want=Kind.EMBEDDING)
-    if kind != Kind.EMBEDDING:
-        raise APIError(
-            400,
-            f"model {model!r} is a {kind} model; embeddings come from an embedding model "
-            "(see /v1/models for kind `embedding`), and chat from /v1/chat/completions",
-            param="model",
-            code="wrong_model_kind",
-        )
-    return EmbedJob(model=model, texts=req.texts, tokens=req.tokens, dimensions=req.dimensions, batch=batch)
-
-
-def embed_spec(ctx: Context, payload: EmbedJob, **options) -> JobSpec:
-    priority = Priority.BATCH if payload.batch else Priority.INTERACTIVE
-    if not payload.batch:  # read once, by this request: nothing to keep
-        options.setdefault("keep", ctx.settings.unstored_ttl)
-        options.setdefault("record_success", False)
-    return JobSpec(EMBED_FUNC, payload, Kind.EMBEDDING, payload.model, priority=priority, **options)
-
-
-def response(model: str, done: dict, encoding_format: str) -> dict:
-    """OpenAI's list of embeddings from the worker's `done` data."""
-    count, dims = done["count"], done["dimensions"]
-    raw = base64.b64decode(done["embeddings"])
-    size = 4 * dims
-    rows = [raw[i * size : (i + 1) * size] for i in range(count)]
-    data = [
-        {
-            "object": "embedding",
-            "index": i,
-            "embedding": base64.b64encode(row).decode()
-            if encoding_format == "base64"
-            else list(struct.unpack(f"<{dims}f", row)),
-        }
-        for i, row in enumerate(rows)
-    ]
-    usage = done.get("usage") or {}
-    tokens = usage.get("prompt_tokens", 0)
-    return {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}

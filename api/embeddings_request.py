@@ -1,11 +1,20 @@
-"""The body of `POST /v1/embeddings`, checked: OpenAI's fields, each refused with its name
-when wrong, never ignored."""
+"""The body of `POST /v1/embeddings`, checked (OpenAI's fields, each refused with its name when
+wrong, never ignored), and the job it becomes: for the view (api/embeddings.py) and for batch
+files' lines (api/batches.py)."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from contract.context import Context
+from contract.keys import Kind, Priority
+from contract.payloads import EmbedJob
+from contract.queues import EMBED_FUNC, JobSpec
+
+from .errors import APIError
+from .intake import canonical_model, route
 
 
 class EmbeddingRequest(BaseModel):
@@ -54,3 +63,26 @@ class EmbeddingRequest(BaseModel):
 
 def _is_id(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def embed_payload(ctx: Context, req: EmbeddingRequest, *, batch: bool = False) -> EmbedJob:
+    """The job for a checked request, routed to an embedding model (else a 400 naming the fix)."""
+    model = canonical_model(ctx, req.model)
+    kind, _ = route(ctx, model, want=Kind.EMBEDDING)
+    if kind != Kind.EMBEDDING:
+        raise APIError(
+            400,
+            f"model {model!r} is a {kind} model; embeddings come from an embedding model "
+            "(see /v1/models for kind `embedding`), and chat from /v1/chat/completions",
+            param="model",
+            code="wrong_model_kind",
+        )
+    return EmbedJob(model=model, texts=req.texts, tokens=req.tokens, dimensions=req.dimensions, batch=batch)
+
+
+def embed_spec(ctx: Context, payload: EmbedJob, **options) -> JobSpec:
+    priority = Priority.BATCH if payload.batch else Priority.INTERACTIVE
+    if not payload.batch:  # read once, by this request: nothing to keep
+        options.setdefault("keep", ctx.settings.unstored_ttl)
+        options.setdefault("record_success", False)
+    return JobSpec(EMBED_FUNC, payload, Kind.EMBEDDING, payload.model, priority=priority, **options)

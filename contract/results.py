@@ -63,6 +63,8 @@ class JobResult(BaseModel):
     usage: dict | None = None
     error: dict | None = None
     """OpenAI-style {code, message} when the job failed."""
+    vectors: dict | None = None
+    """An embedding job's `done` data (count, dimensions, base64 float32 embeddings)."""
 
     def message(self) -> dict:
         return assistant_message(self.text, self.reasoning, self.tool_calls)
@@ -143,6 +145,7 @@ def read_result(conn: redis.Redis, keys: Keys, job_id: str) -> JobResult:
             tool_calls=[calls[i] for i in sorted(calls)],
             usage=ending.data.get("usage"),
             finish_reason=ending.data.get("finish_reason"),
+            vectors=dict(ending.data) if "embeddings" in ending.data else None,
         )
     if ending is not None and ending.type == EventType.ERROR:
         return JobResult(

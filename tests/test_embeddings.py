@@ -181,3 +181,31 @@ def test_a_single_query_is_not_stuck_behind_two_thousand_chunks(eclient, api_url
     assert len(big["answer"].data) == 2000 and [d.index for d in big["answer"].data] == list(range(2000))
     print(f"query {took:.2f} s beside 2,000 chunks ({big['took']:.1f} s)")
     assert took < big["took"] / 2, (took, big["took"])
+
+
+def test_an_embedding_batch_file(eclient, models_dir):
+    """`/v1/embeddings` lines in a batch file: each line's vectors as a direct request gives
+    them; a line for a chat model goes to the error file with the fix named."""
+    from .support import wait_until
+
+    lines = [
+        {"custom_id": "a", "method": "POST", "url": "/v1/embeddings", "body": {"model": MODEL, "input": SENTENCES}},
+        {"custom_id": "b", "method": "POST", "url": "/v1/embeddings",
+         "body": {"model": MODEL, "input": "hi", "encoding_format": "base64"}},
+        {"custom_id": "c", "method": "POST", "url": "/v1/embeddings", "body": {"model": "tiny-text", "input": "x"}},
+    ]  # fmt: skip
+    upload = eclient.files.create(file=("e.jsonl", "\n".join(json.dumps(x) for x in lines).encode()), purpose="batch")
+    batch = eclient.batches.create(input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h")
+    done = wait_until(
+        lambda: (b := eclient.batches.retrieve(batch.id)).status in ("completed", "failed") and b, 120, "the batch"
+    )
+    assert done.status == "completed", done
+    assert done.request_counts.completed == 2 and done.request_counts.failed == 1
+    out = {x["custom_id"]: x for x in map(json.loads, eclient.files.content(done.output_file_id).text.splitlines())}
+    body = out["a"]["response"]["body"]
+    got = np.array([d["embedding"] for d in body["data"]])
+    assert np.allclose(got, vectors(eclient.embeddings.create(model=MODEL, input=SENTENCES)), atol=1e-5)
+    assert isinstance(out["b"]["response"]["body"]["data"][0]["embedding"], str)  # base64 as asked
+    errors = [json.loads(x) for x in eclient.files.content(done.error_file_id).text.splitlines()]
+    assert errors[0]["custom_id"] == "c" and errors[0]["response"]["status_code"] == 400
+    assert errors[0]["response"]["body"]["error"]["code"] == "wrong_model_kind"

@@ -33,7 +33,8 @@ def chats() -> dict[str, list[dict]]:
 def test_four_image_chats_run_in_one_batch_and_equal_their_answers_alone(api_url, vision_worker, models_dir):  # noqa: F811
     client = client_for(api_url)
     bias = no_end(models_dir)
-    ask = dict(model=MODEL, max_tokens=24, temperature=0, logit_bias=bias)
+    # Long enough (256 tokens, a few ms each) that all four are surely admitted while each runs.
+    ask = dict(model=MODEL, max_tokens=256, temperature=0, logit_bias=bias)
     alone = {
         k: client.chat.completions.create(messages=m, **ask).choices[0].message.content for k, m in chats().items()
     }

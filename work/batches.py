@@ -25,6 +25,7 @@ from rq.job import Job, JobStatus
 
 from contract.context import Context
 from contract.done import Done
+from contract.embeddings import embedding_list
 from contract.keys import Kind, Priority
 from contract.payloads import ChatJob
 from contract.queues import JobSpec, cancel_job, enqueue, new_job_id
@@ -128,6 +129,11 @@ def _output_line(ctx: Context, line: dict, created: int) -> tuple[dict, bool]:
         return entry, False
     result = read_result(ctx.conn, ctx.keys, job_id)
     request_id = f"chatcmpl-{job_id}"
+    if result.status == ResultStatus.COMPLETED and result.vectors is not None:  # an /v1/embeddings line
+        request_id = f"embd-{job_id}"
+        body = embedding_list(line["model"], result.vectors, line.get("encoding_format", "float"))
+        entry["response"] = {"status_code": 200, "request_id": request_id, "body": body}
+        return entry, True
     if result.status == ResultStatus.COMPLETED:
         body = {
             "id": request_id,

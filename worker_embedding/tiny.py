@@ -37,6 +37,9 @@ Search engines rank documents by the similarity of their vectors to the query's 
     * 4
 )
 HIDDEN, LAYERS, HEADS, MAX_POSITIONS, MAX_SEQ_LENGTH = 32, 2, 4, 512, 128
+SHAPES = {"tiny": (HIDDEN, LAYERS, HEADS), "minilm": (384, 6, 12)}
+"""(hidden, layers, heads); `minilm` is all-MiniLM-L6-v2's network, for GPU benchmarks (its
+vocabulary stays this tokenizer's: the embedding lookup costs nothing to speak of)."""
 POOLINGS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token", "last": "pooling_mode_lasttoken"}
 
 
@@ -66,15 +69,16 @@ def build_tokenizer(out: Path) -> int:
     return tok.get_vocab_size()
 
 
-def model_config(vocab_size: int) -> dict:
+def model_config(vocab_size: int, shape: str = "tiny") -> dict:
+    hidden, layers, heads = SHAPES[shape]
     return {
         "architectures": ["BertModel"],
         "model_type": "bert",
         "vocab_size": vocab_size,
-        "hidden_size": HIDDEN,
-        "num_hidden_layers": LAYERS,
-        "num_attention_heads": HEADS,
-        "intermediate_size": 4 * HIDDEN,
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "intermediate_size": 4 * hidden,
         "hidden_act": "gelu",
         "max_position_embeddings": MAX_POSITIONS,
         "type_vocab_size": 2,
@@ -117,7 +121,7 @@ def random_weights(config: dict, seed: int) -> dict[str, np.ndarray]:
     return w
 
 
-def build(out_dir: Path, seed: int = 0, pooling: str = "mean") -> Path:
+def build(out_dir: Path, seed: int = 0, pooling: str = "mean", shape: str = "tiny") -> Path:
     """Write the model directory next to `out_dir`, then rename it into place: a
     half-written model never looks complete. `pooling`: a key of POOLINGS."""
     from safetensors.numpy import save_file
@@ -126,7 +130,7 @@ def build(out_dir: Path, seed: int = 0, pooling: str = "mean") -> Path:
     partial = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     (partial / "1_Pooling").mkdir(parents=True)
-    config = model_config(build_tokenizer(partial))
+    config = model_config(build_tokenizer(partial), shape)
     save_file(random_weights(config, seed), str(partial / "model.safetensors"), metadata={"format": "pt"})
     _write_json(partial / "config.json", config)
     _write_json(
@@ -138,7 +142,7 @@ def build(out_dir: Path, seed: int = 0, pooling: str = "mean") -> Path:
         ],
     )
     flags = {flag: flag == POOLINGS[pooling] for flag in POOLINGS.values()}
-    _write_json(partial / "1_Pooling" / "config.json", {"word_embedding_dimension": HIDDEN, **flags})
+    _write_json(partial / "1_Pooling" / "config.json", {"word_embedding_dimension": config["hidden_size"], **flags})
     _write_json(partial / "sentence_bert_config.json", {"max_seq_length": MAX_SEQ_LENGTH, "do_lower_case": False})
     shutil.rmtree(out_dir, ignore_errors=True)
     partial.rename(out_dir)
@@ -154,9 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pooling", choices=sorted(POOLINGS), default="mean")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    path = build(args.out_dir, args.seed, args.pooling)
+    path = build(args.out_dir, args.seed, args.pooling, args.shape)
     print(f"wrote {path} in {time.perf_counter() - start:.1f} s")
     return 0
 

@@ -13,6 +13,7 @@ opens any string as a local path and follows URLs (and their redirects).
 from __future__ import annotations
 
 import io
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -28,9 +29,13 @@ class ImageUnreadable(RequestRejected):
     code = "invalid_image"
 
 
-DECODERS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="decode")
-"""Image decoding beside the admission loop, one request per task (the worker's slots bound
-how many are admitted, so how many decode at once)."""
+INLINE_PIXELS = 4_000_000
+"""A request whose images hold fewer pixels together is decoded at once, in the admission loop
+(a few ms), never queued behind large images' decoding."""
+DECODERS = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2), thread_name_prefix="decode")
+"""Image decoding beside the admission loop, one request per task, at most one per core (up to
+4): eight 6000² WebPs decoding at once on two cores starved the worker's heartbeat past
+WORKER_TTL, and the API took a live worker for dead."""
 
 
 @dataclass
@@ -45,16 +50,18 @@ def chat(payload: dict) -> VisionRequest | Future[VisionRequest]:
     """A chat completion over text and images: the engine streams it into the job's stream.
     Raises (the job ends with an error without running) when an image blob has expired.
 
-    With images, the request is a Future: they decode in a thread of their own (Pillow lets
-    go of the GIL) while the worker admits other jobs, and the engine gets the request once
-    they are decoded (runtime/batching.py). Decoded here, in the admission loop, three
-    requests of two 6000² WebPs each held a chat queued behind them 6 s."""
+    With large images, the request is a Future: they decode in DECODERS (Pillow lets go of the
+    GIL) while the worker admits other jobs, and the engine gets the request once they are
+    decoded (runtime/batching.py). Decoded here, in the admission loop, three requests of two
+    6000² WebPs each held a chat queued behind them 6 s. Small ones decode here at once."""
     job = ChatJob.model_validate(payload)
     parts = [part for message in job.messages for part in message.images]
     if not parts:
         return VisionRequest(job)
     ctx = Context.for_current_job()
     data = [blobs.get(ctx.conn, ctx.keys, part.blob) for part in parts]
+    if sum(part.width * part.height for part in parts) <= INLINE_PIXELS:  # milliseconds: no queue
+        return VisionRequest(job, [_decode(d) for d in data])
     return DECODERS.submit(lambda: VisionRequest(job, [_decode(d) for d in data]))
 
 
