@@ -42,13 +42,18 @@ def enqueue_chat(
     default): rq drops the job as it succeeds, and the relay deletes its stream once the
     answer is sent (api/stored.py says why it is kept at all). A stored one is kept `keep`
     seconds (RESULT_TTL by default; a stored response RESPONSES_TTL)."""
+    keep = keep if store else ctx.settings.unstored_ttl
+    return enqueue_job(ctx, JobSpec.chat(payload, kind, job_id=job_id, keep=keep, record_success=store))
+
+
+def enqueue_job(ctx: Context, spec: JobSpec) -> Job:
+    """Put a request's job on its model's queue; a full queue is a 429."""
     try:
-        keep = keep if store else ctx.settings.unstored_ttl
-        return enqueue(ctx, JobSpec.chat(payload, kind, job_id=job_id, keep=keep, record_success=store))
+        return enqueue(ctx, spec)
     except QueueFull as full:
         raise APIError(
             429,
-            f"model {payload.model!r} has {full.depth} requests waiting; retry later",
+            f"model {spec.model!r} has {full.depth} requests waiting; retry later",
             code="queue_full",
             headers={"Retry-After": "2"},
         ) from None

@@ -12,14 +12,13 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from contract.embeddings import embedding_list
-from contract.queues import QueueFull, enqueue, new_job_id
+from contract.queues import new_job_id
 from contract.stream import Event, EventType
 
 from . import request_id
 from .bodies import json_body
-from .delivery import read_all, then
+from .delivery import enqueue_job, read_all, then
 from .embeddings_request import EmbeddingRequest, embed_payload, embed_spec
-from .errors import APIError
 from .relay import JobRelay
 
 bp = Blueprint("embeddings", __name__, url_prefix="/v1")
@@ -32,13 +31,7 @@ def embeddings():
     request_id.assign(f"embd-{job_id}")
     req = EmbeddingRequest.model_validate(json_body(), context={"settings": ctx.settings})
     payload = embed_payload(ctx, req)
-    try:
-        job = enqueue(ctx, embed_spec(ctx, payload, job_id=job_id))
-    except QueueFull as full:
-        raise APIError(
-            429, f"model {payload.model!r} has {full.depth} requests waiting; retry later", code="queue_full",
-            headers={"Retry-After": "2"},
-        ) from None  # fmt: skip
+    job = enqueue_job(ctx, embed_spec(ctx, payload, job_id=job_id))
     relay = JobRelay(ctx, job.id, payload.model, forget_when_sent=True)
     done: dict = {}
 

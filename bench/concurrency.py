@@ -170,35 +170,28 @@ def compare_levels(
     return rows
 
 
-def start_mlx_lm_server(model_dir: Path, capacity: int, log: Path) -> tuple[subprocess.Popen, str]:
+def start_peer(
+    argv: list[str], log: Path, name: str, probe: str, timeout: float, **popen
+) -> tuple[subprocess.Popen, str]:
+    """A peer server (`argv` + `--port P`), logging to `log`, once `GET probe` answers 200."""
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlx_lm.server",
-            "--model",
-            str(model_dir),
-            "--port",
-            str(port),
-            "--decode-concurrency",
-            str(2 * capacity),
-            "--prompt-concurrency",
-            str(capacity),
-        ],
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-    )
+    proc = subprocess.Popen([*argv, "--port", str(port)], stdout=log.open("w"), stderr=subprocess.STDOUT, **popen)
     url = f"http://127.0.0.1:{port}"
 
     def answers():
         try:
-            return requests.get(url + "/v1/models", timeout=1).ok
+            return requests.get(url + probe, timeout=1).ok
         except requests.RequestException:
             return False
 
-    wait_until(answers, 120, "mlx_lm.server")
+    wait_until(answers, timeout, name)
     return proc, url
+
+
+def start_mlx_lm_server(model_dir: Path, capacity: int, log: Path) -> tuple[subprocess.Popen, str]:
+    argv = [sys.executable, "-m", "mlx_lm.server", "--model", str(model_dir)]
+    argv += ["--decode-concurrency", str(2 * capacity), "--prompt-concurrency", str(capacity)]
+    return start_peer(argv, log, "mlx_lm.server", "/v1/models", 120)
 
 
 def main() -> int:

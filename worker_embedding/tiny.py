@@ -17,14 +17,12 @@ uniform: a masking or pooling mistake then moves vectors well beyond test tolera
 
 from __future__ import annotations
 
-import argparse
-import json
-import shutil
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+
+from mlx_common.tiny_models import cli, write_json, write_model
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 CORPUS = (
@@ -122,48 +120,36 @@ def random_weights(config: dict, seed: int) -> dict[str, np.ndarray]:
 
 
 def build(out_dir: Path, seed: int = 0, pooling: str = "mean", shape: str = "tiny") -> Path:
-    """Write the model directory next to `out_dir`, then rename it into place: a
-    half-written model never looks complete. `pooling`: a key of POOLINGS."""
+    """Write the model directory (a half-written one never looks complete). `pooling`: a key
+    of POOLINGS; `shape`: a key of SHAPES."""
+
+    def make(partial: Path) -> tuple[dict, dict]:
+        (partial / "1_Pooling").mkdir()
+        config = model_config(build_tokenizer(partial), shape)
+        write_json(
+            partial / "modules.json",
+            [
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+                {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+            ],
+        )
+        flags = {flag: flag == POOLINGS[pooling] for flag in POOLINGS.values()}
+        write_json(partial / "1_Pooling" / "config.json", {"word_embedding_dimension": config["hidden_size"], **flags})
+        write_json(partial / "sentence_bert_config.json", {"max_seq_length": MAX_SEQ_LENGTH, "do_lower_case": False})
+        return config, random_weights(config, seed)
+
+    return write_model(out_dir, make, save=_save_numpy)
+
+
+def _save_numpy(path: Path, weights: dict) -> None:
     from safetensors.numpy import save_file
 
-    out_dir = Path(out_dir)
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    (partial / "1_Pooling").mkdir(parents=True)
-    config = model_config(build_tokenizer(partial), shape)
-    save_file(random_weights(config, seed), str(partial / "model.safetensors"), metadata={"format": "pt"})
-    _write_json(partial / "config.json", config)
-    _write_json(
-        partial / "modules.json",
-        [
-            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-        ],
-    )
-    flags = {flag: flag == POOLINGS[pooling] for flag in POOLINGS.values()}
-    _write_json(partial / "1_Pooling" / "config.json", {"word_embedding_dimension": config["hidden_size"], **flags})
-    _write_json(partial / "sentence_bert_config.json", {"max_seq_length": MAX_SEQ_LENGTH, "do_lower_case": False})
-    shutil.rmtree(out_dir, ignore_errors=True)
-    partial.rename(out_dir)
-    return out_dir
-
-
-def _write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=1, ensure_ascii=False))
+    save_file(weights, str(path), metadata={"format": "pt"})  # as a PyTorch checkpoint is saved
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m worker_embedding.tiny", description=__doc__.split("\n")[0])
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--pooling", choices=sorted(POOLINGS), default="mean")
-    parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    path = build(args.out_dir, args.seed, args.pooling, args.shape)
-    print(f"wrote {path} in {time.perf_counter() - start:.1f} s")
-    return 0
+    return cli(argv, "worker_embedding.tiny", __doc__, build, pooling=POOLINGS, shape=SHAPES)
 
 
 if __name__ == "__main__":

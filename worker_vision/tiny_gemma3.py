@@ -28,15 +28,13 @@ Pitfalls it keeps (each cost a failed load or wrong shapes once):
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
-import shutil
 import sys
-import time
 from pathlib import Path
 from typing import cast
 
+from mlx_common.tiny_models import cli, write_model
 from worker_vision.tiny import BITS, BPE_VOCAB, CORPUS, GROUP_SIZE, _write_json
 
 SPECIAL = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"]
@@ -283,36 +281,21 @@ def random_weights(config: dict, ids: dict[str, int], seed: int) -> tuple[dict, 
 
 
 def build(out_dir: Path, seed: int = 0, shape: str = "tiny") -> Path:
-    """Write the model directory next to `out_dir`, then rename it into place: a
-    half-written model never looks complete. `shape`: a key of SHAPES."""
-    import mlx.core as mx
+    """Write the model directory (a half-written one never looks complete). `shape`: a key of SHAPES."""
 
-    out_dir = Path(out_dir)
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    ids = build_tokenizer(partial)
-    config = model_config(ids, SHAPES[shape])
-    write_processor_files(partial, ids, SHAPES[shape])
-    weights, quantization = random_weights(config, ids, seed)
-    config["quantization"] = config["quantization_config"] = quantization
-    mx.save_safetensors(str(partial / "model.safetensors"), weights, metadata={"format": "mlx"})
-    _write_json(partial / "config.json", config)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    partial.rename(out_dir)
-    return out_dir
+    def make(partial: Path) -> tuple[dict, dict]:
+        ids = build_tokenizer(partial)
+        config = model_config(ids, SHAPES[shape])
+        write_processor_files(partial, ids, SHAPES[shape])
+        weights, quantization = random_weights(config, ids, seed)
+        config["quantization"] = config["quantization_config"] = quantization
+        return config, weights
+
+    return write_model(out_dir, make)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m worker_vision.tiny_gemma3", description=__doc__.split("\n")[0])
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    path = build(args.out_dir, args.seed, args.shape)
-    print(f"wrote {path} in {time.perf_counter() - start:.1f} s")
-    return 0
+    return cli(argv, "worker_vision.tiny_gemma3", __doc__, build, shape=SHAPES)
 
 
 if __name__ == "__main__":

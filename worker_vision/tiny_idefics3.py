@@ -33,13 +33,11 @@ decoding never ends early by chance (lengths in tests come from max_tokens and s
 
 from __future__ import annotations
 
-import argparse
-import shutil
 import sys
-import time
 from pathlib import Path
 from typing import cast
 
+from mlx_common.tiny_models import cli, write_model
 from worker_vision.tiny import CORPUS, _write_json, random_weights
 
 BASE_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<repo_name>", "<reponame>", "<file_sep>",
@@ -221,45 +219,30 @@ def write_processor_files(out: Path, ids: dict[str, int], flavor: str) -> None:
 
 
 def build(out_dir: Path, seed: int = 0, flavor: str = "smolvlm") -> Path:
-    """Write the model directory next to `out_dir`, then rename it into place: a
-    half-written model never looks complete. `flavor`: a key of FLAVORS."""
-    import mlx.core as mx
-
+    """Write the model directory (a half-written one never looks complete). `flavor`: a key of FLAVORS."""
     if flavor not in FLAVORS:
         raise ValueError(f"flavor {flavor!r}: one of {sorted(FLAVORS)}")
-    out_dir = Path(out_dir)
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    ids = build_tokenizer(partial, flavor)
-    config = model_config(ids, flavor)
-    write_processor_files(partial, ids, flavor)
-    # tiny.random_weights zeroes the head rows of these two ids and of every id from `_size`:
-    # here the end-of-text tokens and every added token (the image tokens, `<end_of_utterance>`);
-    # the other SmolLM2 specials (`<jupyter_start>`, ...) go too, through the 4-bit head's scales and
-    # biases (a zero scale and bias dequantize to 0): a chat model never writes them.
-    zeroed = {"<|endoftext|>": ids["<|endoftext|>"], "<|im_end|>": ids["<|im_end|>"], "_size": ids["_base"]}
-    weights, quantization = random_weights(config, zeroed, seed)
-    for part in ("scales", "biases"):
-        weights[f"language_model.lm_head.{part}"][: len(BASE_SPECIAL)] = 0.0
-    config["quantization"] = config["quantization_config"] = quantization
-    mx.save_safetensors(str(partial / "model.safetensors"), weights, metadata={"format": "mlx"})
-    _write_json(partial / "config.json", config)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    partial.rename(out_dir)
-    return out_dir
+
+    def make(partial: Path) -> tuple[dict, dict]:
+        ids = build_tokenizer(partial, flavor)
+        config = model_config(ids, flavor)
+        write_processor_files(partial, ids, flavor)
+        # tiny.random_weights zeroes the head rows of these two ids and of every id from `_size`:
+        # here the end-of-text tokens and every added token (the image tokens, `<end_of_utterance>`);
+        # the other SmolLM2 specials (`<jupyter_start>`, ...) go too, through the 4-bit head's scales
+        # and biases (a zero scale and bias dequantize to 0): a chat model never writes them.
+        zeroed = {"<|endoftext|>": ids["<|endoftext|>"], "<|im_end|>": ids["<|im_end|>"], "_size": ids["_base"]}
+        weights, quantization = random_weights(config, zeroed, seed)
+        for part in ("scales", "biases"):
+            weights[f"language_model.lm_head.{part}"][: len(BASE_SPECIAL)] = 0.0
+        config["quantization"] = config["quantization_config"] = quantization
+        return config, weights
+
+    return write_model(out_dir, make)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m worker_vision.tiny_idefics3", description=__doc__.split("\n")[0])
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--flavor", choices=sorted(FLAVORS), default="smolvlm")
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    path = build(args.out_dir, args.seed, args.flavor)
-    print(f"wrote {path} in {time.perf_counter() - start:.1f} s")
-    return 0
+    return cli(argv, "worker_vision.tiny_idefics3", __doc__, build, flavor=FLAVORS)
 
 
 if __name__ == "__main__":

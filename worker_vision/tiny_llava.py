@@ -38,14 +38,12 @@ byte-level bytes): the text streams as printable UTF-8.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
-import shutil
 import sys
-import time
 from pathlib import Path
 
+from mlx_common.tiny_models import cli, write_model
 from worker_vision.tiny import BITS, CORPUS, GROUP_SIZE, _write_json
 
 FLAVORS = ("llava", "mistral3")
@@ -323,38 +321,23 @@ def random_weights(config: dict, ids: dict, seed: int) -> tuple[dict, dict]:
 
 
 def build(out_dir: Path, seed: int = 0, flavor: str = "llava") -> Path:
-    """Write the model directory next to `out_dir`, then rename it into place: a half-written
-    model never looks complete. `flavor`: "llava" or "mistral3"."""
-    import mlx.core as mx
-
+    """Write the model directory (a half-written one never looks complete). `flavor`: "llava" or "mistral3"."""
     if flavor not in FLAVORS:
         raise ValueError(f"flavor must be one of {FLAVORS}, not {flavor!r}")
-    out_dir = Path(out_dir)
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    ids = build_tokenizer(partial, flavor)
-    config = model_config(ids, flavor)
-    write_processor_files(partial, ids, flavor)
-    weights, quantization = random_weights(config, ids, seed)
-    config["quantization"] = config["quantization_config"] = quantization
-    mx.save_safetensors(str(partial / "model.safetensors"), weights, metadata={"format": "mlx"})
-    _write_json(partial / "config.json", config)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    partial.rename(out_dir)
-    return out_dir
+
+    def make(partial: Path) -> tuple[dict, dict]:
+        ids = build_tokenizer(partial, flavor)
+        config = model_config(ids, flavor)
+        write_processor_files(partial, ids, flavor)
+        weights, quantization = random_weights(config, ids, seed)
+        config["quantization"] = config["quantization_config"] = quantization
+        return config, weights
+
+    return write_model(out_dir, make)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m worker_vision.tiny_llava", description=__doc__.split("\n")[0])
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--flavor", choices=FLAVORS, default="llava")
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    path = build(args.out_dir, args.seed, args.flavor)
-    print(f"wrote {path} in {time.perf_counter() - start:.1f} s")
-    return 0
+    return cli(argv, "worker_vision.tiny_llava", __doc__, build, flavor=FLAVORS)
 
 
 if __name__ == "__main__":

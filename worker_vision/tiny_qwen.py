@@ -34,12 +34,11 @@ Where the families differ from Qwen2.5-VL (and from each other):
 
 from __future__ import annotations
 
-import argparse
 import json
-import shutil
 import sys
-import time
 from pathlib import Path
+
+from mlx_common.tiny_models import cli, write_model
 
 from .tiny import CHAT_TEMPLATE, TINY, _write_json, build_tokenizer, random_weights
 
@@ -240,39 +239,24 @@ def write_processor_files(out: Path, ids: dict[str, int], flavor: str) -> None:
 
 
 def build(out_dir: Path, seed: int = 0, flavor: str = "qwen3_vl") -> Path:
-    """Write the model directory next to `out_dir`, then rename it into place: a
-    half-written model never looks complete. `flavor`: one of FLAVORS."""
-    import mlx.core as mx
-
+    """Write the model directory (a half-written one never looks complete). `flavor`: one of FLAVORS."""
     if flavor not in FLAVORS:
         raise ValueError(f"flavor must be one of {FLAVORS}, not {flavor!r}")
-    out_dir = Path(out_dir)
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    ids = build_tokenizer(partial)
-    vocab = (ids["_size"] + 63) // 64 * 64  # padded like Qwen's
-    config = (qwen3_vl_config if flavor == "qwen3_vl" else qwen2_vl_config)(ids, vocab)
-    write_processor_files(partial, ids, flavor)
-    weights, quantization = random_weights(config, ids, seed)
-    config["quantization"] = config["quantization_config"] = quantization
-    mx.save_safetensors(str(partial / "model.safetensors"), weights, metadata={"format": "mlx"})
-    _write_json(partial / "config.json", config)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    partial.rename(out_dir)
-    return out_dir
+
+    def make(partial: Path) -> tuple[dict, dict]:
+        ids = build_tokenizer(partial)
+        vocab = (ids["_size"] + 63) // 64 * 64  # padded like Qwen's
+        config = (qwen3_vl_config if flavor == "qwen3_vl" else qwen2_vl_config)(ids, vocab)
+        write_processor_files(partial, ids, flavor)
+        weights, quantization = random_weights(config, ids, seed)
+        config["quantization"] = config["quantization_config"] = quantization
+        return config, weights
+
+    return write_model(out_dir, make)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m worker_vision.tiny_qwen", description=__doc__.split("\n")[0])
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--flavor", choices=FLAVORS, default="qwen3_vl")
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    path = build(args.out_dir, args.seed, args.flavor)
-    print(f"wrote {path} in {time.perf_counter() - start:.1f} s")
-    return 0
+    return cli(argv, "worker_vision.tiny_qwen", __doc__, build, flavor=FLAVORS)
 
 
 if __name__ == "__main__":
