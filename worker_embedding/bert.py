@@ -16,7 +16,6 @@ and padding settings (all-MiniLM-L6-v2's: truncate at 128, pad to 128); they are
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -25,10 +24,8 @@ import mlx.core as mx
 import mlx.nn as nn
 from tokenizers import Tokenizer
 
-POOLING_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_lasttoken": "last"}
-"""sentence-transformers' pooling flags we implement; any other flag set is refused."""
-MODULES = {"Transformer", "Pooling", "Normalize"}
-"""modules.json entries we know; a Dense or other module would change the vectors: refused."""
+from .sentence_config import UnsupportedModel, limit_tokens, open_tokenizer, read_json, read_pooling
+
 RENAMES = (
     # HF name fragment -> ours, applied in order (attention.output.* before the FFN's output.*).
     ("encoder.layer.", "layers."),
@@ -40,10 +37,6 @@ RENAMES = (
     (".output.LayerNorm.", ".ffn_norm."),
     ("embeddings.LayerNorm.", "embeddings.norm."),
 )
-
-
-class UnsupportedModel(ValueError):
-    """The directory is not a model this encoder computes faithfully."""
 
 
 class Attention(nn.Module):
@@ -118,7 +111,8 @@ class Bert(nn.Module):
 class Encoder:
     """A loaded model: token ids in, pooled (and normalized if configured) vectors out."""
 
-    model: Bert
+    model: Any
+    """Bert here; a subclass's own network (worker_embedding.decoder)."""
     tokenizer: Tokenizer
     pooling: str  # "mean", "cls" or "last"
     normalize: bool
@@ -131,8 +125,16 @@ class Encoder:
         return self.model.embeddings.word_embeddings.weight.shape[0]
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
-        """Token ids with [CLS] ... [SEP], never truncated: compare lengths with max_tokens."""
+        """Token ids with the tokenizer's special tokens ([CLS] ... [SEP] for BERT), never
+        truncated: compare lengths with max_tokens."""
         return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=True)]
+
+    def hidden(self, ids: mx.array, real: mx.array) -> mx.array:
+        """The network's last hidden states (B, L, dimensions) for right-padded `ids`."""
+        # Additive key mask, as HF BERT: padded keys get the most negative float, so their
+        # softmax weight is exactly 0 and a sentence's vector does not depend on its batch.
+        mask = ((1.0 - real) * mx.finfo(mx.float32).min)[:, None, None, :]
+        return self.model(ids, mask)
 
     def embed(self, batch: list[list[int]]) -> mx.array:
         """(len(batch), dimensions) float32 vectors; raises ValueError for an empty or too long sequence."""
@@ -143,19 +145,16 @@ class Encoder:
         width = longest
         ids = mx.array([seq + [self.pad_id] * (width - len(seq)) for seq in batch], dtype=mx.int32)
         real = (mx.arange(width)[None, :] < mx.array(lengths)[:, None]).astype(mx.float32)  # (B, L)
-        # Additive key mask, as HF BERT: padded keys get the most negative float, so their
-        # softmax weight is exactly 0 and a sentence's vector does not depend on its batch.
-        mask = ((1.0 - real) * mx.finfo(mx.float32).min)[:, None, None, :]
-        hidden = self.model(ids, mask)
+        hidden = self.hidden(ids, real)
         if self.pooling == "cls":
             pooled = hidden[:, 0]
         elif self.pooling == "last":
             pooled = hidden[mx.arange(len(batch)), mx.array(lengths) - 1]
         else:
             pooled = (hidden * real[..., None]).sum(axis=1) / real.sum(axis=1, keepdims=True)
+        pooled = pooled.astype(mx.float32)  # before normalizing: a bfloat16 norm is off by ~0.5 %
         if self.normalize:  # torch's F.normalize: x / max(|x|, 1e-12)
             pooled = pooled / mx.maximum(mx.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
-        pooled = pooled.astype(mx.float32)
         mx.eval(pooled)
         return pooled
 
@@ -163,29 +162,18 @@ class Encoder:
 def load_encoder(path: Path) -> Encoder:
     """Load a sentence-transformers BERT directory; raises UnsupportedModel for anything else."""
     path = Path(path)
-    config = _read_json(path / "config.json")
+    config = read_json(path / "config.json")
     if config.get("model_type") != "bert":
         raise UnsupportedModel(f"{path}: model_type {config.get('model_type')!r}, only 'bert' is supported")
     if config.get("hidden_act", "gelu") != "gelu" or config.get("position_embedding_type", "absolute") != "absolute":
         raise UnsupportedModel(f"{path}: only hidden_act 'gelu' and absolute position embeddings are supported")
-    pooling, normalize = _read_pooling(path)
+    pooling, normalize = read_pooling(path, default="mean")
 
     model = Bert(config)
     model.load_weights(list(_hf_weights(path / "model.safetensors").items()), strict=True)
 
-    tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-    tokenizer.no_truncation()
-    tokenizer.no_padding()
-
-    # The limit sentence-transformers applies: max_seq_length when the model states one
-    # (256 for all-MiniLM-L6-v2, trained on 128), else the tokenizer's, never more positions
-    # than the model has. It counts [CLS] and [SEP].
-    max_tokens = config["max_position_embeddings"]
-    st_config = _read_json(path / "sentence_bert_config.json", {})
-    tok_config = _read_json(path / "tokenizer_config.json", {})
-    stated = st_config.get("max_seq_length") or tok_config.get("model_max_length")
-    if isinstance(stated, int) and stated > 0:
-        max_tokens = min(max_tokens, stated)
+    tokenizer = open_tokenizer(path)
+    max_tokens = limit_tokens(path, config["max_position_embeddings"])
     # The pad id never reaches a result (padded keys are masked, padded rows not pooled);
     # it only has to be a valid row of the embedding table.
     pad_id = config.get("pad_token_id") or 0
@@ -204,29 +192,3 @@ def _hf_weights(file: Path) -> dict[str, mx.array]:
             name = name.replace(old, new)
         weights[name] = value.astype(mx.float32)
     return weights
-
-
-def _read_pooling(path: Path) -> tuple[str, bool]:
-    """(pooling, normalize) from modules.json and the Pooling module's config."""
-    modules = _read_json(path / "modules.json", None)
-    if modules is None:
-        return "mean", True  # a bare BERT directory: the common sentence-embedding recipe
-    kinds = {m["type"].rsplit(".", 1)[-1]: m for m in modules}
-    if unknown := set(kinds) - MODULES:
-        raise UnsupportedModel(f"{path}: unsupported sentence-transformers modules {sorted(unknown)}")
-    if "Pooling" not in kinds:
-        raise UnsupportedModel(f"{path}: modules.json lists no Pooling module")
-    flags = _read_json(path / kinds["Pooling"]["path"] / "config.json")
-    chosen = [k for k, v in flags.items() if k.startswith("pooling_mode_") and v is True]
-    if len(chosen) != 1 or chosen[0] not in POOLING_MODES:
-        raise UnsupportedModel(f"{path}: pooling {chosen}, supported: exactly one of {sorted(POOLING_MODES)}")
-    return POOLING_MODES[chosen[0]], "Normalize" in kinds
-
-
-_MISSING: Any = object()
-
-
-def _read_json(file: Path, default: Any = _MISSING) -> Any:
-    if default is not _MISSING and not file.exists():
-        return default
-    return json.loads(file.read_text())

@@ -16,7 +16,7 @@ from contract.settings import Settings
 class EmbeddingModel:
     model_id: str
     encoder: Any
-    """worker_embedding.bert.Encoder: tokenize, embed, max_tokens, dimensions."""
+    """worker_embedding.bert.Encoder (or decoder.DecoderEncoder): tokenize, embed, max_tokens, dimensions."""
     matryoshka: tuple[int, ...] = ()
     """Dimensions the model was trained to be cut to (sentence-transformers' Matryoshka loss);
     empty: its vectors keep their full size (a `dimensions` request is refused)."""
@@ -27,12 +27,17 @@ def load_embedding_model(model_ref: str, settings: Settings) -> EmbeddingModel:
     path = resolve(ref)
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"{model_ref} has no config.json: not a sentence-transformers model directory")
-    from .bert import load_encoder  # imports mlx: kept out of --help
+    # Imported here: they import mlx, kept out of --help.
+    from .bert import load_encoder
+    from .decoder import is_decoder, load_decoder
 
+    config = json.loads((path / "config.json").read_text())
+    decoder = is_decoder(config)
     try:
-        encoder = load_encoder(path)
+        encoder = load_decoder(path) if decoder else load_encoder(path)
     except (KeyError, ValueError, FileNotFoundError) as exc:
-        raise ModelLoadError(f"{model_ref} could not be loaded as a BERT sentence encoder: {exc}") from exc
+        what = f"a {config.get('model_type')} decoder embedding model" if decoder else "a BERT sentence encoder"
+        raise ModelLoadError(f"{model_ref} could not be loaded as {what}: {exc}") from exc
     from mlx_common.arrays import materialize
 
     materialize(encoder.model)  # its float32 weights are computed here; the engine thread runs it

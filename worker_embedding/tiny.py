@@ -41,28 +41,30 @@ vocabulary stays this tokenizer's: the embedding lookup costs nothing to speak o
 POOLINGS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token", "last": "pooling_mode_lasttoken"}
 
 
-def build_tokenizer(out: Path) -> int:
+def build_tokenizer(out: Path, specials: list[str] = SPECIALS, single: str = "[CLS] $A [SEP]") -> int:
     """A lower-casing WordPiece like BERT's, write tokenizer.json; returns its vocabulary size.
 
     The vocabulary is built here, not trained: tokenizers' WordPieceTrainer numbers tokens
     differently from run to run. Ours: the special tokens, every character of the corpus alone
     and as a `##` continuation, then its words, all sorted. Other words split into characters;
-    characters the corpus lacks (emoji, CJK) become [UNK].
+    characters the corpus lacks (emoji, CJK) become the second special token (unknown).
+    `single` is the post-processor's template: BERT's by default, `$A <|endoftext|>` for a
+    decoder embedding model (worker_embedding/tiny_decoder.py).
     """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
     words = {w for line in CORPUS for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(line))}
     chars = sorted({c for w in words for c in w})
-    tokens = SPECIALS + chars + ["##" + c for c in chars] + sorted(w for w in words if len(w) > 1)
-    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(tokens)}, unk_token="[UNK]"))
+    tokens = specials + chars + ["##" + c for c in chars] + sorted(w for w in words if len(w) > 1)
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(tokens)}, unk_token=specials[1]))
     tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre_tokenizer, decoders.WordPiece()
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    used = [t for t in specials if t in single]
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+        single=single, special_tokens=[(t, tok.token_to_id(t)) for t in used]
     )
     tok.enable_truncation(16)  # as published tokenizer.json files do: the loader must undo it
-    tok.enable_padding(length=16, pad_id=tok.token_to_id("[PAD]"), pad_token="[PAD]")
+    tok.enable_padding(length=16, pad_id=0, pad_token=specials[0])
     tok.save(str(out / "tokenizer.json"))
     return tok.get_vocab_size()
 
@@ -139,10 +141,10 @@ def build(out_dir: Path, seed: int = 0, pooling: str = "mean", shape: str = "tin
         write_json(partial / "sentence_bert_config.json", {"max_seq_length": MAX_SEQ_LENGTH, "do_lower_case": False})
         return config, random_weights(config, seed)
 
-    return write_model(out_dir, make, save=_save_numpy)
+    return write_model(out_dir, make, save=save_numpy)
 
 
-def _save_numpy(path: Path, weights: dict) -> None:
+def save_numpy(path: Path, weights: dict) -> None:
     from safetensors.numpy import save_file
 
     save_file(weights, str(path), metadata={"format": "pt"})  # as a PyTorch checkpoint is saved
