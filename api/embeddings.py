@@ -2,16 +2,16 @@
 end, answered as floats or base64.
 
 The worker (worker_embedding/) tokenizes, checks each input against the model's limit, and
-packs the inputs with other requests' into length-bucketed batches; its `done` event carries
+packs the inputs with other requests' into batches of like length; its `done` event carries
 the vectors as base64 float32 in input order, which is already OpenAI's base64 encoding of
 each vector, so `encoding_format: base64` only cuts the bytes per input.
 """
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, request
 
-from contract.embeddings import embedding_list
+from contract.embeddings import embedding_body
 from contract.queues import new_job_id
 from contract.stream import Event, EventType
 
@@ -41,5 +41,5 @@ def embeddings():
 
     if not read_all(relay, add, client_socket=request.environ.get("gunicorn.socket")):
         return Response(status=499)  # nobody reads it; its job was cancelled
-    body = jsonify(embedding_list(payload.model, done, req.encoding_format)).get_data()
+    body = embedding_body(payload.model, done, req.encoding_format)
     return Response(then(body, relay.sent), mimetype="application/json", headers={"Content-Length": str(len(body))})

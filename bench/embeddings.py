@@ -134,10 +134,12 @@ def measure(args, url: str, encoder, shape: dict) -> list[dict]:
     }
     key = (shape["size"], shape["clients"], shape["per_client"])
     warm = {name: run(workload(f"warm/{shape['name']}", *key)) for name, run in sides.items()}
-    diff = float(np.abs(warm["ours"]["vectors"] - warm["in-process"]["vectors"]).max())
-    print(f"[{shape['name']}] warm-up done; ours vs in-process vectors: max |diff| {diff:.2g}", flush=True)
-    if diff > 1e-3:
-        raise RuntimeError(f"the worker's vectors differ from the in-process model's by {diff}: not the same model?")
+    # Compared by cosine: the two sides batch the inputs differently, and on a GPU float32
+    # matmuls run in TF32 and bfloat16 models round, so rows differ in their third digit.
+    cos = float((warm["ours"]["vectors"] * warm["in-process"]["vectors"]).sum(axis=1).min())
+    print(f"[{shape['name']}] warm-up done; ours vs in-process vectors: min cosine {cos:.6f}", flush=True)
+    if cos < 0.999:
+        raise RuntimeError(f"the worker's vectors differ from the in-process model's (cosine {cos}): another model?")
     runs: dict[str, list[dict]] = {name: [] for name in sides}
     for round_no in range(args.rounds):
         for name, run in sides.items():

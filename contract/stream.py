@@ -43,15 +43,24 @@ class Event:
         return self.type in TERMINAL
 
 
-def _encode(event_type: EventType, data: dict) -> dict[str, str]:
-    return {"type": event_type.value, "data": json.dumps(data, separators=(",", ":"))}
+BLOB = "blob:"
+"""Prefix of an entry field that carries one `bytes` value of the event's data as it is (an
+embedding job's vectors: megabytes that base64 inside JSON would cost ~40 ms to pack and
+unpack on each side)."""
+
+
+def _encode(event_type: EventType, data: dict) -> dict[str, str | bytes]:
+    blobs = {BLOB + k: v for k, v in data.items() if isinstance(v, bytes)}
+    rest = {k: v for k, v in data.items() if not isinstance(v, bytes)}
+    return {"type": event_type.value, "data": json.dumps(rest, separators=(",", ":")), **blobs}
 
 
 def _decode(entry_id: bytes | str, fields: dict) -> Event:
     raw = {(k.decode() if isinstance(k, bytes) else k): v for k, v in fields.items()}
-    data = raw.get("data", b"{}")
+    data = json.loads(_text(raw.get("data", b"{}")))
+    data.update({k.removeprefix(BLOB): v for k, v in raw.items() if k.startswith(BLOB)})
     entry = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    return Event(EventType(_text(raw["type"])), entry, json.loads(_text(data)))
+    return Event(EventType(_text(raw["type"])), entry, data)
 
 
 def _text(value: bytes | str) -> str:
@@ -60,8 +69,8 @@ def _text(value: bytes | str) -> str:
 
 def entry_commands(key: str, event_type: EventType, data: dict, *, maxlen: int, ttl: int) -> list[tuple]:
     """The Redis commands that append one event (the only place that shapes a stream entry)."""
-    fields = _encode(event_type, data)
-    commands: list[tuple] = [("XADD", key, "MAXLEN", "~", maxlen, "*", "type", fields["type"], "data", fields["data"])]
+    fields = [part for pair in _encode(event_type, data).items() for part in pair]
+    commands: list[tuple] = [("XADD", key, "MAXLEN", "~", maxlen, "*", *fields)]
     # `start` sets the expiry and the terminal event restarts it, so a stream outlives its
     # job by `ttl` and one whose worker vanished still expires. Deltas leave it alone: one
     # command less on every engine step (Settings keeps ttl >= the job timeout).

@@ -10,6 +10,7 @@ and on the real all-MiniLM-L6-v2, imported by `python -m worker_embedding.models
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -21,7 +22,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from worker_embedding import models
-from worker_embedding.bert import Encoder, UnsupportedModel, load_encoder
+from worker_embedding.bert import Encoder, UnsupportedModel, load_encoder, padded_shape
 from worker_embedding.tiny import build
 
 from .support import ROOT
@@ -147,6 +148,18 @@ def test_padded_batch_matches_numpy_reference(encoder: Encoder, model_dir: Path)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     for i, ids in enumerate(batch):  # the same vector alone as inside the padded batch
         np.testing.assert_allclose(np.array(encoder.embed([ids]))[0], got[i], atol=1e-5)
+
+
+def test_rounded_shapes_change_no_vector(encoder: Encoder) -> None:
+    """On a GPU batches are padded to few shapes (rows to 8s, width to 16s): same vectors."""
+    batch = encoder.tokenize(SENTENCES[:5])
+    assert padded_shape(len(batch), max(map(len, batch)), encoder.max_tokens)[0] == 8  # filler rows added
+    tight = np.array(encoder.embed(batch))
+    rounded = np.array(dataclasses.replace(encoder, round_shapes=True).embed(batch))
+    assert rounded.shape == tight.shape
+    np.testing.assert_allclose(rounded, tight, atol=1e-5)
+    assert padded_shape(3, 250, 256) == (8, 256) and padded_shape(9, 257, 512) == (16, 320)
+    assert padded_shape(1, 250, 251) == (8, 251)  # never past the model's limit
 
 
 def test_tokenize_keeps_every_token_and_embed_refuses_too_long(encoder: Encoder) -> None:

@@ -14,7 +14,7 @@ from contract.payloads import ChatJob, ChatMessage
 from contract.queues import JobSpec, QueueFull, cancel_job, enqueue, enqueue_many, fail_waiting
 from contract.results import ResultStatus, ending_without_event, read_result
 from contract.settings import Settings
-from contract.stream import EventType, StreamReader
+from contract.stream import EventType, StreamReader, StreamWriter
 
 
 @pytest.fixture()
@@ -149,3 +149,13 @@ def test_jobs_waiting_for_a_model_that_cannot_load_end_and_their_dependents_run(
         result = read_result(small.conn, small.keys, job.id)
         assert result.status == ResultStatus.FAILED and result.error["code"] == "model_unavailable"
     assert finalize.get_status() == JobStatus.QUEUED  # its lines ended: the batch can finish
+
+
+def test_bytes_in_an_event_travel_as_they_are(small):
+    """An embedding job's vectors: a `bytes` value of the data is a stream field of its own
+    (no base64, no JSON), read back as the same bytes beside the JSON part."""
+    vectors = bytes(range(256)) * 64  # not text: every byte value
+    writer = StreamWriter(small.conn, small.keys, "blobjob", maxlen=100, ttl=60)
+    writer.write(EventType.DONE, {"count": 2, "embeddings": vectors})
+    (event,) = StreamReader(small.conn, small.keys, "blobjob").read_all()
+    assert event.type == EventType.DONE and event.data == {"count": 2, "embeddings": vectors}

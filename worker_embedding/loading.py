@@ -38,9 +38,12 @@ def load_embedding_model(model_ref: str, settings: Settings) -> EmbeddingModel:
     except (KeyError, ValueError, FileNotFoundError) as exc:
         what = f"a {config.get('model_type')} decoder embedding model" if decoder else "a BERT sentence encoder"
         raise ModelLoadError(f"{model_ref} could not be loaded as {what}: {exc}") from exc
+    import mlx.core as mx
+
     from mlx_common.arrays import materialize
 
     materialize(encoder.model)  # its float32 weights are computed here; the engine thread runs it
+    encoder.round_shapes = mx.default_device() != mx.cpu
     return EmbeddingModel(model_ref, encoder, _matryoshka(path))
 
 
