@@ -19,9 +19,9 @@ MODEL_ROOT := $(firstword $(subst :, ,$(MODELS_DIR)))
 # An unset REDIS_URL means: start the embedded Redis and point everything at it.
 ifeq ($(strip $(REDIS_URL)),)
 REDIS_URL := redis://127.0.0.1:$(REDIS_PORT)/0
-PROCESSES := redis api text vision embed
+PROCESSES := redis api text vision embed announce
 else
-PROCESSES := api text vision embed
+PROCESSES := api text vision embed announce
 endif
 
 export API_PORT := $(PORT)
@@ -31,7 +31,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 DEFAULT_MODEL := SmolLM2-135M-Instruct
 DEFAULT_EMBED_MODEL := all-MiniLM-L6-v2
 
-.PHONY: run test lint install install-vision models default-model tiny-models bench bench-vision clean
+.PHONY: run test lint install install-vision models default-model tiny-models bench bench-vision plots clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -104,6 +104,10 @@ $(VENV_PEER)/.installed:
 
 bench-vision: install install-vision $(VENV_PEER)/.installed
 	PEER_PYTHON=$(VENV_PEER)/bin/python $(PY) bench/vision.py
+
+# Charts of the committed results (bench/results/*.json) into docs/img/*.svg.
+plots: install
+	$(PY) bench/plot.py
 
 clean:
 	rm -rf $(VENV) $(VENV_VISION) var/redis

@@ -38,6 +38,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         models,
         openapi,
         origins,
+        playground,
         request_id,
         responses,
     )
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(batches.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(openapi.bp)
+    playground.init_app(app)  # the page at /, and security headers on every answer
     # -- metrics and rq-dashboard (api/metrics.py, api/dashboard.py), both admin-only --
     from . import dashboard, metrics, telemetry
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, current_app, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from contract.keys import Kind
@@ -137,6 +137,19 @@ def create_batch():
     elif batches.set_status(ext, batch_id, BatchStatus.FINALIZING):
         batches.finish(ext, batch_id, BatchStatus.COMPLETED)
     return jsonify(_view(batch_id))
+
+
+@bp.get("/batches")
+def list_batches():
+    """OpenAI's list of batches, newest first: `limit` (1–100, default 20) and `after` (an id)."""
+    ext = current_app.extensions["mis"]
+    raw = request.args.get("limit", "20")
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 100:
+        raise APIError(400, "limit must be a whole number from 1 to 100", param="limit", code="invalid_value")
+    ids, more = batches.listed(ext, int(raw), request.args.get("after"))
+    data = [_view(i) for i in ids]
+    first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
+    return jsonify({"object": "list", "data": data, "first_id": first, "last_id": last, "has_more": more})
 
 
 @bp.get("/batches/<batch_id>")

@@ -10,6 +10,7 @@ from work.batches import BatchStatus
 from work.documents import DocStatus
 
 from .openapi_builders import (
+    BOOL,
     INT,
     STR,
     OperationScope,
@@ -137,6 +138,14 @@ def schemas(settings: Settings) -> dict:
             metadata=nullable({"type": "object"}),
             **{f"{t}_at": nullable(INT) for t in TIMES},
         ),
+        "BatchList": obj(
+            ["object", "data", "has_more"],
+            object={"const": "list"},
+            data=array(ref("Batch")),
+            first_id=nullable(STR),
+            last_id=nullable(STR),
+            has_more=BOOL,
+        ),
     }
 
 
@@ -227,12 +236,26 @@ def paths(v1: OperationScope) -> dict:
             )
         },
         "/v1/batches": {
+            "get": operation(
+                "List the kept batches, newest first",
+                {
+                    "200": json_response("A page of batches", ref("BatchList")),
+                    **errors(400, 401, 403, 500, 503),
+                },
+                parameters=[
+                    param(
+                        "limit", "query", {"type": "integer", "minimum": 1, "maximum": 100}, "at most this many (20)"
+                    ),
+                    param("after", "query", STR, "a batch id: the page starts after it"),
+                ],
+                **v1,
+            ),
             "post": operation(
                 "Create a batch of chat completions from an input file",
                 {"200": json_response("The batch", ref("Batch")), **errors(400, 401, 403, 404, 500, 503)},
                 body=ref("BatchRequest"),
                 **v1,
-            )
+            ),
         },
         "/v1/batches/{batch_id}": {
             "get": operation(

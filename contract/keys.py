@@ -58,6 +58,12 @@ class Keys:
         """Hash of one batch of the Batch API (work/batches.py), kept RESULTS_TTL."""
         return f"{self.prefix}batch:{batch_id}"
 
+    @property
+    def batches(self) -> str:
+        """Sorted set of batch ids scored by creation time: `GET /v1/batches` lists from it
+        (ids whose batch has expired are dropped as they are met)."""
+        return f"{self.prefix}batches"
+
     def autoload(self, model_id: str) -> str:
         """Set while a load that a chat request asked for is pending: the id of its command."""
         return f"{self.prefix}autoload:{model_id}"

@@ -9,12 +9,16 @@ never echo server paths.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from contract.keys import Kind
+from contract.progress import on_terminal
+
+log = logging.getLogger("mis.models")
 
 MAX_REF_LENGTH = 256
 MAX_PART_LENGTH = 255
@@ -121,6 +125,8 @@ def resolve(ref: ModelRef) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
+    _hub_bars_follow_terminal()
+    log.info("fetching %s through huggingface_hub (its local cache first)", ref.repo_id)
     try:
         return Path(snapshot_download(ref.repo_id, allow_patterns=HUB_PATTERNS))
     except LocalEntryNotFoundError as exc:
@@ -128,6 +134,22 @@ def resolve(ref: ModelRef) -> Path:
             f"{ref.repo_id} is not in the local Hugging Face cache and the hub cannot be "
             "reached (HF_HUB_OFFLINE is set or there is no network)"
         ) from exc
+
+
+def _hub_bars_follow_terminal() -> None:
+    """huggingface_hub draws its bars whatever stderr is; a worker under a manager writes
+    stderr to a log file, which would fill with redrawn frames. Same rule as every other bar
+    (contract.progress), unless HF_HUB_DISABLE_PROGRESS_BARS says otherwise: an explicit
+    choice wins (the hub would only warn that it cannot be overridden)."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+    if constants.HF_HUB_DISABLE_PROGRESS_BARS is not None:
+        return
+    if on_terminal():
+        enable_progress_bars()
+    else:
+        disable_progress_bars()
 
 
 def guess_kind(ref: ModelRef) -> Kind:

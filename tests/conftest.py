@@ -98,3 +98,12 @@ def keys() -> Keys:
 def ctx(redis_server, conn) -> Context:
     """The context the stack's processes use (its Redis, its key prefix)."""
     return Context.of(conn, Settings(redis_url=redis_server.url, key_prefix="test:"))
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Each phase's report on its test item (`item.rep_call`), so a fixture can tell at teardown
+    that its test failed (tests/test_playground.py takes a screenshot then)."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

@@ -10,6 +10,7 @@ import subprocess
 
 import openai
 import pytest
+import requests
 
 from .support import VISION_PYTHON, alias, client_for, wait_until
 from .test_vision import data_uri, image_message, png
@@ -148,3 +149,25 @@ def test_cancel_ends_the_batch_with_what_finished(batch_client):
             assert (
                 entry["response"]["status_code"] != 500 or entry["response"]["body"]["error"]["type"] == "server_error"
             )
+
+
+def test_batches_are_listed_newest_first_in_pages(batch_client, api_url, conn, keys):
+    """`GET /v1/batches` (OpenAI's list, the client's auto-paging): newest first, `after`
+    pages, an expired batch drops out of the list."""
+    made = []
+    for _ in range(3):  # malformed files: the batch fails at once, which is all a list needs
+        upload = batch_client.files.create(
+            file=jsonl([line("x", "tiny-text"), line("x", "tiny-text")]), purpose="batch"
+        )
+        made.append(batch_client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
+                                                completion_window="24h").id)  # fmt: skip
+    page = batch_client.batches.list(limit=2)
+    assert [b.id for b in page.data] == made[::-1][:2] and page.has_more
+    rest = batch_client.batches.list(limit=2, after=page.data[-1].id)
+    assert rest.data[0].id == made[0]
+    every = [b.id for b in batch_client.batches.list(limit=1)]  # auto-paging through `after`
+    assert every[:3] == made[::-1]
+    conn.delete(keys.batch(made[1]))  # as if its RESULTS_TTL had run out
+    assert made[1] not in [b.id for b in batch_client.batches.list(limit=100)]
+    for bad in ("0", "101", "x", "١"):
+        assert requests.get(f"{api_url}/v1/batches", params={"limit": bad}, timeout=10).status_code == 400

