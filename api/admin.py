@@ -69,6 +69,7 @@ def status():
                 "tokens_per_s": round(w.tokens_per_s, 2),
                 "jobs_per_min": round(w.jobs_per_min, 2),
                 "step_s": w.step_s,
+                "memory": w.memory or None,
                 "error": w.error or None,
             }
             for w in workers

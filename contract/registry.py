@@ -62,6 +62,9 @@ class WorkerInfo(BaseModel):
     step_s: float = 0.0
     """How long the engine's current step (or admission) has been running; 0 between steps.
     A large value with jobs waiting is a worker stuck in one long computation."""
+    memory: dict = {}
+    """The engine's KV memory (text workers): budget, bytes reserved, bytes per token, KV bits,
+    jobs waiting for memory (worker_text/memory.py); empty for other kinds."""
 
     @property
     def serving(self) -> bool:
@@ -81,7 +84,8 @@ class WorkerInfo(BaseModel):
 def publish(conn: redis.Redis, keys: Keys, info: WorkerInfo, ttl: int) -> None:
     """Write the whole entry and push its expiry `ttl` seconds out (one round trip)."""
     info.heartbeat_at = time.time()
-    fields = {k: str(v) for k, v in info.model_dump(mode="json").items()}
+    fields = {k: str(v) for k, v in info.model_dump(mode="json", exclude={"memory"}).items()}
+    fields["memory"] = json.dumps(info.memory)
     _publish(conn, keys.worker(info.name), keys.workers, info.name, fields, info.heartbeat_at, ttl)
 
 
@@ -95,7 +99,12 @@ def is_alive(conn: redis.Redis, keys: Keys, name: str) -> bool:
 
 def live_workers(conn: redis.Redis, keys: Keys) -> list[WorkerInfo]:
     """Entries whose heartbeat has not lapsed; prunes names of expired ones from the index."""
-    return [WorkerInfo.model_validate(fields) for fields in _live(conn, keys.workers, keys.worker)]
+    return [_worker(fields) for fields in _live(conn, keys.workers, keys.worker)]
+
+
+def _worker(fields: dict) -> WorkerInfo:
+    memory = fields.pop("memory", None)
+    return WorkerInfo.model_validate({**fields, "memory": json.loads(memory) if memory else {}})
 
 
 def serving_models(workers: list[WorkerInfo]) -> dict[str, list[WorkerInfo]]:

@@ -24,6 +24,7 @@ STATUS_BY_CODE = {
     "invalid_value": 400,
     "invalid_response_format": 400,  # a grammar this model's vocabulary cannot follow
     "invalid_image": 400,  # decoded only by the worker (api/images.py)
+    "kv_budget_exceeded": 400,  # prompt + max_tokens beyond the worker's memory (worker_text/memory.py)
     "worker_died": 503,
     "model_unavailable": 503,
     "job_expired": 503,

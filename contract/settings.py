@@ -88,6 +88,19 @@ class Settings(BaseSettings):
     """Jobs one worker runs at once in its batch (`--capacity` overrides it)."""
     prompt_cache_bytes: int = Field(512 * 1024 * 1024, ge=0)
     """Bytes of KV cache a text worker keeps for reuse by later prompts with the same prefix."""
+    kv_bits: int | None = Field(None)
+    """Quantize a text worker's KV cache to 8 or 4 bits (None: the model's float type): about
+    half or a quarter of the memory per token, so longer prompts and more of them fit."""
+    kv_group_size: int = Field(64)
+    """Values per quantization group of the KV cache (32, 64 or 128; must divide the head size)."""
+    worker_memory_gb: float = Field(0, ge=0)
+    """Memory a text worker may use for its weights and KV caches, in GB; 0: what MLX allows on
+    the device (`mx.get_memory_limit()`: Metal's recommended working set, or system memory).
+    A job is admitted only when its KV (prompt + max_tokens) fits beside the running batch's."""
+    prompt_cache_dir: str = "var/prompt-cache"
+    """Where text workers keep KV prefixes on disk, across restarts and model reloads."""
+    prompt_cache_disk_gb: float = Field(10, ge=0)
+    """Disk the prompt cache may use, in GB (least recently used prefixes go first); 0: off."""
     prefill_chunk: int = Field(0, ge=0, le=65536)
     """Prompt tokens a text worker prefills per engine step, between two decode steps of the
     jobs already generating, so a long prompt never stalls them (nor their cancels and
@@ -190,6 +203,23 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             value = value.split(",")
         return [v.strip().rstrip("/") for v in value or [] if v and v.strip()]
+
+    @field_validator("kv_bits", mode="before")
+    @classmethod
+    def _kv_bits(cls, value):
+        # KV_BITS=none|""|8|4: the environment spells "no quantization" as a word.
+        if value in (None, "", "none", "None", 0, "0"):
+            return None
+        if str(value) not in ("4", "8"):
+            raise ValueError("KV_BITS must be none, 8 or 4")
+        return int(value)
+
+    @field_validator("kv_group_size")
+    @classmethod
+    def _kv_group_size(cls, value):
+        if value not in (32, 64, 128):
+            raise ValueError("KV_GROUP_SIZE must be 32, 64 or 128")
+        return value
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -161,9 +161,11 @@ class EngineLoop(threading.Thread):
         self.inbox.put(admission)
 
     def behind(self) -> bool:
-        """Admissions wait in the inbox while one step has run past BEHIND_AFTER (a long
-        prefill): more jobs would only wait here, where no other worker can take them. A
-        burst during fast steps is not being behind: those jobs join the next step."""
+        """Jobs wait here — in the inbox behind a step past BEHIND_AFTER (a long prefill), or in
+        the engine for memory (`holding`) — so more would too, where no other worker can take
+        them. A burst during fast steps is not being behind: it joins the next step."""
+        if getattr(self.engine, "holding", False):
+            return True
         return self.inbox.qsize() > 0 and self.model_busy_for() > BEHIND_AFTER
 
     def model_busy_for(self) -> float:

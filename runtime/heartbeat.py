@@ -105,11 +105,12 @@ class WorkerStatus:
         with self.lock:
             return self._info.model_copy()
 
-    def sample_rates(self, step_s: float = 0.0) -> WorkerInfo:
+    def sample_rates(self, step_s: float = 0.0, memory: dict | None = None) -> WorkerInfo:
         """Update the rates, memory and step time from this beat; return the entry to publish."""
         with self.lock:
             info, now_ = self._info, time.time()
             info.step_s = round(step_s, 2)
+            info.memory = memory or {}
             self._samples.append((now_, info.jobs_done, info.tokens_generated))
             while now_ - self._samples[0][0] > RATE_WINDOW:
                 self._samples.popleft()
@@ -139,8 +140,10 @@ class Heartbeat(threading.Thread):
         try:
             worker = self.rq_worker
             step_s = worker.engine.model_busy_for() if worker is not None else 0.0
+            status_of = getattr(worker.engine.engine, "memory_status", None) if worker is not None else None
+            memory = status_of() if status_of is not None else None
             registry.publish(
-                self.ctx.conn, self.ctx.keys, self.status.sample_rates(step_s), self.ctx.settings.worker_ttl
+                self.ctx.conn, self.ctx.keys, self.status.sample_rates(step_s, memory), self.ctx.settings.worker_ttl
             )
             if worker is not None:
                 worker.refresh_executions()

@@ -104,6 +104,8 @@ def test_every_refusal_a_worker_can_make_has_a_4xx_status():
     """Hardening III, case 5: a batch line the worker refused read `status_code: 500` (its code,
     `invalid_response_format`, had no status); every RequestRejected code now maps to a 4xx."""
     import mlx_common.grammar  # noqa: F401  (defines InvalidGrammar)
+    import worker_embedding.engine  # noqa: F401  (defines InputTooLong)
+    import worker_text.memory  # noqa: F401  (defines KVBudgetExceeded)
     import worker_vision.jobs  # noqa: F401  (defines ImageUnreadable)
     from contract.results import http_status
     from runtime.rejections import RequestRejected
@@ -114,5 +116,6 @@ def test_every_refusal_a_worker_can_make_has_a_4xx_status():
             yield from subclasses(sub)
 
     codes = {RequestRejected.code, *(sub.code for sub in subclasses(RequestRejected))}
-    assert {"invalid_value", "context_length_exceeded", "invalid_response_format", "invalid_image"} <= codes
+    assert {"invalid_value", "context_length_exceeded", "invalid_response_format", "invalid_image",
+            "kv_budget_exceeded"} <= codes  # fmt: skip
     assert all(400 <= http_status(code) < 500 for code in codes), {c: http_status(c) for c in codes}

@@ -10,11 +10,24 @@ from runtime.cli import run_worker
 
 
 def make_engine(model: str, settings: Settings, capacity: int):
-    from .engine import TextEngine  # imports mlx; kept out of --help
-    from .loading import load_text_model
+    import mlx.core as mx  # imports mlx; kept out of --help
 
+    from contract.modelref import ModelLoadError
+
+    from .engine import TextEngine
+    from .loading import load_text_model
+    from .memory import GB, KVBudget, kv_bytes_per_token
+
+    text_model = load_text_model(model, settings)
+    # The memory budget (worker_text/memory.py): what MLX may use, less the weights just loaded.
+    limit = int(settings.worker_memory_gb * GB) if settings.worker_memory_gb else mx.get_memory_limit()
+    try:
+        per_token = kv_bytes_per_token(text_model.model, settings.kv_bits, settings.kv_group_size)
+        budget = KVBudget.for_worker(limit, mx.get_active_memory(), settings.prompt_cache_bytes, per_token)
+    except ValueError as exc:  # a group size the heads cannot take, or no room left for KV
+        raise ModelLoadError(f"{model}: {exc}") from exc
     return TextEngine(
-        load_text_model(model, settings), capacity, settings.prompt_cache_bytes, prefill_chunk=settings.prefill_chunk
+        text_model, capacity, settings.prompt_cache_bytes, prefill_chunk=settings.prefill_chunk, budget=budget
     )
 
 

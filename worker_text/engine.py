@@ -14,23 +14,15 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, make_stop_sequences
 from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, trim_prompt_cache
-from mlx_lm.sample_utils import (
-    apply_min_p,
-    apply_top_k,
-    apply_top_p,
-    greedy_sampler,
-    make_logits_processors,
-    make_sampler,
-)
+from mlx_lm.sample_utils import make_logits_processors
 from mlx_lm.tokenizer_utils import StreamingDetokenizer
 
-from contract.payloads import ChatJob, CompletionTokensDetails, PromptTokensDetails, SamplingParams, Usage
+from contract.payloads import ChatJob, CompletionTokensDetails, PromptTokensDetails, Usage
 from contract.stream import EventType
 from mlx_common.grammar import Grammars
 from mlx_common.logprobs import token_logprob
 from mlx_common.prefill import default_prefill_chunk
 from mlx_common.reasoning import ReasoningSplitter, Thinking, ThinkingBudget
-from mlx_common.sampling import Filters, SeededSampler
 from mlx_common.tools import (
     ToolCallSplitter,
     check_tools,
@@ -45,12 +37,12 @@ from runtime.steps import StepEvent
 from runtime.stops import StopMatcher, done_data
 
 from .constrained import install, rows_of
+from .memory import KVBudget
+from .samplers import SamplerCache
 from .shared_prefill import SharedPrefill, from_shared
 
 PROMPT_CACHE_ENTRIES = 64
 """Most sequences the prompt cache keeps (its byte bound usually binds first)."""
-FILTERS = Filters(apply_top_p, apply_min_p, apply_top_k)
-"""mlx-lm's logit filters, for seeded samplers (mlx_common.sampling)."""
 
 
 @dataclass
@@ -113,8 +105,17 @@ class TextEngine:
     Only the engine thread may call it: MLX work stays on the stream of that thread.
     """
 
-    def __init__(self, text_model: TextModel, capacity: int, prompt_cache_bytes: int, prefill_chunk: int = 0):
+    def __init__(
+        self,
+        text_model: TextModel,
+        capacity: int,
+        prompt_cache_bytes: int,
+        prefill_chunk: int = 0,
+        budget: KVBudget | None = None,
+    ):
         self.text_model = text_model
+        self.budget = budget
+        """Memory-aware admission (worker_text/memory.py); None: unbounded (tests of other parts)."""
         self.capacity = capacity
         self.prompt_cache = LRUPromptCache(max_size=PROMPT_CACHE_ENTRIES, max_bytes=prompt_cache_bytes)
         self.prefill_chunk = prefill_chunk or default_prefill_chunk()
@@ -222,13 +223,24 @@ class TextEngine:
                 self.constrained[uid] = constraint
             return uid
 
-        leader = self.shared.leader_of(prompt)
-        if leader is not None:  # the same prompt is being prefilled: wait for it, not prefill it again
-            self.shared.follow(leader, job_id, insert)
-            return {"prompt_tokens": len(prompt), "cached_tokens": len(prompt) - 1, **start}
-        uid = insert(None)
-        self.shared.lead(uid, prompt)
-        return {"prompt_tokens": len(prompt), "cached_tokens": self.sequences[uid].cached_tokens, **start}
+        cached = [0]
+
+        def begin() -> None:
+            leader = self.shared.leader_of(prompt)
+            if leader is not None:  # the same prompt is being prefilled: wait for it, not prefill it again
+                self.shared.follow(leader, job_id, insert)
+                cached[0] = len(prompt) - 1
+                return
+            uid = insert(None)
+            self.shared.lead(uid, prompt)
+            cached[0] = self.sequences[uid].cached_tokens
+
+        if self.budget is None:
+            begin()
+        else:  # it starts when its KV fits beside the batch's (worker_text/memory.py)
+            need = self.budget.check(len(prompt), min(request.max_tokens, model.context_length - len(prompt)))
+            self.budget.start(job_id, need, begin)
+        return {"prompt_tokens": len(prompt), "cached_tokens": cached[0], **start}
 
     def _raw_prompt(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, str):
@@ -249,7 +261,18 @@ class TextEngine:
         start = self.text_model.tokenizer.encode(thinking.start, add_special_tokens=False)
         return ThinkingBudget(start[0] if len(start) == 1 else None, thinking.end_token, budget, inside)
 
+    @property
+    def holding(self) -> bool:
+        """Jobs wait for memory: the admission loop takes no more (runtime/engine_loop.py)."""
+        return self.budget is not None and self.budget.holding
+
+    def memory_status(self) -> dict:
+        """KV memory figures for the registry (`/admin/status`)."""
+        return self.budget.status() if self.budget is not None else {}
+
     def step(self) -> tuple[list[StepEvent], dict[str, dict]]:
+        if self.budget is not None:
+            self.budget.admit_waiting()
         prompts, responses = self.generator.next()
         for prompt in prompts:
             if prompt.end_of_prompt:
@@ -301,6 +324,8 @@ class TextEngine:
 
     def remove(self, job_ids: list[str]) -> dict[str, int]:
         waiting = {j: 0 for j in job_ids if self.shared.drop(j)}  # never started: no tokens
+        if self.budget is not None:  # jobs still waiting for memory never started either
+            waiting |= {j: 0 for j in job_ids if self.budget.release(j)}
         uids = [self.uid_of[j] for j in job_ids if j in self.uid_of]
         if uids:
             self.generator.remove(uids)
@@ -361,30 +386,8 @@ class TextEngine:
         self.constrained.pop(uid, None)
         seq = self.sequences.pop(uid)
         del self.uid_of[seq.job_id]
+        if self.budget is not None:
+            self.budget.release(seq.job_id)
         for follower in self.shared.prefilled(uid):  # it went before its prompt was done
             follower.insert(None)
         return seq
-
-
-class SamplerCache:
-    """One sampler object per distinct setting: jobs that share one are sampled in one call
-    for the whole batch (mlx-lm batches rows whose sampler is the same object). A seeded job
-    gets a sampler of its own with a private random key, so its output depends on its seed
-    alone, never on what else shares the batch."""
-
-    def __init__(self):
-        self.shared: dict[tuple, object] = {}
-
-    def get(self, params: SamplingParams):
-        if params.temperature == 0:
-            return greedy_sampler
-        if params.seed is not None:
-            return SeededSampler(params, FILTERS)
-        key = (params.temperature, params.top_p, params.min_p, params.top_k)
-        if key not in self.shared:
-            if len(self.shared) > 256:
-                self.shared.clear()
-            self.shared[key] = make_sampler(
-                temp=params.temperature, top_p=params.top_p, min_p=params.min_p, top_k=params.top_k
-            )
-        return self.shared[key]
