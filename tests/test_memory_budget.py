@@ -80,3 +80,37 @@ def test_a_request_that_could_never_fit_is_refused(api_url, budget_model):
         )
     assert refused.value.code == "kv_budget_exceeded"
     assert "WORKER_MEMORY_GB" in refused.value.message and "max_tokens" in refused.value.message
+
+
+@pytest.fixture(scope="module")
+def kv8_model(stack, models_dir):
+    """tiny-text widened to a head size of 32 (the smallest quantization group), KV in 8 bits."""
+    from worker_text.tiny import build
+
+    if not (models_dir / "tiny-kv8").exists():
+        build(models_dir / "tiny-kv8", hidden_size=128)
+    stack.start_worker("tiny-kv8", KV_BITS="8", KV_GROUP_SIZE="32")
+    return "tiny-kv8"
+
+
+def test_kv_bits_8_answers_with_a_smaller_cache(api_url, kv8_model):
+    client = client_for(api_url)
+    answer = client.chat.completions.create(
+        model=kv8_model, messages=[{"role": "user", "content": PROMPT}], max_tokens=40, temperature=0
+    )
+    assert answer.choices[0].message.content and answer.usage.completion_tokens > 0
+    again = client.chat.completions.create(  # the prompt cache serves quantized caches too
+        model=kv8_model, messages=[{"role": "user", "content": PROMPT}], max_tokens=40, temperature=0
+    )
+    assert again.usage.prompt_tokens_details.cached_tokens > 0
+    assert again.choices[0].message.content == answer.choices[0].message.content
+    figures = wait_until(lambda: memory(api_url, kv8_model), 10, "the worker's memory figures")
+    # float32 KV of this shape: 2 layers x (keys + values) x 2 heads x 32 x 4 bytes = 1,024 a token
+    assert figures["kv_bits"] == 8 and figures["kv_bytes_per_token"] < 0.6 * 1024
+
+
+def test_a_group_size_the_heads_cannot_take_fails_the_load(stack, models_dir, api_url):
+    """tiny-text's heads have 16 values: no quantization group fits; the worker says why."""
+    model = alias(models_dir, "tiny-kv-bad")
+    proc = stack.start_worker(model, wait=False, KV_BITS="8", KV_GROUP_SIZE="32")
+    wait_until(lambda: "group" in proc.log() and "head" in proc.log(), 60, "the load to fail with the reason")

@@ -98,6 +98,7 @@ def test_the_page_loads_clean_with_its_security_headers(page, api_url):
     options = page.eval_on_selector_all("#model option", "os => os.map(o => o.textContent)")
     assert "tiny-text (text)" in options
     assert page.locator("#model-kind").text_content() == "text"
+    assert not page.locator("#attach-label").is_visible()  # images only for vision models
     headers = requests.get(api_url + "/", timeout=10).headers
     csp = headers["Content-Security-Policy"]
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "unsafe-eval" not in csp

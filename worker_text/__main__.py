@@ -15,19 +15,28 @@ def make_engine(model: str, settings: Settings, capacity: int):
     from contract.modelref import ModelLoadError
 
     from .engine import TextEngine
+    from .kv_quant import check_kv_quantization, kv_bytes_per_token
     from .loading import load_text_model
-    from .memory import GB, KVBudget, kv_bytes_per_token
+    from .memory import GB, KVBudget
 
     text_model = load_text_model(model, settings)
+    bits, group = settings.kv_bits, settings.kv_group_size
     # The memory budget (worker_text/memory.py): what MLX may use, less the weights just loaded.
     limit = int(settings.worker_memory_gb * GB) if settings.worker_memory_gb else mx.get_memory_limit()
     try:
-        per_token = kv_bytes_per_token(text_model.model, settings.kv_bits, settings.kv_group_size)
+        if bits is not None:  # an architecture or head size the quantized cache cannot serve: refused here
+            check_kv_quantization(text_model.model, bits, group)
+        per_token = kv_bytes_per_token(text_model.model, bits, group)
         budget = KVBudget.for_worker(limit, mx.get_active_memory(), settings.prompt_cache_bytes, per_token)
     except ValueError as exc:  # a group size the heads cannot take, or no room left for KV
         raise ModelLoadError(f"{model}: {exc}") from exc
     return TextEngine(
-        text_model, capacity, settings.prompt_cache_bytes, prefill_chunk=settings.prefill_chunk, budget=budget
+        text_model,
+        capacity,
+        settings.prompt_cache_bytes,
+        prefill_chunk=settings.prefill_chunk,
+        budget=budget,
+        kv_quantization=(bits, group) if bits is not None else None,
     )
 
 

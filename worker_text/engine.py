@@ -37,6 +37,7 @@ from runtime.steps import StepEvent
 from runtime.stops import StopMatcher, done_data
 
 from .constrained import install, rows_of
+from .kv_quant import make_quantized_cache
 from .memory import KVBudget
 from .samplers import SamplerCache
 from .shared_prefill import SharedPrefill, from_shared
@@ -112,8 +113,11 @@ class TextEngine:
         prompt_cache_bytes: int,
         prefill_chunk: int = 0,
         budget: KVBudget | None = None,
+        kv_quantization: tuple[int, int] | None = None,
     ):
         self.text_model = text_model
+        self.kv_quantization = kv_quantization
+        """(bits, group size) of the KV cache (KV_BITS), or None: the model's float type."""
         self.budget = budget
         """Memory-aware admission (worker_text/memory.py); None: unbounded (tests of other parts)."""
         self.capacity = capacity
@@ -204,6 +208,8 @@ class TextEngine:
             KV cache of this very prompt that a leader just prefilled (worker_text/shared_prefill.py)."""
             cache, rest = self._cached_prefix(prompt) if shared is None else from_shared(shared, prompt)
             cached = len(prompt) - len(rest)
+            if cache is None and self.kv_quantization is not None:  # every sequence's: batches merge by type
+                cache = make_quantized_cache(model.model, *self.kv_quantization)
             (uid,) = self.generator.insert(
                 [rest],
                 max_tokens=[min(request.max_tokens, model.context_length - len(prompt))],
@@ -268,7 +274,8 @@ class TextEngine:
 
     def memory_status(self) -> dict:
         """KV memory figures for the registry (`/admin/status`)."""
-        return self.budget.status() if self.budget is not None else {}
+        bits = {"kv_bits": self.kv_quantization[0] if self.kv_quantization else None}
+        return {**self.budget.status(), **bits} if self.budget is not None else bits
 
     def step(self) -> tuple[list[StepEvent], dict[str, dict]]:
         if self.budget is not None:

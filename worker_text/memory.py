@@ -122,19 +122,3 @@ class KVBudget:
             "limit_bytes": self.limit,
             "jobs_waiting_for_memory": len(self.waiting),
         }
-
-
-def kv_bytes_per_token(model, bits: int | None, group_size: int) -> int:
-    """Bytes one token of KV costs across all layers, measured rather than derived from the
-    config (architectures name their heads differently): a cache made the way the engine
-    makes it, one token through the model, its bytes over the tokens its buffers hold."""
-    import mlx.core as mx
-    from mlx_lm.models.cache import make_prompt_cache
-
-    cache = make_prompt_cache(model)
-    model(mx.array([[0]]), cache=cache)
-    if bits is not None:
-        cache = [c.to_quantized(group_size=group_size, bits=bits) for c in cache]
-    mx.eval([c.state for c in cache])
-    # Buffers grow `step` tokens at a time; the bytes of the allocated rows are the cost.
-    return sum(c.nbytes // max(1, c.keys[0].shape[-2] if bits else c.keys.shape[-2]) for c in cache)
