@@ -48,6 +48,7 @@ def bench_stack(models_dir: str | None = None) -> Iterator[tuple[Stack, str, dic
         "KEY_PREFIX": "bench:",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         "MODELS_DIR": models_dir or os.environ.get("MODELS_DIR", str(ROOT / "var" / "models")),
+        "PROMPT_CACHE_DIR": str(tmp / "prompt-cache"),
     }
     stack = Stack(env=env, logs=tmp)
     try:

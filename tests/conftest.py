@@ -63,6 +63,7 @@ def stack(redis_server, models_dir, tmp_path_factory):
         WORKER_TTL="3",
         MAX_BODY_BYTES=str(16 * 1024 * 1024),
         MAX_DOCUMENT_BYTES=str(2_000_000),
+        PROMPT_CACHE_DIR=str(tmp_path_factory.mktemp("prompt-cache")),
     )
     stack = Stack(env=env, logs=tmp_path_factory.mktemp("logs"))
     yield stack

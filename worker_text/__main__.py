@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from contract.keys import Kind
 from contract.settings import Settings
@@ -14,6 +15,7 @@ def make_engine(model: str, settings: Settings, capacity: int):
 
     from contract.modelref import ModelLoadError
 
+    from .disk_cache import DiskPromptCache, model_key
     from .engine import TextEngine
     from .kv_quant import check_kv_quantization, kv_bytes_per_token
     from .loading import load_text_model
@@ -30,6 +32,14 @@ def make_engine(model: str, settings: Settings, capacity: int):
         budget = KVBudget.for_worker(limit, mx.get_active_memory(), settings.prompt_cache_bytes, per_token)
     except ValueError as exc:  # a group size the heads cannot take, or no room left for KV
         raise ModelLoadError(f"{model}: {exc}") from exc
+    # KV prefixes on disk, keyed by the model's files and the cache's precision (worker_text/disk_cache.py).
+    disk = None
+    if text_model.path is not None and settings.prompt_cache_disk_gb > 0:
+        disk = DiskPromptCache(
+            Path(settings.prompt_cache_dir),
+            int(settings.prompt_cache_disk_gb * GB),
+            model_key(text_model.path, text_model.model_id, kv_bits=bits, kv_group_size=group),
+        )
     return TextEngine(
         text_model,
         capacity,
@@ -37,6 +47,7 @@ def make_engine(model: str, settings: Settings, capacity: int):
         prefill_chunk=settings.prefill_chunk,
         budget=budget,
         kv_quantization=(bits, group) if bits is not None else None,
+        disk=disk,
     )
 
 

@@ -13,7 +13,6 @@ from typing import Any
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, make_stop_sequences
-from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import make_logits_processors
 from mlx_lm.tokenizer_utils import StreamingDetokenizer
 
@@ -28,8 +27,6 @@ from mlx_common.tools import (
     check_tools,
     hidden_tokens,
     marker_tokens,
-    template_message,
-    template_tools,
     tool_format,
 )
 from runtime.rejections import PromptTooLong, RequestRejected, check_logit_bias
@@ -37,45 +34,13 @@ from runtime.steps import StepEvent
 from runtime.stops import StopMatcher, done_data
 
 from .constrained import install, rows_of
+from .disk_cache import DiskPromptCache
 from .kv_quant import make_quantized_cache
 from .memory import KVBudget
+from .model import TextModel
+from .prompt_caches import PromptCaches, common_prefix
 from .samplers import SamplerCache
 from .shared_prefill import SharedPrefill, from_shared
-
-PROMPT_CACHE_ENTRIES = 64
-"""Most sequences the prompt cache keeps (its byte bound usually binds first)."""
-
-
-@dataclass
-class TextModel:
-    model_id: str
-    model: Any
-    """mlx-lm's model (an nn.Module)."""
-    tokenizer: Any
-    """mlx-lm's TokenizerWrapper."""
-    context_length: int
-    vocab_size: int
-
-    def encode_chat(self, job: ChatJob, **template_options) -> list[int]:
-        return self.encode(self.render_chat(job, **template_options))
-
-    def encode(self, prompt_text: str) -> list[int]:
-        # A template writes its own special tokens; plain text gets the tokenizer's (a BOS).
-        return self.tokenizer.encode(prompt_text, add_special_tokens=not getattr(self.tokenizer, "chat_template", None))
-
-    def render_chat(self, job: ChatJob, **template_options) -> str:
-        """The prompt as text: the chat template with the request's tools and options (an
-        `enable_thinking` switch, `reasoning_effort`), which templates that know them read."""
-        # A text model sees text only (the API never routes images to one).
-        messages = [template_message(m) for m in job.messages]
-        if getattr(self.tokenizer, "chat_template", None):
-            tools = template_tools(job)
-            options = {k: v for k, v in template_options.items() if v is not None}
-            return self.tokenizer.apply_chat_template(
-                messages, tools=tools, add_generation_prompt=True, tokenize=False, **options
-            )
-        # No template: plain "role: content" lines, as mlx_lm.server does.
-        return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
 
 
 @dataclass
@@ -85,6 +50,7 @@ class _Sequence:
     job_id: str
     uid: int
     request: ChatJob
+    prompt: list[int]
     prompt_tokens: int
     cached_tokens: int
     stops: StopMatcher
@@ -101,8 +67,8 @@ class TextEngine:
     """The text worker's engine (runtime.engine_loop.Engine) over mlx-lm's `BatchGenerator`.
 
     Each job brings its own sampler, logits processors, stop strings and token limit.
-    Prompts reuse the KV cache of their longest known prefix from an LRU bounded in bytes
-    (mlx-lm's `LRUPromptCache`): a conversation's next turn prefills only its new tokens.
+    Prompts reuse the KV cache of their longest known prefix, in RAM or on disk
+    (worker_text/prompt_caches.py): a conversation's next turn prefills only its new tokens.
     Only the engine thread may call it: MLX work stays on the stream of that thread.
     """
 
@@ -114,6 +80,7 @@ class TextEngine:
         prefill_chunk: int = 0,
         budget: KVBudget | None = None,
         kv_quantization: tuple[int, int] | None = None,
+        disk: DiskPromptCache | None = None,
     ):
         self.text_model = text_model
         self.kv_quantization = kv_quantization
@@ -121,7 +88,7 @@ class TextEngine:
         self.budget = budget
         """Memory-aware admission (worker_text/memory.py); None: unbounded (tests of other parts)."""
         self.capacity = capacity
-        self.prompt_cache = LRUPromptCache(max_size=PROMPT_CACHE_ENTRIES, max_bytes=prompt_cache_bytes)
+        self.caches = PromptCaches(text_model.model_id, prompt_cache_bytes, disk, kv_quantization is not None)
         self.prefill_chunk = prefill_chunk or default_prefill_chunk()
         self.eos_stops = make_stop_sequences(text_model.tokenizer)
         tokenizer = text_model.tokenizer
@@ -206,7 +173,7 @@ class TextEngine:
         def insert(shared: list | None) -> int:
             """Into the batch: from the prompt cache's longest prefix, or from `shared`, the
             KV cache of this very prompt that a leader just prefilled (worker_text/shared_prefill.py)."""
-            cache, rest = self._cached_prefix(prompt) if shared is None else from_shared(shared, prompt)
+            cache, rest = self.caches.fetch(prompt) if shared is None else from_shared(shared, prompt)
             cached = len(prompt) - len(rest)
             if cache is None and self.kv_quantization is not None:  # every sequence's: batches merge by type
                 cache = make_quantized_cache(model.model, *self.kv_quantization)
@@ -220,7 +187,8 @@ class TextEngine:
                 stop_sequences=[self.eos_stops],
             )
             self.sequences[uid] = _Sequence(
-                job_id, uid, request, len(prompt), cached, StopMatcher(request.stop), model.tokenizer.detokenizer,
+                job_id, uid, request, prompt, len(prompt), cached, StopMatcher(request.stop),
+                model.tokenizer.detokenizer,
                 calls=ToolCallSplitter(self.tool_format) if calling and self.tool_format else None,
                 reasoning=ReasoningSplitter(thinking, inside) if thinking is not None else None,
             )  # fmt: skip
@@ -284,6 +252,7 @@ class TextEngine:
         for prompt in prompts:
             if prompt.end_of_prompt:
                 self._start_followers(prompt.uid)
+                self._save_prefilled(prompt.uid)
         events: list[StepEvent] = []
         finished: dict[str, dict] = {}
         for response in responses:
@@ -329,6 +298,25 @@ class TextEngine:
         for follower in followers:
             follower.insert(cache)
 
+    def _save_prefilled(self, uid: int) -> None:
+        """A prompt's prefill ended: its cache to disk (and the part before its last message)."""
+        seq = self.sequences.get(uid)
+        if seq is None or not self.caches.wants(seq.prompt):
+            return
+        cache = self.generator.extract_cache([uid]).get(uid, (None, None))[0]
+        if cache is not None:
+            self.caches.prefilled(seq.prompt, cache, lambda: self._before_last_message(seq))
+
+    def _before_last_message(self, seq: _Sequence) -> int:
+        """Tokens of the prompt before its last message: where a shared system prompt ends."""
+        messages = seq.request.messages
+        if seq.request.prompt is not None or len(messages) < 2:
+            return 0
+        earlier = self.text_model.encode(
+            self.text_model.render_chat(seq.request.model_copy(update={"messages": messages[:-1]}))
+        )
+        return common_prefix(earlier, seq.prompt)
+
     def remove(self, job_ids: list[str]) -> dict[str, int]:
         waiting = {j: 0 for j in job_ids if self.shared.drop(j)}  # never started: no tokens
         if self.budget is not None:  # jobs still waiting for memory never started either
@@ -341,19 +329,6 @@ class TextEngine:
             seq = self._forget(uid)
             tokens[seq.job_id] = seq.tokens
         return tokens
-
-    def _cached_prefix(self, prompt: list[int]) -> tuple[list | None, list[int]]:
-        """The cache of the longest known prefix, and the tokens still to prefill (never
-        none: the last prompt token must go through the model to give the first logits)."""
-        cache, rest = self.prompt_cache.fetch_nearest_cache(self.text_model.model_id, prompt)
-        if cache is None:
-            return None, prompt
-        if not rest:
-            if not can_trim_prompt_cache(cache):
-                return None, prompt
-            trim_prompt_cache(cache, 1)
-            rest = prompt[-1:]
-        return cache, rest
 
     def _text(self, seq: _Sequence, response) -> tuple[str, str | None]:
         """The text this token releases and the job's finish reason, if it ends here."""
@@ -377,7 +352,7 @@ class TextEngine:
         else:
             cache, tokens = response.prompt_cache, response.all_tokens
         if cache is not None and tokens:
-            self.prompt_cache.insert_cache(self.text_model.model_id, list(tokens), cache)
+            self.caches.keep(list(tokens), cache)
         self._forget(seq.uid)
         return Usage(
             prompt_tokens=seq.prompt_tokens,

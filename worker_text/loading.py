@@ -13,7 +13,7 @@ from contract.modelref import ModelLoadError, parse_model_ref, resolve
 from contract.settings import Settings
 from mlx_common.flat_decode import flatten_decode
 
-from .engine import TextModel
+from .model import TextModel
 
 
 def load_text_model(model_ref: str, settings: Settings) -> TextModel:
@@ -34,6 +34,7 @@ def load_text_model(model_ref: str, settings: Settings) -> TextModel:
         tokenizer=tokenizer,
         context_length=_context_length(config, tokenizer),
         vocab_size=_vocab_size(config, tokenizer),
+        path=path,
     )
 
 
