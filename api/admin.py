@@ -17,6 +17,7 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry
 from contract import commands, registry
 from contract.keys import Kind, parse_queue_name
 from contract.modelref import InvalidModelRef, ModelRef, guess_kind, parse_model_ref
+from contract.prefixes import DIRECT
 from contract.reasons import safe_text
 from contract.registry import live_managers
 from contract.results import read_result
@@ -81,8 +82,9 @@ def status():
             "queued": sum(q["queued"] for q, _ in queues),
             "running": sum(w.active_jobs for w in workers),
         },
-        recent_errors=_recent_errors(ext.conn, ext.keys, [queue for _, queue in queues]),
-        redis=_redis_memory(ext.conn, ext.keys, [queue for _, queue in queues]),
+        # Workers' own queues (routed conversations, contract/prefixes.py) hold answers and errors too.
+        recent_errors=_recent_errors(ext.conn, ext.keys, [queue for _, queue in queues] + _direct(ext.conn)),
+        redis=_redis_memory(ext.conn, ext.keys, [queue for _, queue in queues] + _direct(ext.conn)),
     )
 
 
@@ -131,6 +133,10 @@ def _queues(conn) -> list[tuple[dict, Queue]]:
     return sorted(found, key=lambda pair: pair[0]["name"])
 
 
+def _direct(conn) -> list[Queue]:
+    return [q for q in Queue.all(connection=conn) if q.name.startswith(DIRECT)]
+
+
 def _recent_errors(conn, keys, queues: list[Queue]) -> list[dict]:
     """Failed jobs with the reason their client was given (the job's own error event, or the
     outcome rule's), never rq's traceback: that names our modules and libraries' raw messages."""
@@ -161,6 +167,7 @@ def load():
     kind = _kind_arg(ref)
     replicas = _int_arg("replicas", 1, 1, 16) or 1
     keep_alive = _int_arg("keep_alive", None, -1, 7 * 86400)
+    env = _kv_args(kind)
     wait = _wait_arg()
     if not live_managers(ext.conn, ext.keys, kind):
         raise APIError(
@@ -174,7 +181,9 @@ def load():
                and w.state not in (registry.WorkerState.ERROR, registry.WorkerState.STOPPING)]  # fmt: skip
     missing = max(0, replicas - len(present))
     ids = (
-        commands.send_load(ext.conn, ext.keys, kind, model, replicas=missing, keep_alive=keep_alive) if missing else []
+        commands.send_load(ext.conn, ext.keys, kind, model, replicas=missing, keep_alive=keep_alive, env=env)
+        if missing
+        else []
     )
     deadline = time.monotonic() + wait
     while True:
@@ -250,6 +259,25 @@ def _kind_arg(ref: ModelRef) -> Kind:
             raise APIError(400, f"kind must be one of {', '.join(Kind)}", param="kind", code="invalid_value")
         return Kind(given)
     return guess_kind(ref)
+
+
+def _kv_args(kind: Kind) -> dict[str, str]:
+    """`kv_bits` (none, 8, 4) and `kv_group_size` (32, 64, 128) for the workers of this load:
+    the KV cache's precision (text models; docs/MEMORY.md)."""
+    env = {}
+    bits, group = request.args.get("kv_bits"), request.args.get("kv_group_size")
+    if bits is not None:
+        if bits not in ("none", "8", "4"):
+            raise APIError(400, "kv_bits must be none, 8 or 4", param="kv_bits", code="invalid_value")
+        env["KV_BITS"] = bits
+    if group is not None:
+        if group not in ("32", "64", "128"):
+            raise APIError(400, "kv_group_size must be 32, 64 or 128", param="kv_group_size", code="invalid_value")
+        env["KV_GROUP_SIZE"] = group
+    if env and kind != Kind.TEXT:
+        raise APIError(400, "kv_bits and kv_group_size apply to text models only", param="kv_bits",
+                       code="invalid_value")  # fmt: skip
+    return env
 
 
 def _int_arg(name: str, default: int | None, low: int, high: int) -> int | None:

@@ -18,8 +18,9 @@ import redis
 from flask import Response, stream_with_context
 from rq.job import Job
 
+from contract import prefixes
 from contract.context import Context
-from contract.keys import Kind
+from contract.keys import Kind, Priority
 from contract.payloads import ChatJob
 from contract.queues import JobSpec, QueueFull, enqueue
 from contract.stream import Event, EventType
@@ -47,7 +48,12 @@ def enqueue_chat(
 
 
 def enqueue_job(ctx: Context, spec: JobSpec) -> Job:
-    """Put a request's job on its model's queue; a full queue is a 429."""
+    """Put a request's job on its model's queue — or, for a text chat, on the queue of the
+    worker holding its conversation's prefix (contract/prefixes.py); a full queue is a 429."""
+    payload = spec.payload
+    routed = ctx.settings.prefix_routing and spec.kind == Kind.TEXT and spec.priority == Priority.INTERACTIVE
+    if routed and isinstance(payload, ChatJob) and payload.prompt is None:
+        prefixes.route(ctx.conn, ctx.keys, spec, payload.messages, payload.tools, ctx.settings.prefix_ttl)
     try:
         return enqueue(ctx, spec)
     except QueueFull as full:

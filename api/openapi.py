@@ -157,7 +157,9 @@ def build(settings: Settings) -> dict:
                 },
                 parameters=[
                     model_path,
-                    param("kind", "query", {"enum": ["text", "vision"]}, "guessed from the model if absent"),
+                    param(
+                        "kind", "query", {"enum": ["text", "vision", "embedding"]}, "guessed from the model if absent"
+                    ),
                     param("replicas", "query", {"type": "integer", "minimum": 1, "maximum": 16}, "default 1"),
                     param(
                         "keep_alive",
@@ -165,6 +167,8 @@ def build(settings: Settings) -> dict:
                         {"type": "integer", "minimum": -1, "maximum": 604800},
                         "idle seconds before the workers stop (-1: never)",
                     ),
+                    param("kv_bits", "query", {"enum": ["none", "8", "4"]}, "KV cache precision (text models)"),
+                    param("kv_group_size", "query", {"enum": ["32", "64", "128"]}, "KV quantization group (text)"),
                     wait,
                 ],
                 **adm,

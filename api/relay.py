@@ -18,6 +18,7 @@ from rq.job import JobStatus
 
 from contract import registry
 from contract.context import Context
+from contract.prefixes import DIRECT, requeue_orphans
 from contract.queues import cancel_job, fetch_job, reap_orphaned_job
 from contract.results import ending_without_event, worker_died
 from contract.stream import Event, EventType, StreamReader, read_many
@@ -120,6 +121,11 @@ class JobRelay:
         ):
             reap_orphaned_job(self.conn, job)
             return worker_died()
+        if status == JobStatus.QUEUED and (job.origin or "").startswith(DIRECT):
+            # Routed to the worker holding its prefix, which died before taking it: back to the
+            # model's shared queue (contract/prefixes.py); a live worker's queue is left alone.
+            requeue_orphans(self.conn, self.keys, [job.origin])
+            return None
         if status == JobStatus.QUEUED and not self._model_has_workers():
             loading, failure = autoload.state(self.conn, self.keys, self.model)
             if loading:

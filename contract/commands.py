@@ -61,6 +61,8 @@ class LoadCommand(BaseModel):
     model: str
     keep_alive: int | None = None
     capacity: int | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    """Settings for this worker alone, over its manager's environment (KV_BITS, KV_GROUP_SIZE)."""
     declined_by: list[str] = Field(default_factory=list)
     """Managers that passed this command on, in order."""
     unfit: list[str] = Field(default_factory=list)
@@ -97,6 +99,7 @@ def send_load(
     replicas: int = 1,
     keep_alive: int | None = None,
     capacity: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> list[str]:
     """XADD one load command per replica to keys.commands(kind) (consumer group "managers",
     created with MKSTREAM if missing) and create a CommandStatus hash (keys.command(id),
@@ -104,7 +107,9 @@ def send_load(
     ensure_group(conn, keys, kind)
     ids = []
     for _ in range(replicas):
-        command = LoadCommand(id=uuid.uuid4().hex, kind=kind, model=model, keep_alive=keep_alive, capacity=capacity)
+        command = LoadCommand(
+            id=uuid.uuid4().hex, kind=kind, model=model, keep_alive=keep_alive, capacity=capacity, env=env or {}
+        )
         now = time.time()
         status = CommandStatus(
             id=command.id,

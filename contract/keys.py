@@ -58,6 +58,11 @@ class Keys:
         """Hash of one batch of the Batch API (work/batches.py), kept RESULTS_TTL."""
         return f"{self.prefix}batch:{batch_id}"
 
+    def held_prefix(self, model_id: str, digest: str) -> str:
+        """Which worker holds this message prefix of a conversation with this model (its
+        name), expiring after PREFIX_TTL (contract/prefixes.py)."""
+        return f"{self.prefix}held:{model_id}:{digest}"
+
     @property
     def batches(self) -> str:
         """Sorted set of batch ids scored by creation time: `GET /v1/batches` lists from it

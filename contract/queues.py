@@ -62,6 +62,10 @@ class JobSpec:
     job_id: str = field(default_factory=new_job_id)
     keep: int | None = None
     """Seconds its outcome (rq record, token stream) is kept after it ends; None: RESULT_TTL."""
+    direct: str | None = None
+    """A worker's own queue (`direct:<worker>`, contract/prefixes.py) instead of the model's."""
+    meta: dict = field(default_factory=dict)
+    """rq job meta: the prefixes a chat's worker will hold, the queue a routed job goes back to."""
     record_success: bool = True
     """False: rq keeps no record of a success (result_ttl 0: the job and its 4 KB result
     stream are deleted as it finishes); its token stream is then the only copy of the answer,
@@ -73,7 +77,7 @@ class JobSpec:
 
     @property
     def queue(self) -> str:
-        return queue_name(self.kind, self.model, self.priority)
+        return self.direct or queue_name(self.kind, self.model, self.priority)
 
     def options(self, ctx: Context) -> dict:
         """rq's enqueue arguments for this job."""
@@ -90,13 +94,14 @@ class JobSpec:
             failure_ttl=kept,
             retry=Retry(max=self.retries) if self.retries else None,
             depends_on=Dependency(jobs=self.after, allow_failure=True) if self.after else None,
+            meta=self.meta or None,
         )
 
 
 def enqueue(ctx: Context, spec: JobSpec) -> Job:
     """Put one job on its queue; an interactive queue at its depth limit raises QueueFull."""
     queue = Queue(spec.queue, connection=ctx.conn)
-    if spec.priority == Priority.INTERACTIVE:
+    if spec.priority == Priority.INTERACTIVE and spec.direct is None:  # a routed job starts at once
         depth = queue.count
         if depth >= ctx.settings.queue_depth_limit(spec.model):
             raise QueueFull(depth)

@@ -97,6 +97,11 @@ class Settings(BaseSettings):
     """Memory a text worker may use for its weights and KV caches, in GB; 0: what MLX allows on
     the device (`mx.get_memory_limit()`: Metal's recommended working set, or system memory).
     A job is admitted only when its KV (prompt + max_tokens) fits beside the running batch's."""
+    prefix_routing: bool = True
+    """Send a conversation's next turn to the text worker holding its prefix, when that worker
+    has a free slot (contract/prefixes.py); off: every job goes to its model's shared queue."""
+    prefix_ttl: int = Field(600, ge=1)
+    """Seconds a worker's claim to hold a conversation prefix lasts (renewed by each turn)."""
     prompt_cache_dir: str = "var/prompt-cache"
     """Where text workers keep KV prefixes on disk, across restarts and model reloads."""
     prompt_cache_disk_gb: float = Field(10, ge=0)

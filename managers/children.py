@@ -38,6 +38,8 @@ class Child:
     """When its first process started: an unload sent after that covers its restarts too."""
     command_id: str = ""
     """The load command waiting for this worker to serve (then cleared)."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Settings of this worker alone (a load's KV_BITS), over the manager's environment."""
 
     def log_tail(self, lines: int = 5) -> str:
         """The end of its log, made safe to show a client (a failed load's reason)."""

@@ -205,7 +205,9 @@ class Manager:
             keep_alive = (
                 command.keep_alive if command.keep_alive is not None else self.settings.keep_alive_for(command.model)
             )
-            child = Child(ref.name, keep_alive, command.capacity or self.capacity, command_id=command.id)
+            child = Child(
+                ref.name, keep_alive, command.capacity or self.capacity, command_id=command.id, env=command.env
+            )
             try:
                 self._start(child)
             except OSError as exc:
@@ -259,7 +261,7 @@ class Manager:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "MIS_MANAGER": self.name},
+                env={**os.environ, **child.env, "MIS_MANAGER": self.name},
                 process_group=0,
                 preexec_fn=functools.partial(die_with_parent, os.getpid()),
             )

@@ -46,6 +46,8 @@ from rq.utils import now
 
 from contract.done import Done, Later
 from contract.keys import Keys, Priority
+from contract.prefixes import publish_job_prefixes as publish_prefixes
+from contract.prefixes import requeue_orphans
 from contract.queues import mark_canceled
 from contract.sweep import drop_idle
 from runtime.engine_loop import Admission, EngineLoop, Outcome, Slots
@@ -80,7 +82,9 @@ class BatchingWorker(SimpleWorker):
         super().__init__(queues, **kwargs)
         self.engine, self.slots, self.keys = engine, slots, keys
         self.execution_ttl = execution_ttl
-        self.priority_of = {q.name: p for q, p in zip(queues, (Priority.INTERACTIVE, Priority.BATCH), strict=True)}
+        # Its own queue (routed conversations) and the model's interactive one are interactive work.
+        priorities = (Priority.INTERACTIVE, Priority.INTERACTIVE, Priority.BATCH)[-len(queues) :]
+        self.priority_of = {q.name: p for q, p in zip(queues, priorities, strict=True)}
         self.outcomes: stdlib_queue.SimpleQueue[Outcome | None] = stdlib_queue.SimpleQueue()
         self.admissions: dict[str, Admission] = {}
         self.admissions_lock = threading.Lock()
@@ -103,6 +107,7 @@ class BatchingWorker(SimpleWorker):
         super().run_maintenance_tasks()  # rq's: its own queues' registries
         try:  # everyone's: a model nobody serves leaves no queue behind (contract/sweep.py)
             drop_idle(self.connection, self.keys)
+            requeue_orphans(self.connection, self.keys)  # a dead worker's routed jobs go back
         except redis.exceptions.RedisError:
             log.warning("could not sweep idle queues", exc_info=True)
 
@@ -169,6 +174,8 @@ class BatchingWorker(SimpleWorker):
         # Cancelled between its dequeue and now (the API sets the flag before it cancels):
         # the engine ends it without running it.
         admission.cancelled = bool(self.connection.exists(self.keys.cancel(job.id)))
+        if job.meta.get("prefixes") and not admission.cancelled:  # this worker will hold them (contract/prefixes.py)
+            publish_prefixes(self.connection, self.keys, job, self.name)
         if not admission.cancelled:
             try:
                 admission.request = self._call_job_function(job)

@@ -32,6 +32,7 @@ from contract import registry
 from contract.connection import wait_for_redis
 from contract.context import Context
 from contract.keys import Kind, queue_names
+from contract.prefixes import direct_queue
 from contract.reasons import safe_reason
 from contract.registry import WorkerInfo
 from contract.settings import Settings
@@ -148,7 +149,10 @@ def _batching_worker(ctx: Context, heartbeat: Heartbeat, engine: Engine) -> Batc
         worker.outcomes.put(outcome)
 
     loop = EngineLoop(engine, StepSender(ctx), slots, on_end=on_end, on_change=on_change)
-    queues = [Queue(name, connection=ctx.conn) for name in queue_names(info.kind, info.model)]
+    # Its own queue first (conversations routed to the prefixes it holds: contract/prefixes.py),
+    # then the model's interactive and batch queues.
+    names = [direct_queue(info.name), *queue_names(info.kind, info.model)]
+    queues = [Queue(name, connection=ctx.conn) for name in names]
     worker = BatchingWorker(
         queues,
         engine=loop,

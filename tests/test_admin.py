@@ -184,6 +184,27 @@ def test_load_then_unload_through_a_manager(admin_api, models_dir, manager):
     assert again.status_code == 404
 
 
+def test_a_load_may_quantize_its_workers_kv_cache(admin_api, models_dir, manager):
+    """Issue 19: KV_BITS per load — `kv_bits`/`kv_group_size` reach the workers of that load."""
+    from worker_text.tiny import build
+
+    model = "tiny-admin-kv8"
+    if not (models_dir / model).exists():
+        build(models_dir / model, hidden_size=128)  # heads of 32 values: a group of 32 fits
+    bad = admin(admin_api, "POST", "/admin/load", model_path=model, kv_bits=3)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "kv_bits"
+    loaded = admin(admin_api, "POST", "/admin/load", model_path=model, kv_bits=8, kv_group_size=32, wait=90)
+    assert loaded.status_code == 200, loaded.text
+
+    def kv_bits():
+        workers = admin(admin_api, "GET", "/admin/status").json()["workers"]
+        return next(((w["memory"] or {}).get("kv_bits") for w in workers if w["model"] == model), None)
+
+    assert wait_until(kv_bits, 10, "the worker's memory figures") == 8
+    assert say_hi(admin_api, model, max_tokens=3).usage.completion_tokens == 3
+    admin(admin_api, "POST", "/admin/unload", model_path=model, wait=60)
+
+
 def test_a_chat_request_loads_its_model_on_demand(admin_api, models_dir, manager):
     model = alias(models_dir, "tiny-on-demand")
     reply = say_hi(admin_api, model, max_tokens=2)  # waits in the queue while the manager loads it

@@ -17,7 +17,8 @@ import pytest
 from mlx_lm import load
 from mlx_lm.models.cache import make_prompt_cache
 
-from worker_text.disk_cache import DiskPromptCache, cache_for_prefix, model_key
+from worker_text.disk_cache import DiskPromptCache, cache_for_prefix
+from worker_text.prompt_caches import model_key
 from worker_text.tiny import build
 
 KEY = "tiny-text|kv=16"

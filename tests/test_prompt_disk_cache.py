@@ -28,7 +28,7 @@ def model(models_dir):
     from worker_text.tiny import build
 
     if not (models_dir / MODEL).exists():
-        build(models_dir / MODEL, hidden_size=512, num_hidden_layers=4, intermediate_size=1024)
+        build(models_dir / MODEL, hidden_size=256, num_hidden_layers=4, intermediate_size=512)
     return MODEL
 
 
@@ -40,7 +40,10 @@ def ask(api_url: str, user: str) -> tuple[float, dict]:
     with requests.post(api_url + "/v1/chat/completions", json=body, stream=True, timeout=120) as response:
         assert response.status_code == 200, response.text
         for line in response.iter_lines():
-            if first is None and line.startswith(b"data: {") and b'"content":"' in line:
+            # The first token: a chunk with text, or the finish (a random model's first tokens
+            # may be invisible); the role chunk comes before any prefill and does not count.
+            token = (b'"content":"' in line and b'"content":""' not in line) or b'"finish_reason":"' in line
+            if first is None and line.startswith(b"data: {") and token:
                 first = time.perf_counter() - start
             if line.startswith(b"data: {") and b'"usage":{' in line:
                 usage = json.loads(line[6:])["usage"]

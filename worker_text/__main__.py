@@ -15,11 +15,12 @@ def make_engine(model: str, settings: Settings, capacity: int):
 
     from contract.modelref import ModelLoadError
 
-    from .disk_cache import DiskPromptCache, model_key
+    from .disk_cache import DiskPromptCache
     from .engine import TextEngine
     from .kv_quant import check_kv_quantization, kv_bytes_per_token
     from .loading import load_text_model
     from .memory import GB, KVBudget
+    from .prompt_caches import model_key
 
     text_model = load_text_model(model, settings)
     bits, group = settings.kv_bits, settings.kv_group_size

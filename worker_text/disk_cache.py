@@ -4,7 +4,7 @@ a background thread and found again after a worker restart or a model unload/loa
 Layout: `directory/<hash of key>/<tokens>-<sha256 of the prefix's tokens>.safetensors`, written
 by mlx-lm's `save_prompt_cache` (metadata: token count, prefix hash, key) to a temporary name,
 fsynced, then renamed: a crash never leaves a half file that looks complete. The key names the
-model and the cache settings (`model_key`): entries of another key are never returned.
+model and the cache settings (`prompt_caches.model_key`): entries of another key are never returned.
 
 `save` runs on the engine thread and only evaluates the cache and queues it; one writer thread
 writes it. `lookup` hashes the prompt at the prefix lengths saved (one incremental sha256 pass)
@@ -15,7 +15,6 @@ LRU (file mtimes, touched on load) bounded by `max_bytes`.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import queue
@@ -73,27 +72,6 @@ def prefix_digests(tokens: Sequence[int] | bytes, lengths: Iterable[int]) -> dic
         digest.update(data[done * 8 : n * 8])
         done, out[n] = n, digest.hexdigest()
     return out
-
-
-def model_key(model_dir: Path, model_id: str, **settings: Any) -> str:
-    """A key for `DiskPromptCache`: the model id, its config, its weights' identity (each
-    safetensors file's name, size and the hash of its first MiB: header and first tensors),
-    mlx-lm's version and the cache settings (e.g. kv_bits, kv_group_size)."""
-    import mlx_lm
-
-    config = model_dir / "config.json"
-    weights = []
-    for path in sorted(model_dir.glob("*.safetensors")):
-        with open(path, "rb") as f:
-            weights.append([path.name, path.stat().st_size, hashlib.sha256(f.read(1 << 20)).hexdigest()])
-    parts = {
-        "model": model_id,
-        "config": hashlib.sha256(config.read_bytes()).hexdigest() if config.exists() else None,
-        "weights": weights,
-        "mlx_lm": mlx_lm.__version__,
-        "settings": settings,
-    }
-    return json.dumps(parts, sort_keys=True, default=str)
 
 
 def cache_tokens(cache: Sequence[Any]) -> int | None:

@@ -12,8 +12,12 @@ next conversation that starts with it, whatever its user message.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, trim_prompt_cache
 
@@ -96,3 +100,24 @@ def common_prefix(a: list[int], b: list[int]) -> int:
         if a[i] != b[i]:
             return i
     return n
+
+
+def model_key(model_dir: Path, model_id: str, **settings: Any) -> str:
+    """A key for `DiskPromptCache`: the model id, its config, its weights' identity (each
+    safetensors file's name, size and the hash of its first MiB: header and first tensors),
+    mlx-lm's version and the cache settings (e.g. kv_bits, kv_group_size)."""
+    import mlx_lm
+
+    config = model_dir / "config.json"
+    weights = []
+    for path in sorted(model_dir.glob("*.safetensors")):
+        with open(path, "rb") as f:
+            weights.append([path.name, path.stat().st_size, hashlib.sha256(f.read(1 << 20)).hexdigest()])
+    parts = {
+        "model": model_id,
+        "config": hashlib.sha256(config.read_bytes()).hexdigest() if config.exists() else None,
+        "weights": weights,
+        "mlx_lm": mlx_lm.__version__,
+        "settings": settings,
+    }
+    return json.dumps(parts, sort_keys=True, default=str)
