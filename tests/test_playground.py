@@ -24,7 +24,7 @@ from playwright.sync_api import expect
 from contract.results import ResultStatus, read_result
 
 from .pdfs import make_pdf
-from .support import ROOT, VISION_PYTHON, wait_until
+from .support import ROOT, SLOW, VISION_PYTHON, alias, wait_until
 from .test_vision import png
 
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -80,6 +80,7 @@ def pick(page, model: str) -> None:
 
 
 def send(page, text: str, max_tokens: int = 24) -> None:
+    page.fill("#temperature", "0")  # greedy: a tiny model never ends early by chance
     page.fill("#max-tokens", str(max_tokens))
     page.fill("#prompt", text)
     page.click("#send")
@@ -131,9 +132,14 @@ def test_a_streamed_answer_appears(page):
     assert page.errors == []
 
 
-def test_stop_cancels_the_job(page, conn, keys):
-    pick(page, "tiny-text")
-    send(page, "Tell me a long story", max_tokens=4000)
+def test_stop_cancels_the_job(page, stack, models_dir, conn, keys):
+    # A model slow enough (~100 tokens/s here) that the answer is still streaming when Stop is
+    # clicked, decoded greedily (it never picks an end token by chance).
+    model = alias(models_dir, "tiny-play-slow", target=SLOW)
+    stack.start_worker(model)
+    page.click("#refresh-models")
+    pick(page, model)
+    send(page, "Tell me a long story", max_tokens=1500)
     page.wait_for_selector(".message.assistant:last-child[data-completion-id]", timeout=60_000)
     completion_id = last_answer(page).get_attribute("data-completion-id")
     page.click("#stop")

@@ -126,22 +126,28 @@ def build(out_dir: Path, seed: int = 0, pooling: str = "mean", shape: str = "tin
     of POOLINGS; `shape`: a key of SHAPES."""
 
     def make(partial: Path) -> tuple[dict, dict]:
-        (partial / "1_Pooling").mkdir()
         config = model_config(build_tokenizer(partial), shape)
-        write_json(
-            partial / "modules.json",
-            [
-                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-                {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-            ],
-        )
-        flags = {flag: flag == POOLINGS[pooling] for flag in POOLINGS.values()}
-        write_json(partial / "1_Pooling" / "config.json", {"word_embedding_dimension": config["hidden_size"], **flags})
-        write_json(partial / "sentence_bert_config.json", {"max_seq_length": MAX_SEQ_LENGTH, "do_lower_case": False})
+        write_sentence_transformers(partial, pooling, config["hidden_size"], MAX_SEQ_LENGTH)
         return config, random_weights(config, seed)
 
     return write_model(out_dir, make, save=save_numpy)
+
+
+def write_sentence_transformers(directory: Path, pooling: str, dimensions: int, max_seq_length: int) -> None:
+    """The sentence-transformers files beside the network: modules.json (Transformer, Pooling,
+    Normalize), the Pooling module's config (one of POOLINGS) and sentence_bert_config.json."""
+    (directory / "1_Pooling").mkdir()
+    write_json(
+        directory / "modules.json",
+        [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+        ],
+    )
+    flags = {flag: flag == POOLINGS[pooling] for flag in POOLINGS.values()}
+    write_json(directory / "1_Pooling" / "config.json", {"word_embedding_dimension": dimensions, **flags})
+    write_json(directory / "sentence_bert_config.json", {"max_seq_length": max_seq_length, "do_lower_case": False})
 
 
 def save_numpy(path: Path, weights: dict) -> None:

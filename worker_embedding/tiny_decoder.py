@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mlx_common.tiny_models import cli, save_mlx, write_json, write_model
+from mlx_common.tiny_models import cli, save_mlx, write_model
 
-from .tiny import POOLINGS, build_tokenizer, save_numpy
+from .tiny import build_tokenizer, save_numpy, write_sentence_transformers
 
 SPECIALS = ["<|endoftext|>", "<unk>"]
 MAX_POSITIONS, MAX_SEQ_LENGTH = 1024, 512
@@ -106,19 +106,8 @@ def build(out_dir: Path, seed: int = 0, pooling: str = "last", layout: str = "hf
     a key of SHAPES (a full-size one is written in bfloat16, as published)."""
 
     def make(partial: Path) -> tuple[dict, dict]:
-        (partial / "1_Pooling").mkdir()
         config = model_config(build_tokenizer(partial, SPECIALS, single="$A <|endoftext|>"), shape)
-        write_json(
-            partial / "modules.json",
-            [
-                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-                {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-            ],
-        )
-        flags = {flag: flag == POOLINGS[pooling] for flag in POOLINGS.values()}
-        write_json(partial / "1_Pooling" / "config.json", {"word_embedding_dimension": config["hidden_size"], **flags})
-        write_json(partial / "sentence_bert_config.json", {"max_seq_length": MAX_SEQ_LENGTH, "do_lower_case": False})
+        write_sentence_transformers(partial, pooling, config["hidden_size"], MAX_SEQ_LENGTH)
         weights = random_weights(config, seed)
         if layout == "mlx4":
             return config, _quantized(weights, config)

@@ -7,7 +7,7 @@ import { render } from "./markdown.js";
 
 const $ = (id) => document.getElementById(id);
 let history = [];
-let running = null; // { controller, id } while an answer streams
+let running = null; // { controller, id, stopping } while an answer streams
 let image = null; // a data: URL
 
 export function initChat(app) {
@@ -110,7 +110,7 @@ async function send(app) {
   const answer = bubble("assistant", "");
   answer.classList.add("streaming");
   const target = answer.querySelector(".answer");
-  running = { controller: new AbortController(), id: null };
+  running = { controller: new AbortController(), id: null, stopping: false };
   $("send").disabled = true;
   $("stop").disabled = false;
   $("chat-status").textContent = "queued…";
@@ -140,7 +140,8 @@ async function send(app) {
     $("chat-status").textContent = `done (${finish || "stop"}) · ${tokens}${seconds.toFixed(1)} s`;
     answer.dataset.state = "done";
   } catch (e) {
-    if (e.name === "AbortError") {
+    // Stopped: the fetch aborted, or the cancel reached the job first and its stream said so.
+    if (e.name === "AbortError" || running.stopping) {
       $("chat-status").textContent = "stopped: the job was cancelled";
       answer.dataset.state = "stopped";
     } else {
@@ -170,15 +171,17 @@ function showThinking(answer, thinking) {
   details.lastChild.textContent = thinking;
 }
 
-// Stop: cancel the job on the server (it stops within one engine step), then drop the stream.
-async function stop() {
+// Stop: drop the stream and cancel the job on the server (it stops within one engine step;
+// leaving the stream alone would cancel it too, the explicit cancel says so at once).
+function stop() {
   if (!running) return;
   const { controller, id } = running;
+  running.stopping = true;
   $("stop").disabled = true;
-  if (id) {
-    try {
-      await call(`/v1/chat/completions/${encodeURIComponent(id)}/cancel`, { method: "POST" });
-    } catch { /* ended already, or gone: leaving the stream cancels it too */ }
-  }
   controller.abort();
+  if (id) {
+    call(`/v1/chat/completions/${encodeURIComponent(id)}/cancel`, { method: "POST" }).catch(() => {
+      /* ended already, or gone */
+    });
+  }
 }
