@@ -53,6 +53,8 @@ def status():
     ext = _ext()
     workers = registry.live_workers(ext.conn, ext.keys)
     queues = _queues(ext.conn)
+    # A worker's GPU is in its manager's entry (the manager pinned it), not in the worker's own.
+    gpus = {(m.name, w.pid): w.gpu for m in live_managers(ext.conn, ext.keys) for w in m.workers}
     return jsonify(
         workers=[
             {
@@ -63,6 +65,7 @@ def status():
                 "host": w.host,
                 "pid": w.pid,
                 "manager": w.manager or None,
+                "gpu": gpus.get((w.manager, w.pid)),
                 "capacity": w.capacity,
                 "active_jobs": w.active_jobs,
                 "jobs_done": w.jobs_done,

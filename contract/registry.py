@@ -64,7 +64,8 @@ class WorkerInfo(BaseModel):
     A large value with jobs waiting is a worker stuck in one long computation."""
     memory: dict = {}
     """The engine's KV memory (text workers): budget, bytes reserved, bytes per token, KV bits,
-    jobs waiting for memory (worker_text/memory.py); empty for other kinds."""
+    jobs waiting for memory (worker_text/memory.py); on a CPU also the BLAS MLX runs on and whether
+    the weights were dequantized to float32 (worker_text/cpu_blas.py); empty for other kinds."""
 
     @property
     def serving(self) -> bool:
@@ -133,6 +134,9 @@ class ManagedWorker(BaseModel):
     state: ManagedState
     restarts: int = 0
     keep_alive: int = -1
+    gpu: int | None = None
+    """The GPU its manager pinned it to (nvidia-smi's index, CUDA_VISIBLE_DEVICES); None: not
+    pinned. Here rather than in the worker's own entry: the manager chose it."""
 
 
 class ManagerInfo(BaseModel):
@@ -147,6 +151,8 @@ class ManagerInfo(BaseModel):
     started_at: float = 0.0
     heartbeat_at: float = 0.0
     workers: list[ManagedWorker] = []
+    gpus: list[int] = []
+    """The GPUs it pins its workers to (managers/gpus.py); empty: none, workers see all."""
 
     def replicas(self, model: str) -> int:
         return sum(1 for w in self.workers if w.model == model and w.state != ManagedState.STOPPED)
@@ -155,8 +161,9 @@ class ManagerInfo(BaseModel):
 def publish_manager(conn: redis.Redis, keys: Keys, info: ManagerInfo, ttl: int) -> None:
     """Write the whole entry and push its expiry `ttl` seconds out (one round trip)."""
     info.heartbeat_at = time.time()
-    fields = {k: str(v) for k, v in info.model_dump(mode="json", exclude={"workers"}).items()}
+    fields = {k: str(v) for k, v in info.model_dump(mode="json", exclude={"workers", "gpus"}).items()}
     fields["workers"] = json.dumps([w.model_dump(mode="json") for w in info.workers])
+    fields["gpus"] = json.dumps(info.gpus)
     _publish(conn, keys.manager(info.name), keys.managers, info.name, fields, info.heartbeat_at, ttl)
 
 
@@ -167,7 +174,9 @@ def remove_manager(conn: redis.Redis, keys: Keys, name: str) -> None:
 def live_managers(conn: redis.Redis, keys: Keys, kind: Kind | None = None) -> list[ManagerInfo]:
     """Entries whose heartbeat has not lapsed (of one kind if given); prunes dead names."""
     managers = [
-        ManagerInfo.model_validate({**fields, "workers": json.loads(fields.get("workers", "[]"))})
+        ManagerInfo.model_validate(
+            {**fields, "workers": json.loads(fields.get("workers", "[]")), "gpus": json.loads(fields.get("gpus", "[]"))}
+        )
         for fields in _live(conn, keys.managers, keys.manager)
     ]
     return [m for m in managers if kind is None or m.kind == kind]

@@ -111,6 +111,13 @@ class Settings(BaseSettings):
     jobs already generating, so a long prompt never stalls them (nor their cancels and
     timeouts) for more than one chunk. 0: 64 on a CPU (prefill runs ~15 tokens/s there), 512
     on a GPU."""
+    cpu_blas: str = "auto"
+    """The BLAS a text worker on a Linux CPU preloads in place of MLX's reference BLAS (6-28x
+    faster float32 matmuls; worker_text/cpu_blas.py): `auto`, the system's OpenBLAS when there is
+    one; `off`; or a library's path (a missing file stops the worker at start)."""
+    cpu_dequantize_max_gb: float = Field(2.0, ge=0)
+    """On a CPU, a text worker dequantizes a quantized model to float32 when that takes at most
+    this many GB (MLX's CPU quantized matmul is slow; float32 goes to the BLAS); 0: never."""
     vision_batch: bool = True
     """A vision worker decodes all its jobs in one forward pass per step (worker_vision/batch.py);
     `VISION_BATCH=0`: one pass per job, as before batching (kept to measure against)."""
@@ -118,6 +125,10 @@ class Settings(BaseSettings):
     """Quantized layers see 2-D activations during batched decode (mlx_common/flat_decode.py);
     `FLAT_DECODE=0` turns it off (outputs are the same either way; only speed differs). Text and
     vision workers (the vision language model only)."""
+    fast_quant: bool = True
+    """On CUDA, quantized layers run products of 1-8 rows (decode) with our matrix-vector
+    kernels (mlx_common/quant_kernels.py), MLX's kernel otherwise; `FAST_QUANT=0` always uses
+    MLX's (kept to measure against). Needs FLAT_DECODE (the same layer classes carry both)."""
 
     keepalive_interval: float = Field(5.0, gt=0)
     """Seconds of silence after which the API sends an SSE `: keepalive` and re-checks the job."""
@@ -196,6 +207,16 @@ class Settings(BaseSettings):
     """Per-model overrides of keep_alive, as JSON: `{"SmolLM2-135M-Instruct": -1}`."""
     manager_logs_dir: str = "var/logs"
     """Where a manager writes the output of the workers it starts, one file per start."""
+    manager_gpus: str = "auto"
+    """GPUs a manager pins its workers to, one worker per GPU (managers/gpus.py): `auto`, the
+    NVIDIA GPUs `nvidia-smi` lists (none without it: macOS, a CPU host); `none`, no pinning;
+    `0,1`, those (nvidia-smi's indices). Only those CUDA_VISIBLE_DEVICES, if set, leaves visible."""
+    preload_replicas: int = Field(0, ge=0, le=64)
+    """Workers a manager starts for each `--preload` model (`--replicas` overrides it); 0: one
+    per GPU it pins to, or 1 where it pins to none."""
+    cuda_visible_devices: str | None = Field(None, validation_alias="CUDA_VISIBLE_DEVICES")
+    """CUDA's own variable as the manager was started with (None: unset): a manager pins its
+    workers only to GPUs it leaves visible, and gives each worker a value of its own."""
     manager: str = Field("", validation_alias="MIS_MANAGER")
     """Set by a manager in the environment of the workers it starts: its name."""
     manager_memory_bytes: int = Field(0, ge=0, validation_alias="MIS_MANAGER_MEMORY_BYTES")
@@ -218,6 +239,21 @@ class Settings(BaseSettings):
         if str(value) not in ("4", "8"):
             raise ValueError("KV_BITS must be none, 8 or 4")
         return int(value)
+
+    @field_validator("manager_gpus", mode="before")
+    @classmethod
+    def _manager_gpus(cls, value):
+        # One spelling per meaning: managers/gpus.py compares against "auto" and "none".
+        text = str(value).strip().lower() or "auto"
+        if text in ("auto", "none"):
+            return text
+        try:
+            indices = sorted({int(part) for part in text.split(",") if part.strip()})
+        except ValueError:
+            indices = [-1]
+        if not indices or min(indices) < 0:
+            raise ValueError("MANAGER_GPUS must be auto, none or GPU indices such as 0,1")
+        return ",".join(map(str, indices))
 
     @field_validator("kv_group_size")
     @classmethod

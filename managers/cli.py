@@ -1,5 +1,5 @@
-"""`python -m worker_<kind>.manager [--preload MODEL] [--name N] [--capacity C]`: the command
-line of a manager (managers/manager.py), shared by every worker kind."""
+"""`python -m worker_<kind>.manager [--preload MODEL] [--replicas R] [--name N] [--capacity C]`:
+the command line of a manager (managers/manager.py), shared by every worker kind."""
 
 from __future__ import annotations
 
@@ -23,11 +23,20 @@ def main(kind: Kind, argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="MODEL",
-        help="start a worker for MODEL now, kept alive forever (repeatable)",
+        help="start workers for MODEL now (see --replicas), kept alive forever (repeatable)",
+    )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=None,
+        metavar="R",
+        help="workers per --preload model (default PRELOAD_REPLICAS; 0 there: one per GPU, or 1 without GPUs)",
     )
     parser.add_argument("--name", default=None, help="registry name (default: <kind>-manager.<host>.<pid>)")
     parser.add_argument("--capacity", type=int, default=None, help="passed to the workers it starts")
     args = parser.parse_args(argv)
+    if args.replicas is not None and not 1 <= args.replicas <= 64:
+        parser.error("--replicas must be between 1 and 64")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
     preload = []
@@ -39,4 +48,4 @@ def main(kind: Kind, argv: list[str] | None = None) -> int:
         except InvalidModelRef as exc:
             print(f"error: --preload {model}: {exc}", file=sys.stderr)
             return 2
-    return Manager(settings, kind, name=args.name, capacity=args.capacity).run(preload)
+    return Manager(settings, kind, name=args.name, capacity=args.capacity, replicas=args.replicas).run(preload)

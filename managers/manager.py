@@ -8,18 +8,17 @@ the worker's registry entry says it serves, or `failed` when it exits first. A w
 crashes is restarted with back-off; one that exits 0 stopped on purpose (unload, idle
 keep-alive, SIGTERM) and is let go. Each manager publishes a registry entry (`ManagerInfo`:
 memory, workers) like workers do, which is also how managers see each other for placement.
-Unloads do not pass through managers: workers read them in their heartbeats.
+On a host with GPUs each worker is pinned to one (managers/gpus.py): several GPUs, several
+workers on the model's one queue. Unloads do not pass through managers: workers read them in
+their heartbeats.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -53,7 +52,8 @@ from contract.registry import (
 )
 from contract.settings import Settings
 from contract.sweep import drop_idle
-from managers.children import RESTART_MIN, Child, die_with_parent
+from managers.children import RESTART_MIN, Child, stop_all
+from managers.gpus import discover, pick, refresh
 from managers.placement import estimate_bytes, machine_memory, place
 
 log = logging.getLogger("mis.manager")
@@ -77,8 +77,19 @@ class Manager:
     """The loop of one manager process: supervise, heartbeat, take one command, repeat.
     Single-threaded on purpose: every decision sees the children as they are."""
 
-    def __init__(self, settings: Settings, kind: Kind, *, name: str | None = None, capacity: int | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        kind: Kind,
+        *,
+        name: str | None = None,
+        capacity: int | None = None,
+        replicas: int | None = None,
+    ):
         self.settings, self.kind, self.capacity = settings, kind, capacity
+        self.gpus = discover(settings)
+        # Workers per preloaded model: one per GPU unless told (--replicas, PRELOAD_REPLICAS).
+        self.replicas = replicas or settings.preload_replicas or len(self.gpus) or 1
         self.ctx = Context.connect(settings)
         self.conn, self.keys = self.ctx.conn, self.ctx.keys
         host = socket.gethostname()
@@ -88,6 +99,7 @@ class Manager:
             host=host,
             pid=os.getpid(),
             started_at=time.time(),
+            gpus=[g.index for g in self.gpus],
         )
         self.name = self.info.name
         self.children: list[Child] = []
@@ -101,7 +113,8 @@ class Manager:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda signum, frame: self.stopping.set())
         for model in preload:
-            self._start(Child(model, keep_alive=-1, capacity=self.capacity))
+            for _ in range(self.replicas):
+                self._start(Child(model, keep_alive=-1, capacity=self.capacity))
         log.info("manager %s up (%s workers)", self.name, self.kind)
         next_beat = next_claim = next_sweep = 0.0
         block_ms = int(min(1.0, self.settings.heartbeat_interval) * 1000)
@@ -135,6 +148,7 @@ class Manager:
                 state=c.state,
                 restarts=c.restarts,
                 keep_alive=c.keep_alive,
+                gpu=c.gpu,
             )
             for c in self.children
         ]
@@ -239,36 +253,20 @@ class Manager:
     # --- workers ---
 
     def _start(self, child: Child) -> None:
-        argv = [
-            sys.executable,
-            "-m",
-            f"worker_{self.kind}",
-            "--model",
-            child.model,
-            "--keep-alive",
-            str(child.keep_alive),
-        ]
-        if child.capacity:
-            argv += ["--capacity", str(child.capacity)]
-        self.logs.mkdir(parents=True, exist_ok=True)
+        if self.gpus and child.gpu is None:  # a restart keeps its GPU
+            pinned = [c.gpu for c in self.children if c.gpu is not None and c is not child]
+            child.gpu = pick(refresh(self.gpus), pinned).index
         self._starts += 1
-        child.log_path = self.logs / f"{self.kind}-{child.model.replace('/', '_')}-{os.getpid()}-{self._starts}.log"
-        with open(child.log_path, "ab") as out:
-            # Its own process group: a Ctrl-C or honcho's SIGTERM to ours reaches the worker
-            # once, through us, and not twice (a second signal is a cold shutdown).
-            child.popen = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **child.env, "MIS_MANAGER": self.name},
-                process_group=0,
-                preexec_fn=functools.partial(die_with_parent, os.getpid()),
-            )
-        child.state, child.started = ManagedState.RUNNING, time.monotonic()
+        child.spawn(
+            self.kind,
+            self.name,
+            self.logs / f"{self.kind}-{child.model.replace('/', '_')}-{os.getpid()}-{self._starts}.log",
+        )
+        assert child.popen is not None  # set by spawn
         if child not in self.children:
             self.children.append(child)
-        log.info("started worker %d for %s", child.popen.pid, child.model)
+        where = f" on GPU {child.gpu}" if child.gpu is not None else ""
+        log.info("started worker %d for %s%s", child.popen.pid, child.model, where)
 
     def _supervise(self) -> None:
         now = time.monotonic()
@@ -369,30 +367,7 @@ class Manager:
             self.children.remove(child)
 
     def _shutdown(self) -> None:
-        """Warm shutdown of every worker (they finish their jobs), SIGKILL after SHUTDOWN_WAIT."""
-        # Every child has been started (_start): its popen is set.
-        running = [
-            c
-            for c in self.children
-            if c.state == ManagedState.RUNNING and cast("subprocess.Popen[bytes]", c.popen).poll() is None
-        ]
-        for child in self.children:
-            child.state = ManagedState.STOPPED
-        for child in running:
-            assert child.popen is not None
-            child.popen.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + SHUTDOWN_WAIT
-        while (
-            any(cast("subprocess.Popen[bytes]", c.popen).poll() is None for c in running)
-            and time.monotonic() < deadline
-        ):
-            time.sleep(0.1)
-        for child in running:
-            assert child.popen is not None
-            if child.popen.poll() is None:
-                log.warning("worker %d did not stop in %.0f s; killing it", child.popen.pid, SHUTDOWN_WAIT)
-                child.popen.kill()
-                child.popen.wait()
+        stop_all(self.children, SHUTDOWN_WAIT)
         try:
             remove_manager(self.conn, self.keys, self.name)
         except redis.exceptions.RedisError:

@@ -64,6 +64,11 @@ def stack(redis_server, models_dir, tmp_path_factory):
         MAX_BODY_BYTES=str(16 * 1024 * 1024),
         MAX_DOCUMENT_BYTES=str(2_000_000),
         PROMPT_CACHE_DIR=str(tmp_path_factory.mktemp("prompt-cache")),
+        # One worker per --preload whatever GPUs the test host has; tests/test_gpus.py sets its own.
+        MANAGER_GPUS="none",
+        # MLX's own BLAS, as when the suite's timings were set (tiny-slow decodes ~100 tokens/s
+        # on it, 2-10x that on OpenBLAS); tests/test_cpu_path.py turns OpenBLAS on for its workers.
+        CPU_BLAS="off",
     )
     stack = Stack(env=env, logs=tmp_path_factory.mktemp("logs"))
     yield stack
