@@ -11,6 +11,9 @@ the same, so outputs do not change (tests/test_flat_decode.py checks that on the
 `flatten_decode(model)` switches the model's quantized linear layers (and a tied, quantized
 embedding used as the output head) to classes that do the reshape; parameters, names and
 weights stay as they are, so no mlx-lm code is forked. `FLAT_DECODE=0` leaves a model alone.
+
+With `fast=True` (FAST_QUANT, on CUDA) the same layers run decode's few-row products with the
+matrix-vector kernels of mlx_common/quant_kernels.py, and MLX's kernel for everything else.
 """
 
 from __future__ import annotations
@@ -18,24 +21,47 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
+from .quant_kernels import fast_quantized_matmul
+
 
 def _flat(x: mx.array) -> bool:
     # Only the decode shape: prefill (B, L>1, K) already takes the matrix-matrix kernel.
     return x.ndim == 3 and x.shape[1] == 1
 
 
+def _matmul(layer: nn.Module, x: mx.array) -> mx.array:
+    if layer.fast_quant:  # None when the kernels do not apply (shape, dtype, device)
+        y = fast_quantized_matmul(
+            x, layer["weight"], layer["scales"], layer.get("biases"),
+            group_size=layer.group_size, bits=layer.bits, mode=layer.mode,
+        )  # fmt: skip
+        if y is not None:
+            return y
+    return mx.quantized_matmul(
+        x, layer["weight"], scales=layer["scales"], biases=layer.get("biases"),
+        transpose=True, group_size=layer.group_size, bits=layer.bits, mode=layer.mode,
+    )  # fmt: skip
+
+
+def _product(layer: nn.Module, x: mx.array) -> mx.array:
+    if _flat(x):
+        return _matmul(layer, x.reshape(x.shape[0], x.shape[2]))[:, None, :]
+    return _matmul(layer, x)
+
+
 class FlatDecodeQuantizedLinear(nn.QuantizedLinear):
+    fast_quant = False
+
     def __call__(self, x: mx.array) -> mx.array:
-        if _flat(x):
-            return super().__call__(x.reshape(x.shape[0], x.shape[2]))[:, None, :]
-        return super().__call__(x)
+        y = _product(self, x)
+        return y + self["bias"] if "bias" in self else y
 
 
 class FlatDecodeQuantizedEmbedding(nn.QuantizedEmbedding):
+    fast_quant = False
+
     def as_linear(self, x: mx.array) -> mx.array:
-        if _flat(x):
-            return super().as_linear(x.reshape(x.shape[0], x.shape[2]))[:, None, :]
-        return super().as_linear(x)
+        return _product(self, x)
 
 
 # Exact classes only: a subclass of these (QQLinear, a model's own variant) may compute
@@ -46,12 +72,14 @@ _SWAPS: dict[type[nn.Module], type[nn.Module]] = {
 }
 
 
-def flatten_decode(model: nn.Module) -> int:
-    """Switch `model`'s quantized layers in place; returns how many were switched."""
+def flatten_decode(model: nn.Module, fast: bool = False) -> int:
+    """Switch `model`'s quantized layers in place (with `fast`, to the CUDA matrix-vector
+    kernels where they apply); returns how many were switched."""
     switched = 0
     for _, module in model.named_modules():
         swap = _SWAPS.get(type(module))
         if swap is not None:
             module.__class__ = swap
+            module.fast_quant = fast
             switched += 1
     return switched

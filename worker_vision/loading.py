@@ -85,7 +85,7 @@ def load_vision_model(model_ref: str, settings: Settings) -> VisionModel:
     if not hasattr(processor, "image_processor") or not hasattr(processor, "tokenizer"):
         raise ModelLoadError(f"{model_ref} has no image processor: not a vision-language model")
     if settings.flat_decode:  # batched decode's quantized matmuls read the weights once (CUDA)
-        flatten_decode(model.language_model)
+        flatten_decode(model.language_model, fast=settings.fast_quant)
     materialize(model)
     return VisionModel(
         model_id=model_ref,

@@ -1,0 +1,261 @@
+"""Affine 4-/8-bit matrix-vector kernels for decode on CUDA, written with `mx.fast.cuda_kernel`.
+
+Why: MLX 0.32.4's CUDA `quantized_matmul` for one row (`qmv_kernel`) reads ~1 TB/s of an
+H200's 4.8 TB/s on a 7B model's large layers, and its few-row path is worse (2 rows take twice
+as long as one; 4 rows four times), so decode spends most of each step there. These kernels,
+timed on the GPU itself (CUPTI, bench/kernels.py; docs/PERFORMANCE.md):
+
+- y[m, n] = sum over groups g of s[n,g] * (q[n,g,:] . x[m,g,:]) + b[n,g] * sum(x[m,g,:]): the
+  scale and bias are applied once per group, not per weight.
+- A quantized value becomes a float without an int-to-float conversion (a slow, quarter-rate
+  instruction): it is masked *in place* in its 16-bit half, OR-ed into the mantissa of 2^23 and
+  2^23 is subtracted (exact); the x value it multiplies was scaled by 2^-(bits x position)
+  beforehand, once per chunk for all R output rows, so no shift is needed per weight. (The
+  scale must be a literal bit pattern: a constexpr helper computing it recursively compiled
+  to a call per value and made the kernel 2x slower than MLX's.)
+- Each thread loads 16 bytes of packed weights for U chunks of R rows before using any (bytes
+  in flight); a block's warps split K so short rows still fill the GPU.
+
+`fast_quantized_matmul(x, ...)` returns None whenever a kernel does not apply (not CUDA,
+unsupported bits/group/dtype/shape, or a row count where MLX's tensor-core kernel is faster):
+the caller then runs MLX's. `plan()` is that decision as a pure function (tested on the CPU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+import mlx.core as mx
+
+MAX_ROWS = 8
+"""Rows (sequences x tokens) the matrix-vector kernel takes; more go to MLX's matrix kernel."""
+WIDE = 8192
+"""Output features from which MLX's tensor-core kernel is faster than ours for 5-8 rows."""
+BITS = (4, 8)
+GROUPS = (32, 64, 128)
+DTYPES = ("bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class Plan:
+    rows: int
+    """Compiled for exactly this many rows (a kernel per count: accumulators live in registers)."""
+    r: int
+    """Output rows per block."""
+    warps: int
+    """Warps per block, splitting K."""
+    u: int = 1
+    """Chunks a thread loads per pass before using them (bytes in flight)."""
+
+
+def plan(rows: int, in_features: int, out_features: int, bits: int, group: int, dtype: str, mode: str) -> Plan | None:
+    """The kernel configuration for one product, or None for MLX's kernel."""
+    if mode != "affine" or bits not in BITS or group not in GROUPS or dtype not in DTYPES:
+        return None
+    if not 1 <= rows <= MAX_ROWS:
+        return None
+    per_load = 128 // bits  # values in one 16-byte weight load; a load must not cross a group
+    if in_features % per_load or in_features % group or out_features < 1:
+        return None
+    # Measured on an H200 (Qwen2.5-7B shapes, 4-bit group 64): one row reads best with 8 rows
+    # per block and two chunks in flight; a narrow layer (the 512-wide k/v projections) with
+    # four warps splitting K. From two rows on, four rows per block (accumulators are rows x R
+    # registers). Past four rows MLX's tensor-core kernel wins on wide layers (18944, the head),
+    # ours still on narrow ones (3584 and less: 2.4-7x).
+    wide = out_features >= WIDE
+    if rows == 1:
+        return Plan(rows, r=8, warps=2, u=2) if out_features >= 1024 else Plan(rows, r=4, warps=4, u=1)
+    if rows <= 4:
+        return Plan(rows, r=4, warps=1, u=2) if wide else Plan(rows, r=4, warps=4, u=1)
+    return None if wide else Plan(rows, r=4, warps=4, u=1)
+
+
+_HEADER = """
+// The two 16-bit floats of a 32-bit word, by bit operations: taking the address of a
+// register to reinterpret it would put it in (slow) local memory.
+template <bool BF16>
+__device__ __forceinline__ float fq_lo(unsigned int w) {
+  if constexpr (BF16) return __uint_as_float(w << 16);
+  else return __half2float(__ushort_as_half(static_cast<unsigned short>(w & 0xFFFFu)));
+}
+template <bool BF16>
+__device__ __forceinline__ float fq_hi(unsigned int w) {
+  if constexpr (BF16) return __uint_as_float(w & 0xFFFF0000u);
+  else return __half2float(__ushort_as_half(static_cast<unsigned short>(w >> 16)));
+}
+"""
+
+_GEMV = """
+  constexpr int VALS = 128 / BITS;              // values in one 16-byte weight load
+  constexpr int PER_HALF = 16 / BITS;           // values in 16 bits
+  constexpr unsigned int MASK = (1u << BITS) - 1u;
+  const int N = w_shape[0];
+  const int K = x_shape[1];
+  const int words = K / (32 / BITS);
+  const int groups = K / GROUP;
+  const int chunks = K / VALS;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int n0 = blockIdx.x * R;
+
+  float acc[M][R];
+  #pragma unroll
+  for (int m = 0; m < M; ++m) {
+    #pragma unroll
+    for (int r = 0; r < R; ++r) acc[m][r] = 0.0f;
+  }
+
+  // U chunks per thread per pass, their loads issued before any arithmetic: more bytes in flight.
+  for (int c0 = warp * 32 + lane; c0 < chunks; c0 += WARPS * 32 * U) {
+    uint4 wv[U][R];
+    float sc[U][R], bi[U][R];
+    #pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int c = min(c0 + u * WARPS * 32, chunks - 1);  // a chunk past the row is loaded, not used
+      const int g = c * VALS / GROUP;
+      #pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const int n = min(n0 + r, N - 1);  // a row past N computes a value never written
+        wv[u][r] = __ldg(reinterpret_cast<const uint4*>(w + (size_t)n * words) + c);
+        sc[u][r] = static_cast<float>(scales[(size_t)n * groups + g]);
+        bi[u][r] = static_cast<float>(biases[(size_t)n * groups + g]);
+      }
+    }
+    #pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int c = c0 + u * WARPS * 32;
+      if (c >= chunks) break;
+      const int k0 = c * VALS;
+      #pragma unroll
+      for (int m = 0; m < M; ++m) {
+        float xs[VALS];
+        float xsum = 0.0f;
+        const uint4* xp = reinterpret_cast<const uint4*>(x + (size_t)m * K + k0);
+        #pragma unroll
+        for (int i = 0; i < VALS / 8; ++i) {
+          const uint4 xu = __ldg(xp + i);
+          const unsigned int xw[4] = {xu.x, xu.y, xu.z, xu.w};
+          #pragma unroll
+          for (int j = 0; j < 8; ++j) {
+            const float v = (j & 1) ? fq_hi<BF16>(xw[j / 2]) : fq_lo<BF16>(xw[j / 2]);
+            xsum += v;
+            xs[i * 8 + j] = v * __uint_as_float((127u - BITS * (j % PER_HALF)) << 23);  // 2^-(bits * position)
+          }
+        }
+        #pragma unroll
+        for (int r = 0; r < R; ++r) {
+          const unsigned int ws[4] = {wv[u][r].x, wv[u][r].y, wv[u][r].z, wv[u][r].w};
+          float d = 0.0f;
+          #pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            #pragma unroll
+            for (int hf = 0; hf < 2; ++hf) {
+              const unsigned int half = hf ? (ws[i] >> 16) : ws[i];
+              #pragma unroll
+              for (int p = 0; p < PER_HALF; ++p) {
+                const unsigned int q = half & (MASK << (BITS * p));
+                const float f = __uint_as_float(0x4B000000u | q) - 8388608.0f;
+                d = fmaf(f, xs[(i * 2 + hf) * PER_HALF + p], d);
+              }
+            }
+          }
+          acc[m][r] = fmaf(sc[u][r], d, fmaf(bi[u][r], xsum, acc[m][r]));
+        }
+      }
+    }
+  }
+
+  #pragma unroll
+  for (int m = 0; m < M; ++m) {
+    #pragma unroll
+    for (int r = 0; r < R; ++r) {
+      float v = acc[m][r];
+      #pragma unroll
+      for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+      acc[m][r] = v;
+    }
+  }
+  __shared__ float part[WARPS][M * R];
+  if (lane == 0) {
+    #pragma unroll
+    for (int m = 0; m < M; ++m) {
+      #pragma unroll
+      for (int r = 0; r < R; ++r) part[warp][m * R + r] = acc[m][r];
+    }
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < M * R; i += WARPS * 32) {
+    const int m = i / R;
+    const int r = i % R;
+    if (n0 + r < N) {
+      float s = 0.0f;
+      #pragma unroll
+      for (int v = 0; v < WARPS; ++v) s += part[v][i];
+      y[(size_t)m * N + n0 + r] = static_cast<T>(s);
+    }
+  }
+"""
+
+
+@cache
+def _gemv_kernel():
+    return mx.fast.cuda_kernel(
+        name="fq_gemv",
+        input_names=["x", "w", "scales", "biases"],
+        output_names=["y"],
+        source=_GEMV,
+        header=_HEADER,
+    )
+
+
+def gemv(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array, bits: int, group: int, p: Plan) -> mx.array:
+    """y = x @ dequantize(w).T for a 2-D x of p.rows rows (the caller checked `plan`)."""
+    n = w.shape[0]
+    blocks = -(-n // p.r)
+    return _gemv_kernel()(
+        inputs=[x, w, scales, biases],
+        template=[
+            ("T", x.dtype),
+            ("BF16", x.dtype == mx.bfloat16),
+            ("BITS", bits),
+            ("GROUP", group),
+            ("M", p.rows),
+            ("R", p.r),
+            ("WARPS", p.warps),
+            ("U", p.u),
+        ],
+        grid=(blocks * 32 * p.warps, 1, 1),
+        threadgroup=(32 * p.warps, 1, 1),
+        output_shapes=[(x.shape[0], n)],
+        output_dtypes=[x.dtype],
+    )[0]
+
+
+@cache
+def cuda_device() -> bool:
+    """Whether MLX runs on an NVIDIA GPU here (the kernels are CUDA source)."""
+    return bool(getattr(mx, "cuda", None) and mx.cuda.is_available()) and mx.default_device() == mx.gpu
+
+
+def fast_quantized_matmul(
+    x: mx.array,
+    w: mx.array,
+    scales: mx.array,
+    biases: mx.array | None,
+    *,
+    group_size: int,
+    bits: int,
+    mode: str = "affine",
+) -> mx.array | None:
+    """`mx.quantized_matmul(x, w, scales, biases, transpose=True, ...)` by these kernels, or
+    None when they do not apply here (the caller then runs MLX's)."""
+    if biases is None or not cuda_device():
+        return None
+    in_features = x.shape[-1]
+    rows = x.size // in_features if in_features else 0
+    p = plan(rows, in_features, w.shape[0], bits, group_size, str(x.dtype).removeprefix("mlx.core."), mode)
+    if p is None or scales.dtype != x.dtype or biases.dtype != x.dtype:
+        return None
+    y = gemv(x.reshape(rows, in_features), w, scales, biases, bits, group_size, p)
+    return y.reshape(*x.shape[:-1], w.shape[0])
