@@ -81,7 +81,8 @@ def test_float_layers_untouched(tmp_path):
 
 @pytest.mark.parametrize("enabled", [True, False])
 def test_setting_switches_it(quantized_dirs, enabled):
-    settings = Settings(models_dir=str(quantized_dirs["tied"].parent), flat_decode=enabled)
+    # Quantized layers on the CPU too: dequantizing to float32 (CPU_DEQUANTIZE_MAX_GB) would swap them out.
+    settings = Settings(models_dir=str(quantized_dirs["tied"].parent), flat_decode=enabled, cpu_dequantize_max_gb=0)
     text_model = load_text_model("tied", settings)
     kinds = {type(m) for _, m in text_model.model.named_modules()}
     if enabled:

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 import requests
+
+from worker_text.disk_cache import TMP_PREFIX
 
 from .support import wait_until
 
@@ -50,6 +53,11 @@ def ask(api_url: str, user: str) -> tuple[float, dict]:
     return first or time.perf_counter() - start, usage
 
 
+def saved(cache_dir: Path) -> list[Path]:
+    """Prompt caches written to the end (a file being written is named tmp.*.safetensors)."""
+    return [p for p in cache_dir.rglob("*.safetensors") if not p.name.startswith(TMP_PREFIX)]
+
+
 def test_the_prompt_cache_survives_a_worker_restart(stack, api_url, model, cache_dir):
     env = {"PROMPT_CACHE_DIR": str(cache_dir), "PROMPT_CACHE_DISK_GB": "1"}
     worker = stack.start_worker(model, **env)
@@ -57,7 +65,7 @@ def test_the_prompt_cache_survives_a_worker_restart(stack, api_url, model, cache
     prompt_tokens = usage["prompt_tokens"]
     assert prompt_tokens > 900 and usage["prompt_tokens_details"]["cached_tokens"] == 0
     # Written off the request's path: the whole prompt and the part before the user's message.
-    wait_until(lambda: len(list(cache_dir.rglob("*.safetensors"))) >= 2, 30, "the prefixes on disk")
+    wait_until(lambda: len(saved(cache_dir)) >= 2, 30, "the prefixes on disk")
     worker.stop()
     stack.start_worker(model, **env)  # a new process: its RAM cache is empty
 

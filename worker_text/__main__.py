@@ -33,13 +33,16 @@ def make_engine(model: str, settings: Settings, capacity: int):
         budget = KVBudget.for_worker(limit, mx.get_active_memory(), settings.prompt_cache_bytes, per_token)
     except ValueError as exc:  # a group size the heads cannot take, or no room left for KV
         raise ModelLoadError(f"{model}: {exc}") from exc
-    # KV prefixes on disk, keyed by the model's files and the cache's precision (worker_text/disk_cache.py).
+    # KV prefixes on disk, keyed by the model's files and the cache's precision (worker_text/disk_cache.py):
+    # a dequantized model's caches are float32, not the quantized model's dtype (the key names
+    # it only then, so the quantized model's existing caches keep their key).
     disk = None
     if text_model.path is not None and settings.prompt_cache_disk_gb > 0:
+        weights = {"weights": "float32-dequantized"} if text_model.dequantized else {}
         disk = DiskPromptCache(
             Path(settings.prompt_cache_dir),
             int(settings.prompt_cache_disk_gb * GB),
-            model_key(text_model.path, text_model.model_id, kv_bits=bits, kv_group_size=group),
+            model_key(text_model.path, text_model.model_id, kv_bits=bits, kv_group_size=group, **weights),
         )
     return TextEngine(
         text_model,
@@ -53,6 +56,14 @@ def make_engine(model: str, settings: Settings, capacity: int):
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # run as a program (not called in-process): on a Linux CPU, preload OpenBLAS
+        from .cpu_blas import BlasNotFound, preload_blas
+
+        try:
+            preload_blas(Settings())  # re-executes this process when it preloads (worker_text/cpu_blas.py)
+        except BlasNotFound as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     return run_worker(
         Kind.TEXT,
         argv,

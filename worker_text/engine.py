@@ -34,6 +34,7 @@ from runtime.steps import StepEvent
 from runtime.stops import StopMatcher, done_data
 
 from .constrained import install, rows_of
+from .cpu_blas import cpu_status
 from .disk_cache import DiskPromptCache
 from .kv_quant import make_quantized_cache
 from .memory import KVBudget
@@ -88,6 +89,8 @@ class TextEngine:
         self.budget = budget
         """Memory-aware admission (worker_text/memory.py); None: unbounded (tests of other parts)."""
         self.capacity = capacity
+        self.cpu = cpu_status(text_model.dequantized) if mx.default_device() == mx.cpu else {}
+        """On a CPU: which BLAS MLX runs on and whether the weights are float32 (worker_text/cpu_blas.py)."""
         self.caches = PromptCaches(text_model.model_id, prompt_cache_bytes, disk, kv_quantization is not None)
         self.prefill_chunk = prefill_chunk or default_prefill_chunk()
         self.eos_stops = make_stop_sequences(text_model.tokenizer)
@@ -242,7 +245,7 @@ class TextEngine:
 
     def memory_status(self) -> dict:
         """KV memory figures for the registry (`/admin/status`)."""
-        bits = {"kv_bits": self.kv_quantization[0] if self.kv_quantization else None}
+        bits = {"kv_bits": self.kv_quantization[0] if self.kv_quantization else None, **self.cpu}
         return {**self.budget.status(), **bits} if self.budget is not None else bits
 
     def step(self) -> tuple[list[StepEvent], dict[str, dict]]:

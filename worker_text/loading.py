@@ -7,13 +7,18 @@ a directory there (`resolve`); here it is loaded with mlx-lm.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, cast
 
 from contract.modelref import ModelLoadError, parse_model_ref, resolve
 from contract.settings import Settings
 from mlx_common.flat_decode import flatten_decode
 
+from .cpu_blas import describe, on_cpu
+from .cpu_weights import dequantize_for_cpu
 from .model import TextModel
+
+log = logging.getLogger("mis.loading")
 
 
 def load_text_model(model_ref: str, settings: Settings) -> TextModel:
@@ -25,8 +30,15 @@ def load_text_model(model_ref: str, settings: Settings) -> TextModel:
         raise ModelLoadError(f"{model_ref} has no config.json: not an mlx-lm model directory")
     # Without return_config, load gives (model, tokenizer); its hint is a union with the 3-tuple.
     model, tokenizer = cast(tuple[Any, Any], load(str(path)))
+    # On a CPU: say which BLAS MLX runs on (worker_text/cpu_blas.py), and take float32 weights
+    # where they fit (worker_text/cpu_weights.py) — before flatten_decode, which would swap the
+    # quantized layers' classes to ones dequantize_model does not know.
+    cpu = on_cpu()
+    if cpu:
+        log.info(describe())
+    dequantized = cpu and dequantize_for_cpu(model, settings.cpu_dequantize_max_gb) is not None
     if settings.flat_decode:
-        flatten_decode(model)
+        flatten_decode(model, fast=settings.fast_quant)
     config = json.loads((path / "config.json").read_text())
     return TextModel(
         model_id=model_ref,
@@ -35,6 +47,7 @@ def load_text_model(model_ref: str, settings: Settings) -> TextModel:
         context_length=_context_length(config, tokenizer),
         vocab_size=_vocab_size(config, tokenizer),
         path=path,
+        dequantized=dequantized,
     )
 
 

@@ -22,6 +22,9 @@ class TextModel:
     vocab_size: int
     path: Path | None = None
     """The model's directory (what the disk prompt cache's key is made of); None: built in memory."""
+    dequantized: bool = False
+    """Its quantized weights were made float32 for the CPU (worker_text/cpu_weights.py): its KV
+    cache is float32 too, so prompt caches saved by the quantized model are not its own."""
 
     def encode_chat(self, job: ChatJob, **template_options) -> list[int]:
         return self.encode(self.render_chat(job, **template_options))
