@@ -59,14 +59,6 @@ def prefix_hashes(model: str, messages: Sequence[Any], tools: Any = None) -> lis
     return hashes
 
 
-def publish(conn: redis.Redis, keys: Keys, model: str, hashes: Iterable[str], worker: str, ttl: int) -> None:
-    """`worker` holds these prefixes of `model` (for `ttl` seconds), in one round trip."""
-    pipe = conn.pipeline(transaction=False)
-    for h in hashes:
-        pipe.set(keys.held_prefix(model, h), worker, ex=ttl)
-    pipe.execute()
-
-
 def holder(conn: redis.Redis, keys: Keys, model: str, hashes: Sequence[str]) -> tuple[str | None, int]:
     """The worker holding the longest of these prefixes, and how many messages it covers."""
     if not hashes:
@@ -136,10 +128,12 @@ def route(conn: redis.Redis, keys: Keys, spec: Any, messages: Sequence[Any], too
         spec.direct = direct_queue(worker)
 
 
-def publish_job_prefixes(conn: redis.Redis, keys: Keys, job: Job, worker: str) -> None:
-    """A worker admitting a routed-or-not chat job: it will hold the job's message prefixes."""
+def held_prefix_sets(keys: Keys, job: Job, worker: str) -> list[tuple[str, str, int]]:
+    """The (key, value, ttl) writes saying `worker` holds a job's message prefixes (none for
+    a job without them): batched with the rest of a job's start (runtime/burst.py)."""
+    hashes = job.meta.get("prefixes") or []
+    if not hashes:
+        return []
     model = (job.kwargs.get("payload") or {}).get("model", "") if isinstance(job.kwargs, dict) else ""
-    try:
-        publish(conn, keys, model, job.meta["prefixes"], worker, int(job.meta.get("prefix_ttl", 600)))
-    except redis.exceptions.RedisError:  # routing is an optimisation: never fail the job for it
-        log.warning("could not publish the prefixes of job %s", job.id, exc_info=True)
+    ttl = int(job.meta.get("prefix_ttl", 600))
+    return [(keys.held_prefix(model, h), worker, ttl) for h in hashes]

@@ -46,11 +46,12 @@ from rq.utils import now
 
 from contract.done import Done, Later
 from contract.keys import Keys, Priority
-from contract.prefixes import publish_job_prefixes as publish_prefixes
 from contract.prefixes import requeue_orphans
 from contract.queues import mark_canceled
 from contract.sweep import drop_idle
-from runtime.engine_loop import Admission, EngineLoop, Outcome, Slots
+from runtime.burst import Started, pop_waiting, start_all
+from runtime.engine_loop import Admission, EngineLoop, Outcome
+from runtime.slots import Slots
 
 log = logging.getLogger("mis.batching")
 
@@ -155,27 +156,49 @@ class BatchingWorker(SimpleWorker):
                 wait_after_error = min(wait_after_error * 2, 30.0)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        """Admit the job: started in rq, then into the engine. Returns at once."""
+        """Admit the job rq dequeued and, in the same pass, the jobs waiting behind it that
+        free slots have room for (runtime/burst.py): all started in rq in one round trip, then
+        handed to the engine together, which prefills them together. Returns at once."""
+        jobs = [(job, queue)]
+        try:
+            room = self._burst_room(self.priority_of[queue.name])
+            jobs += pop_waiting(self.connection, self._ordered_queues, room, self.priority_of, self.serializer)
+        except redis.exceptions.RedisError as exc:  # the dequeued job is admitted anyway
+            log.warning("could not take waiting jobs (%s)", exc)
+        intermediate = job if self._single_queue_dequeue else None
+        started = start_all(self, jobs, self.keys, self.get_heartbeat_ttl(job), intermediate=intermediate)
+        ready = [admission for entry in started if (admission := self._admit(entry)) is not None]
+        if ready:
+            self.engine.submit_many(ready)
+
+    def _burst_room(self, first: Priority) -> dict[Priority, int]:
+        """Jobs of each priority the engine has slots for besides the one just dequeued."""
+        with self.slots.changed:
+            interactive = self.slots.active[Priority.INTERACTIVE] + (first is Priority.INTERACTIVE)
+            total = self.slots.total + 1
+        room = {Priority.INTERACTIVE: self.slots.capacity - interactive, Priority.BATCH: self.slots.capacity - total}
+        if self.side_held >= SIDE_BACKLOG:
+            room[Priority.BATCH] = 0
+        return room
+
+    def _admit(self, started: Started) -> Admission | None:
+        """A started job into this worker: the admission to hand the engine, or None when it
+        needs none (bookkeeping done at once or beside the engine, an image still decoding)."""
+        job, queue = started.job, started.queue
         priority = self.priority_of[queue.name]
-        execution = self.prepare_execution(job)
-        # rq 3.0 (pinned): with one queue, dequeue parks the id in an intermediate list.
-        self.prepare_job_execution(job, remove_from_intermediate_queue=self._single_queue_dequeue)
-        job.started_at = now()
         admission = Admission(
             job,
             queue,
-            execution,
+            started.execution,
             priority,
             request=None,
             deadline=time.monotonic() + (job.timeout or self.queue_class.DEFAULT_TIMEOUT),
+            # Cancelled between its dequeue and now (the API sets the flag before it cancels):
+            # the engine ends it without running it.
+            cancelled=started.cancelled,
         )
         with self.admissions_lock:
             self.admissions[job.id] = admission
-        # Cancelled between its dequeue and now (the API sets the flag before it cancels):
-        # the engine ends it without running it.
-        admission.cancelled = bool(self.connection.exists(self.keys.cancel(job.id)))
-        if job.meta.get("prefixes") and not admission.cancelled:  # this worker will hold them (contract/prefixes.py)
-            publish_prefixes(self.connection, self.keys, job, self.name)
         if not admission.cancelled:
             try:
                 admission.request = self._call_job_function(job)
@@ -184,18 +207,18 @@ class BatchingWorker(SimpleWorker):
                 admission.refusal = exc
             if isinstance(admission.request, Done):  # bookkeeping, done already (contract/done.py)
                 self._finish_now(admission)
-                return
+                return None
             if isinstance(admission.request, Later):  # bookkeeping that takes a while: beside the engine
                 with self.admissions_lock:
                     self.side_held += 1
                 self.side_work.put(admission)
-                return
+                return None
         self.slots.take(priority)
         if isinstance(admission.request, Future):  # prepared off this loop (a vision job's images decode)
             self.preparing.add(admission.request)
             admission.request.add_done_callback(lambda done: self._prepared(admission, done))
-            return
-        self.engine.submit(admission)
+            return None
+        return admission
 
     def _prepared(self, admission: Admission, done: Future) -> None:
         """A request prepared beside the admission loop goes to the engine (from any thread)."""

@@ -27,6 +27,7 @@ from contract.keys import Priority
 from contract.payloads import Usage
 from contract.stream import EventType
 from runtime.rejections import RequestRejected
+from runtime.slots import Slots
 from runtime.steps import StepEvent, StepSender
 
 log = logging.getLogger("mis.engine")
@@ -84,41 +85,6 @@ class Outcome:
     tokens: int = 0
 
 
-class Slots:
-    """How many jobs of each priority the engine holds. The admission loop takes slots, the
-    engine thread frees them."""
-
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self.active = {Priority.INTERACTIVE: 0, Priority.BATCH: 0}
-        self.changed = threading.Condition()
-
-    @property
-    def total(self) -> int:
-        return sum(self.active.values())
-
-    def open_priorities(self) -> list[Priority]:
-        with self.changed:
-            if self.total < self.capacity:
-                return [Priority.INTERACTIVE, Priority.BATCH]
-            if self.active[Priority.INTERACTIVE] < self.capacity:
-                return [Priority.INTERACTIVE]
-            return []
-
-    def take(self, priority: Priority) -> None:
-        with self.changed:
-            self.active[priority] += 1
-
-    def free(self, priority: Priority) -> None:
-        with self.changed:
-            self.active[priority] -= 1
-            self.changed.notify_all()
-
-    def wait_for_change(self, timeout: float) -> None:
-        with self.changed:
-            self.changed.wait(timeout)
-
-
 class EngineLoop(threading.Thread):
     """The thread that owns the model. Jobs enter through `submit`; each leaves with one
     terminal stream event and an `Outcome` passed to `on_end`."""
@@ -134,7 +100,7 @@ class EngineLoop(threading.Thread):
         super().__init__(name="engine", daemon=True)
         self.engine, self.steps, self.slots = engine, steps, slots
         self.on_end, self.on_change = on_end, on_change
-        self.inbox: stdlib_queue.SimpleQueue[Admission | None] = stdlib_queue.SimpleQueue()
+        self.inbox: stdlib_queue.SimpleQueue[Admission | list[Admission] | None] = stdlib_queue.SimpleQueue()
         self.running: dict[str, Admission] = {}
         self.draining = False
         self.pending: list[StepEvent] = []
@@ -159,6 +125,9 @@ class EngineLoop(threading.Thread):
 
     def submit(self, admission: Admission) -> None:
         self.inbox.put(admission)
+
+    def submit_many(self, admissions: list[Admission]) -> None:
+        self.inbox.put(admissions)  # one item: taken in one step, a burst prefilled together
 
     def behind(self) -> bool:
         """Jobs wait here — in the inbox behind a step past BEHIND_AFTER (a long prefill), or in
@@ -213,7 +182,8 @@ class EngineLoop(threading.Thread):
                 self.draining = True
                 continue
             block, taken = False, True
-            self._admit(admission)
+            for one in admission if isinstance(admission, list) else [admission]:
+                self._admit(one)
         if taken:  # the registry shows the jobs now running (it once stayed `idle`, 0 jobs)
             self.on_change()
 

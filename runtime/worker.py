@@ -37,8 +37,9 @@ from contract.reasons import safe_reason
 from contract.registry import WorkerInfo
 from contract.settings import Settings
 from runtime.batching import BatchingWorker
-from runtime.engine_loop import Engine, EngineLoop, Outcome, Slots
+from runtime.engine_loop import Engine, EngineLoop, Outcome
 from runtime.heartbeat import Heartbeat, WorkerStatus
+from runtime.slots import Slots
 from runtime.steps import StepSender
 
 log = logging.getLogger("mis.worker")

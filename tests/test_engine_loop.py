@@ -11,8 +11,9 @@ import redis
 
 from contract.keys import Priority
 from contract.stream import EventType
-from runtime.engine_loop import Admission, EngineLoop, Outcome, Slots
+from runtime.engine_loop import Admission, EngineLoop, Outcome
 from runtime.rejections import PromptTooLong
+from runtime.slots import Slots
 
 
 class FakeEngine:

@@ -1,0 +1,92 @@
+"""Burst admission: the jobs waiting behind a dequeued job are admitted in the same pass.
+
+rq starts one job per dequeue, with about four Redis round trips of bookkeeping each
+(`prepare_execution`, `prepare_job_execution`, then our cancel flag and prefix routing). Under
+a burst of N requests the engine thus received them one by one and prefilled them in small
+pieces, so time to first token grew with the burst. Here the admission loop, having dequeued
+one job the rq way (a blocking pop), takes as many more as it has free slots for with one LPOP
+per queue, reads them in one round trip (`Job.fetch_many`), and writes every job's start
+bookkeeping — what rq's two methods write, plus reading the cancel flag and publishing the
+held prefixes — in one pipelined round trip. The engine then gets all of them at once
+(`EngineLoop.submit_many`) and prefills them together. A lone request pays two round trips
+(the empty LPOP, the bookkeeping) instead of four.
+
+The extra jobs are popped the way rq's multi-queue dequeue pops (LPOP, no intermediate
+list): a worker killed between the pop and the bookkeeping loses them the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import cast
+
+import redis
+from rq import Queue
+from rq.executions import Execution
+from rq.job import Job
+from rq.utils import now
+from rq.worker import BaseWorker, WorkerStatus
+
+from contract.keys import Keys, Priority
+from contract.prefixes import held_prefix_sets
+
+
+@dataclass
+class Started:
+    job: Job
+    queue: Queue
+    execution: Execution
+    cancelled: bool
+
+
+def pop_waiting(
+    conn: redis.Redis, queues: list[Queue], room: dict[Priority, int], priority_of: dict[str, Priority], serializer=None
+) -> list[tuple[Job, Queue]]:
+    """Waiting jobs, in queue order, as many of each priority as `room` allows: one LPOP per
+    queue with room, one read for all the jobs (ids whose job is gone are skipped, as rq
+    skips them). Every job taken fills a slot batch work could have had."""
+    popped: list[tuple[str, Queue]] = []
+    for queue in queues:
+        want = room.get(priority_of[queue.name], 0)
+        if want <= 0:
+            continue
+        ids = cast("list[bytes]", conn.lpop(queue.key, want) or [])
+        popped += [(i.decode(), queue) for i in ids]
+        room[priority_of[queue.name]] -= len(ids)
+        if priority_of[queue.name] is not Priority.BATCH:
+            room[Priority.BATCH] = room.get(Priority.BATCH, 0) - len(ids)
+    if not popped:
+        return []
+    jobs = Job.fetch_many([i for i, _ in popped], connection=conn, serializer=serializer)
+    return [(job, queue) for job, (_, queue) in zip(jobs, popped, strict=True) if job is not None]
+
+
+def start_all(
+    worker: BaseWorker, jobs: list[tuple[Job, Queue]], keys: Keys, ttl: int, intermediate: Job | None = None
+) -> list[Started]:
+    """rq's start bookkeeping for every job, its cancel flag read and its prefixes published,
+    in one round trip. `intermediate`: the job rq's single-queue dequeue parked in its
+    intermediate list (removed there, as `prepare_job_execution` would)."""
+    started: list[Started] = []
+    cancel_at: list[int] = []
+    with worker.connection.pipeline() as pipe:
+        worker.heartbeat(ttl, pipeline=pipe)
+        worker.set_state(WorkerStatus.BUSY, pipeline=pipe)
+        for job, queue in jobs:
+            execution = Execution.create(job, ttl, pipeline=pipe, worker_name=worker.name)
+            worker.executions[execution.id] = execution
+            job.heartbeat(now(), ttl, pipeline=pipe)
+            job.prepare_for_execution(worker.name, pipeline=pipe)
+            pipe.persist(job.key)
+            if job is intermediate:
+                pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+            cancel_at.append(len(pipe.command_stack))
+            pipe.exists(keys.cancel(job.id))
+            for key, value, expiry in held_prefix_sets(keys, job, worker.name):
+                pipe.set(key, value, ex=expiry)
+            started.append(Started(job, queue, execution, cancelled=False))
+        results = pipe.execute()
+    # execute() answers one result per queued command (MULTI/EXEC are not among them).
+    for entry, at in zip(started, cancel_at, strict=True):
+        entry.cancelled = bool(results[at])
+    return started
