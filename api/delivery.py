@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 
 import redis
-from flask import Response, stream_with_context
+from flask import Response, g, stream_with_context
 from rq.job import Job
 
 from contract import prefixes
@@ -53,7 +53,8 @@ def enqueue_job(ctx: Context, spec: JobSpec) -> Job:
     payload = spec.payload
     routed = ctx.settings.prefix_routing and spec.kind == Kind.TEXT and spec.priority == Priority.INTERACTIVE
     if routed and isinstance(payload, ChatJob) and payload.prompt is None:
-        prefixes.route(ctx.conn, ctx.keys, spec, payload.messages, payload.tools, ctx.settings.prefix_ttl)
+        workers = g.get("live_workers")  # as api/intake.route read them for this request
+        prefixes.route(ctx.conn, ctx.keys, spec, payload.messages, payload.tools, ctx.settings.prefix_ttl, workers)
     try:
         return enqueue(ctx, spec)
     except QueueFull as full:

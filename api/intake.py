@@ -7,6 +7,8 @@ Views import this module, never each other.
 
 from __future__ import annotations
 
+from flask import g
+
 from contract import registry
 from contract.context import Context
 from contract.keys import Kind
@@ -116,6 +118,7 @@ def route(ctx: Context, model: str, want: Kind | frozenset[Kind] | None = None) 
     and it cannot be loaded on demand — with `want`, nor loaded as that kind (a request that
     needs a vision model starts no load of a text one)."""
     workers = registry.live_workers(ctx.conn, ctx.keys)
+    g.live_workers = workers  # read once per request: prefix routing uses them too (api/delivery.py)
     serving = registry.serving_models(workers)
     if model in serving:
         return serving[model][0].kind, context_length(serving[model])

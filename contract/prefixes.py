@@ -79,10 +79,14 @@ median time to first token of 2.03 s, above the shared queue's 1.52 s in that ru
 margin 1.69–1.92 s against the shared queue's 3.73–4.04 s."""
 
 
-def has_room(conn: redis.Redis, keys: Keys, worker: str, model: str) -> bool:
+def has_room(
+    conn: redis.Redis, keys: Keys, worker: str, model: str, workers: list[registry.WorkerInfo] | None = None
+) -> bool:
     """The model has several workers and this one is alive, has a free slot and is not much
-    busier than the least busy of them: a job sent to it starts now, without queueing behind it."""
-    serving = [w for w in registry.live_workers(conn, keys) if w.model == model and w.serving]
+    busier than the least busy of them: a job sent to it starts now, without queueing behind it.
+    `workers`: the live workers if the caller has just read them."""
+    live = workers if workers is not None else registry.live_workers(conn, keys)
+    serving = [w for w in live if w.model == model and w.serving]
     if len(serving) < 2:  # one worker takes every job anyway: its own queue would add nothing
         return False
     info = next((w for w in serving if w.name == worker), None)
@@ -113,17 +117,28 @@ def requeue_orphans(conn: redis.Redis, keys: Keys, queue_names: Iterable[str] | 
     return moved
 
 
-def route(conn: redis.Redis, keys: Keys, spec: Any, messages: Sequence[Any], tools: Any, ttl: int) -> None:
+def route(
+    conn: redis.Redis,
+    keys: Keys,
+    spec: Any,
+    messages: Sequence[Any],
+    tools: Any,
+    ttl: int,
+    workers: list[registry.WorkerInfo] | None = None,
+) -> None:
     """Mark an interactive chat `spec` (contract.queues.JobSpec) with its message prefixes, for
     its worker to publish, and send it to the worker holding the longest of them when that one
-    has a free slot (else it stays on the model's shared queue)."""
+    has a free slot (else it stays on the model's shared queue). `workers`: the live workers if
+    the caller has just read them — with fewer than two serving the model, no lookup is made."""
     hashes = prefix_hashes(spec.model, messages, tools)
     if not hashes:
         return
     spec.meta["prefixes"] = hashes
     spec.meta["prefix_ttl"] = ttl
+    if workers is not None and sum(1 for w in workers if w.model == spec.model and w.serving) < 2:
+        return  # one worker takes every job anyway: two round trips saved on every chat
     worker, _ = holder(conn, keys, spec.model, hashes)
-    if worker is not None and has_room(conn, keys, worker, spec.model):
+    if worker is not None and has_room(conn, keys, worker, spec.model, workers):
         spec.meta[SHARED_QUEUE] = spec.queue
         spec.direct = direct_queue(worker)
 

@@ -18,24 +18,13 @@ from contract.settings import Settings
 from worker_text import cpu_blas
 from worker_text.cpu_blas import HINT, BlasNotFound, find_blas, preload_env, preloaded
 from worker_text.cpu_weights import float32_bytes
+from worker_text.tiny import CONFIG, VOCAB_SIZE
 
 from .support import alias, client_for, wait_until
 
 MODEL = "tiny-4bit"
-SHAPE = {
-    # tiny-text's llama, with heads of 32 values so an 8-bit KV cache (group 32) fits them.
-    "model_type": "llama",
-    "hidden_size": 128,
-    "num_hidden_layers": 2,
-    "intermediate_size": 256,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "rms_norm_eps": 1e-5,
-    "rope_theta": 10000.0,
-    "max_position_embeddings": 2048,
-    "tie_word_embeddings": False,
-    "vocab_size": 512,
-}
+# tiny-text's llama, with heads of 32 values so an 8-bit KV cache (group 32) fits them.
+SHAPE = {**CONFIG, "hidden_size": 128, "intermediate_size": 256, "vocab_size": VOCAB_SIZE}
 OPENBLAS = find_blas("auto")
 needs_openblas = pytest.mark.skipif(
     OPENBLAS is None or not cpu_blas.on_cpu(), reason="no OpenBLAS here (apt-get install libopenblas0-pthread)"

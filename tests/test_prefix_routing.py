@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from rq import Queue
 
-from contract.prefixes import SHARED_QUEUE, direct_queue, holder, prefix_hashes, requeue_orphans
+from contract.prefixes import SHARED_QUEUE, direct_queue, holder, prefix_hashes, requeue_orphans, route
 from contract.queues import JobSpec, enqueue
 
 from .support import alias, client_for
@@ -69,3 +69,19 @@ def test_a_job_left_in_a_dead_workers_queue_goes_back_to_the_shared_queue(ctx):
     assert job.id in Queue(shared, connection=ctx.conn).get_job_ids()
     assert Queue(spec.direct, connection=ctx.conn).count == 0
     Queue(shared, connection=ctx.conn).empty()
+
+
+def test_one_worker_means_no_routing_lookup():
+    """With the live workers the API read for the request, a model served by one worker is not
+    looked up (conn=None: any Redis call would fail); the job still carries its prefixes, for
+    its worker to publish."""
+    from contract.keys import Keys, Kind
+    from contract.payloads import ChatJob, ChatMessage
+    from contract.registry import WorkerInfo, WorkerState
+
+    messages = [ChatMessage(role="system", content=SYSTEM), ChatMessage(role="user", content="hi")]
+    spec = JobSpec.chat(ChatJob(model="solo", messages=messages, max_tokens=4), Kind.TEXT)
+    one = [WorkerInfo(name="w1", model="solo", kind=Kind.TEXT, host="h", pid=1, state=WorkerState.IDLE)]
+    route(None, Keys("t:"), spec, messages, None, 60, workers=one)  # type: ignore[arg-type]
+    assert spec.meta["prefixes"] == prefix_hashes("solo", messages, None)
+    assert SHARED_QUEUE not in spec.meta
