@@ -16,6 +16,10 @@ Each row carries the weight-bandwidth ceiling: concurrency × memory bandwidth /
 the rate at which reading the weights once per step would allow (the KV cache is ignored).
 Rows go to bench/results/gpu-<shape>-<format>-<time>.json with `concurrency` and
 `vs_mlx_lm_server`. See docs/PERFORMANCE.md.
+
+In the same run, under other model names (queues of their own): `--without-fast-quant` adds a
+worker on MLX's quantized kernels (`stack FAST_QUANT=0`), `--gpus N` N workers pinned one per
+GPU behind one queue (`stack N GPUs`; the `stack` row is one worker).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from common import RESULTS, ROOT, bench_stack, device_name, write_result
 from concurrency import TOPICS, compare_levels, decode_rate, start_mlx_lm_server, summarize
 
 from contract.settings import Settings
+from tests.support import alias
 
 BASE = {
     "model_type": "qwen2",
@@ -164,8 +169,21 @@ def measure_model(args, name: str, config: dict, bits: int | None) -> list[dict]
     capacity = max(args.levels)
     with bench_stack(models_dir=str(args.models_dir)) as (stack, url, _env):
         stack.start_worker(name, WORKER_CAPACITY=capacity)
+        servers = {"stack": (url, name)}
+        # Other workers of the same weights under other names (own queues), measured in the
+        # same run: MLX's kernel alone, and one worker per GPU behind one queue.
+        if args.without_fast_quant:
+            plain = alias(args.models_dir, f"{name}-mlx-kernels", name)
+            stack.start_worker(plain, WORKER_CAPACITY=capacity, FAST_QUANT="0")
+            servers["stack FAST_QUANT=0"] = (url, plain)
+        if args.gpus > 1:
+            spread = alias(args.models_dir, f"{name}-x{args.gpus}", name)
+            for gpu in range(args.gpus):
+                pinned = {"CUDA_VISIBLE_DEVICES": str(gpu), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+                stack.start_worker(spread, WORKER_CAPACITY=capacity, **pinned)
+            servers[f"stack {args.gpus} GPUs"] = (url, spread)
         reference, ref_url = start_mlx_lm_server(model_dir, capacity, stack.logs / "mlx_lm_server.log")
-        servers = {"stack": (url, name), "mlx_lm.server": (ref_url, "default_model")}
+        servers["mlx_lm.server"] = (ref_url, "default_model")
         try:
             rows += compare_levels(servers, args.levels, args.rounds, args.max_tokens)
         finally:
@@ -188,13 +206,13 @@ def card_bandwidth(device: str) -> float | None:
 def report(name: str, rows: list[dict], weight_bytes: int, device: str, args) -> None:
     print(f"\n{name}: {weight_bytes / 1e9:.2f} GB of weights, {args.max_tokens} tokens per stream, greedy, on {device}")
     print(
-        f"{'server':<14} {'streams':>7} {'agg tok/s':>10} {'stream dec':>10} {'TTFT p50':>9} "
+        f"{'server':<20} {'streams':>7} {'agg tok/s':>10} {'stream dec':>10} {'TTFT p50':>9} "
         f"{'ceiling':>8} {'of ceil':>7} {'vs mlx_lm':>9}"
     )
     for row in rows:
         ceiling = row["bandwidth_ceiling_tok_s"]
         print(
-            f"{row['server']:<14} {row['concurrency']:>7} {row['aggregate_tok_s']:>10.1f} "
+            f"{row['server']:<20} {row['concurrency']:>7} {row['aggregate_tok_s']:>10.1f} "
             f"{row['stream_decode_tok_s'] or 0:>10.1f} {row['ttft_ms_p50']:>7.0f}ms "
             f"{ceiling or 0:>8.0f} {row['aggregate_tok_s'] / ceiling if ceiling else 0:>6.0%} "
             f"{row['vs_mlx_lm_server']:>9.2f}"
@@ -215,6 +233,10 @@ def main() -> int:
     parser.add_argument("--models-dir", type=Path, default=ROOT / "var" / "models" / "bench")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--label", default="", help="added to the result file's name")
+    parser.add_argument(
+        "--without-fast-quant", action="store_true", help="also a worker with FAST_QUANT=0 (MLX's quantized kernels)"
+    )
+    parser.add_argument("--gpus", type=int, default=1, help="also N workers pinned one per GPU, behind one queue")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -225,8 +247,8 @@ def main() -> int:
             name = f"{shape}-{fmt}"
             rows = measure_model(args, name, SHAPES[shape], FORMATS[fmt])
             weight_bytes = sum(p.stat().st_size for p in (args.models_dir / name).glob("*.safetensors"))
-            order = ["in-process", "stack", "mlx_lm.server"]
-            rows.sort(key=lambda r: (r["concurrency"], order.index(r["server"])))
+            order = ["in-process", "stack", "mlx_lm.server"]  # our other workers between the last two
+            rows.sort(key=lambda r: (r["concurrency"], order.index(r["server"]) if r["server"] in order else 1.5))
             annotate(rows, weight_bytes, card_bandwidth(device))
             report(name, rows, weight_bytes, device, args)
             write_result(
