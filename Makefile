@@ -77,9 +77,9 @@ tiny-models: install install-vision
 	$(VPY) -m worker_vision.tiny_llava "$(MODEL_ROOT)/tiny-mistral3" --flavor mistral3
 
 # The hint: one line when the text worker would run on MLX's slow reference BLAS (a Linux CPU
-# without OpenBLAS; worker_text/cpu_blas.py). It never stops `make run`.
+# without OpenBLAS; mlx_common/cpu_blas.py). It never stops `make run`.
 run: models
-	@$(PY) -m worker_text.cpu_blas hint || true
+	@$(PY) -m mlx_common.cpu_blas hint || true
 	exec honcho -f Procfile start $(PROCESSES)
 
 # Lint, format and type checks (configured in pyproject.toml); `make test` runs them first.

@@ -1,6 +1,6 @@
 """The text worker's CPU path, old against new, through the whole stack on a Linux CPU: MLX's
 reference BLAS and the quantized weights (`CPU_BLAS=off CPU_DEQUANTIZE_MAX_GB=0`) against
-OpenBLAS preloaded and float32 weights (the defaults; worker_text/cpu_blas.py, cpu_weights.py).
+OpenBLAS preloaded and float32 weights (the defaults; mlx_common/cpu_blas.py, cpu_weights.py).
 
     .venv/bin/python bench/cpu_path.py [--model SmolLM2-135M-Instruct] [--configs old new]
         [--workers 1] [--clients 8] [--max-tokens 64] [--agree-prompts 32] [--agree-tokens 128]
@@ -87,7 +87,7 @@ def agreement(model_dir: Path, prompts: int, tokens: int) -> dict:
     from mlx_lm import load
     from mlx_lm.generate import batch_generate
 
-    from worker_text.cpu_blas import blas_in_use
+    from mlx_common.cpu_blas import blas_in_use
     from worker_text.cpu_weights import dequantize_for_cpu
 
     forms = ["Tell me about {}.", "Write two sentences about {}."]
@@ -134,7 +134,7 @@ def run_agreement(model_dir: Path, args) -> dict:
     import os
 
     from contract.settings import Settings
-    from worker_text.cpu_blas import find_blas, preload_env
+    from mlx_common.cpu_blas import find_blas, preload_env
 
     lib = find_blas(Settings().cpu_blas)
     env = preload_env(os.environ, lib) if lib is not None else dict(os.environ)

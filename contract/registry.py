@@ -65,7 +65,7 @@ class WorkerInfo(BaseModel):
     memory: dict = {}
     """The engine's KV memory (text workers): budget, bytes reserved, bytes per token, KV bits,
     jobs waiting for memory (worker_text/memory.py); on a CPU also the BLAS MLX runs on and whether
-    the weights were dequantized to float32 (worker_text/cpu_blas.py); empty for other kinds."""
+    the weights were dequantized to float32 (mlx_common/cpu_blas.py); empty for other kinds."""
 
     @property
     def serving(self) -> bool:

@@ -113,7 +113,7 @@ class Settings(BaseSettings):
     on a GPU."""
     cpu_blas: str = "auto"
     """The BLAS a text worker on a Linux CPU preloads in place of MLX's reference BLAS (6-28x
-    faster float32 matmuls; worker_text/cpu_blas.py): `auto`, the system's OpenBLAS when there is
+    faster float32 matmuls; mlx_common/cpu_blas.py): `auto`, the system's OpenBLAS when there is
     one; `off`; or a library's path (a missing file stops the worker at start)."""
     cpu_dequantize_max_gb: float = Field(2.0, ge=0)
     """On a CPU, a text worker dequantizes a quantized model to float32 when that takes at most

@@ -1,4 +1,4 @@
-"""The text worker's fast CPU path (worker_text/cpu_blas.py, worker_text/cpu_weights.py):
+"""The text worker's fast CPU path (mlx_common/cpu_blas.py, worker_text/cpu_weights.py):
 finding OpenBLAS and preloading it by a re-exec, a real worker that runs on it and answers, and
 a small quantized model made float32 — its layers, its size, its prompt-cache key and how often
 its greedy tokens agree with the quantized model's."""
@@ -15,8 +15,8 @@ from mlx_lm.models.cache import make_prompt_cache
 
 from contract.registry import live_workers
 from contract.settings import Settings
-from worker_text import cpu_blas
-from worker_text.cpu_blas import HINT, BlasNotFound, find_blas, preload_env, preloaded
+from mlx_common import cpu_blas
+from mlx_common.cpu_blas import HINT, BlasNotFound, find_blas, preload_env, preloaded
 from worker_text.cpu_weights import float32_bytes
 from worker_text.tiny import CONFIG, VOCAB_SIZE
 
@@ -233,3 +233,21 @@ def test_a_missing_cpu_blas_stops_the_worker_at_start(stack, models_dir, model4,
     assert code == 2
     assert f"error: CPU_BLAS={tmp_path / 'libnothing.so'}: no such file" in worker_log(proc)
     proc.stop()
+
+
+@needs_openblas
+def test_an_embedding_worker_runs_on_openblas_and_answers(stack, api_url, models_dir):
+    """The float32 encoders of an embedding worker go to OpenBLAS the same way (same pid, re-exec)."""
+    from worker_embedding.tiny import build
+
+    model = "tiny-embed-openblas"
+    if not (models_dir / model).exists():
+        build(models_dir / model)
+    proc = stack.start_embedding_worker(model, CPU_BLAS="auto")
+    try:
+        assert re.search(rf"CPU BLAS: {re.escape(str(OPENBLAS))}", worker_log(proc)), worker_log(proc)
+        assert mapped(proc.pid, "libopenblas")
+        answer = client_for(api_url).embeddings.create(model=model, input=["a red square", "a blue circle"])
+        assert [item.index for item in answer.data] == [0, 1] and len(answer.data[0].embedding) > 0
+    finally:
+        proc.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from contract.keys import Kind
@@ -10,13 +11,25 @@ from runtime.cli import run_worker
 
 
 def make_engine(model: str, settings: Settings, capacity: int):
-    from .engine import EmbedEngine  # imports mlx; kept out of --help
+    from mlx_common.cpu_blas import describe, on_cpu  # imports mlx; kept out of --help
+
+    from .engine import EmbedEngine
     from .loading import load_embedding_model
 
+    if on_cpu():
+        logging.getLogger("mis.loading").info(describe())
     return EmbedEngine(load_embedding_model(model, settings))
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # run as a program: on a Linux CPU, OpenBLAS under the float32 encoders
+        from mlx_common.cpu_blas import BlasNotFound, preload_blas
+
+        try:
+            preload_blas(Settings())  # re-executes this process when it preloads (mlx_common/cpu_blas.py)
+        except BlasNotFound as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     return run_worker(
         Kind.EMBEDDING,
         argv,

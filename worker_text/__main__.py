@@ -57,10 +57,10 @@ def make_engine(model: str, settings: Settings, capacity: int):
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # run as a program (not called in-process): on a Linux CPU, preload OpenBLAS
-        from .cpu_blas import BlasNotFound, preload_blas
+        from mlx_common.cpu_blas import BlasNotFound, preload_blas
 
         try:
-            preload_blas(Settings())  # re-executes this process when it preloads (worker_text/cpu_blas.py)
+            preload_blas(Settings())  # re-executes this process when it preloads (mlx_common/cpu_blas.py)
         except BlasNotFound as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -2,7 +2,7 @@
 
 Why: on a CPU, MLX's (0.32.4) quantized matmul is its own loop at ~3 GFLOP/s whatever BLAS is
 there, while a float32 matmul goes to `cblas_sgemm`: 23–103 GFLOP/s with OpenBLAS preloaded
-(worker_text/cpu_blas.py). A small quantized model is therefore faster dequantized — SmolLM2-135M
+(mlx_common/cpu_blas.py). A small quantized model is therefore faster dequantized — SmolLM2-135M
 4-bit is 0.54 GB as float32 — at the cost of memory (about 8x the 4-bit weights) and of a KV
 cache in float32 (twice bfloat16's bytes per token; the memory budget counts it, as it reads the
 model's dtype). Only models whose float32 size is at most CPU_DEQUANTIZE_MAX_GB are converted.

@@ -18,6 +18,7 @@ from mlx_lm.tokenizer_utils import StreamingDetokenizer
 
 from contract.payloads import ChatJob, CompletionTokensDetails, PromptTokensDetails, Usage
 from contract.stream import EventType
+from mlx_common.cpu_blas import cpu_status
 from mlx_common.grammar import Grammars
 from mlx_common.logprobs import token_logprob
 from mlx_common.prefill import default_prefill_chunk
@@ -34,7 +35,6 @@ from runtime.steps import StepEvent
 from runtime.stops import StopMatcher, done_data
 
 from .constrained import install, rows_of
-from .cpu_blas import cpu_status
 from .disk_cache import DiskPromptCache
 from .kv_quant import make_quantized_cache
 from .memory import KVBudget
@@ -90,7 +90,7 @@ class TextEngine:
         """Memory-aware admission (worker_text/memory.py); None: unbounded (tests of other parts)."""
         self.capacity = capacity
         self.cpu = cpu_status(text_model.dequantized) if mx.default_device() == mx.cpu else {}
-        """On a CPU: which BLAS MLX runs on and whether the weights are float32 (worker_text/cpu_blas.py)."""
+        """On a CPU: which BLAS MLX runs on and whether the weights are float32 (mlx_common/cpu_blas.py)."""
         self.caches = PromptCaches(text_model.model_id, prompt_cache_bytes, disk, kv_quantization is not None)
         self.prefill_chunk = prefill_chunk or default_prefill_chunk()
         self.eos_stops = make_stop_sequences(text_model.tokenizer)

@@ -12,9 +12,9 @@ from typing import Any, cast
 
 from contract.modelref import ModelLoadError, parse_model_ref, resolve
 from contract.settings import Settings
+from mlx_common.cpu_blas import describe, on_cpu
 from mlx_common.flat_decode import flatten_decode
 
-from .cpu_blas import describe, on_cpu
 from .cpu_weights import dequantize_for_cpu
 from .model import TextModel
 
@@ -30,7 +30,7 @@ def load_text_model(model_ref: str, settings: Settings) -> TextModel:
         raise ModelLoadError(f"{model_ref} has no config.json: not an mlx-lm model directory")
     # Without return_config, load gives (model, tokenizer); its hint is a union with the 3-tuple.
     model, tokenizer = cast(tuple[Any, Any], load(str(path)))
-    # On a CPU: say which BLAS MLX runs on (worker_text/cpu_blas.py), and take float32 weights
+    # On a CPU: say which BLAS MLX runs on (mlx_common/cpu_blas.py), and take float32 weights
     # where they fit (worker_text/cpu_weights.py) — before flatten_decode, which would swap the
     # quantized layers' classes to ones dequantize_model does not know.
     cpu = on_cpu()

@@ -1,5 +1,5 @@
-"""A real BLAS under MLX on a Linux CPU: find OpenBLAS, preload it into the text worker, say
-which BLAS the worker runs on.
+"""A real BLAS under MLX on a Linux CPU: find OpenBLAS, preload it into text and embedding
+workers, say which BLAS a worker runs on.
 
 Why: mlx's Linux CPU wheel (0.32.4) does every float matrix product with `cblas_sgemm` from the
 reference BLAS it bundles (mlx_cpu.libs/libblas-*.so.3.10.0): ~3.7 GFLOP/s on 2 cores. With
@@ -10,10 +10,10 @@ the stack (docs/PERFORMANCE.md, "The CPU path").
 How: libmlx.so resolves `cblas_sgemm` through the process's global scope before its own
 dependencies, so a library in LD_PRELOAD wins. LD_PRELOAD is read only when a process starts,
 hence `preload_blas` re-executes the worker (same pid, same argv) with OpenBLAS prepended to it,
-before anything is loaded; the API and the other worker kinds are never touched. It is
-reversible: `CPU_BLAS=off` keeps MLX's own BLAS.
+before anything is loaded; the API and the vision workers (quantized models, their own venv)
+are never touched. It is reversible: `CPU_BLAS=off` keeps MLX's own BLAS.
 
-    python -m worker_text.cpu_blas hint     # one line for `make run` when no BLAS is found
+    python -m mlx_common.cpu_blas hint     # one line for `make run` when no BLAS is found
 """
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ def hint(settings: Settings) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args != ["hint"]:
-        print("usage: python -m worker_text.cpu_blas hint", file=sys.stderr)
+        print("usage: python -m mlx_common.cpu_blas hint", file=sys.stderr)
         return 2
     line = hint(Settings())
     if line:
