@@ -140,6 +140,18 @@ def preload_blas(settings: Settings) -> None:
     os.execve(sys.executable, sys.orig_argv, preload_env(os.environ, lib))
 
 
+def start_worker_on_blas() -> int | None:
+    """A text or embedding worker's first step, run as a program: `preload_blas` with its
+    settings. None: carry on (nothing to preload, or this is the re-executed process); 2: a bad
+    CPU_BLAS, said on stderr — the worker's exit status."""
+    try:
+        preload_blas(Settings())
+    except BlasNotFound as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return None
+
+
 class _DlInfo(ctypes.Structure):
     _fields_ = [
         ("dli_fname", ctypes.c_char_p),

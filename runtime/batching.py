@@ -172,11 +172,9 @@ class BatchingWorker(SimpleWorker):
             self.engine.submit_many(ready)
 
     def _burst_room(self, first: Priority) -> dict[Priority, int]:
-        """Jobs of each priority the engine has slots for besides the one just dequeued."""
-        with self.slots.changed:
-            interactive = self.slots.active[Priority.INTERACTIVE] + (first is Priority.INTERACTIVE)
-            total = self.slots.total + 1
-        room = {Priority.INTERACTIVE: self.slots.capacity - interactive, Priority.BATCH: self.slots.capacity - total}
+        """Jobs of each priority to take besides the one just dequeued: what the slots allow,
+        and no batch work while renders are backed up (as the dequeue decides)."""
+        room = self.slots.room(first)
         if self.side_held >= SIDE_BACKLOG:
             room[Priority.BATCH] = 0
         return room

@@ -30,6 +30,15 @@ class Slots:
                 return [Priority.INTERACTIVE]
             return []
 
+    def room(self, taking: Priority) -> dict[Priority, int]:
+        """Jobs of each priority there are slots for besides one of `taking` about to take
+        one (a burst's admission, runtime/burst.py): interactive ones while fewer than
+        `capacity` run, batch ones in whatever the total leaves."""
+        with self.changed:
+            interactive = self.active[Priority.INTERACTIVE] + (taking is Priority.INTERACTIVE)
+            total = self.total + 1
+        return {Priority.INTERACTIVE: self.capacity - interactive, Priority.BATCH: self.capacity - total}
+
     def take(self, priority: Priority) -> None:
         with self.changed:
             self.active[priority] += 1

@@ -22,14 +22,11 @@ def make_engine(model: str, settings: Settings, capacity: int):
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is None:  # run as a program: on a Linux CPU, OpenBLAS under the float32 encoders
-        from mlx_common.cpu_blas import BlasNotFound, preload_blas
+    if argv is None:  # run as a program: on a Linux CPU, OpenBLAS preloaded by a re-exec
+        from mlx_common.cpu_blas import start_worker_on_blas
 
-        try:
-            preload_blas(Settings())  # re-executes this process when it preloads (mlx_common/cpu_blas.py)
-        except BlasNotFound as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        if (status := start_worker_on_blas()) is not None:
+            return status
     return run_worker(
         Kind.EMBEDDING,
         argv,

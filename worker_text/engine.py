@@ -18,7 +18,7 @@ from mlx_lm.tokenizer_utils import StreamingDetokenizer
 
 from contract.payloads import ChatJob, CompletionTokensDetails, PromptTokensDetails, Usage
 from contract.stream import EventType
-from mlx_common.cpu_blas import cpu_status
+from mlx_common.cpu_blas import cpu_status, on_cpu
 from mlx_common.grammar import Grammars
 from mlx_common.logprobs import token_logprob
 from mlx_common.prefill import default_prefill_chunk
@@ -89,7 +89,7 @@ class TextEngine:
         self.budget = budget
         """Memory-aware admission (worker_text/memory.py); None: unbounded (tests of other parts)."""
         self.capacity = capacity
-        self.cpu = cpu_status(text_model.dequantized) if mx.default_device() == mx.cpu else {}
+        self.cpu = cpu_status(text_model.dequantized) if on_cpu() else {}
         """On a CPU: which BLAS MLX runs on and whether the weights are float32 (mlx_common/cpu_blas.py)."""
         self.caches = PromptCaches(text_model.model_id, prompt_cache_bytes, disk, kv_quantization is not None)
         self.prefill_chunk = prefill_chunk or default_prefill_chunk()
