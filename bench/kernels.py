@@ -72,6 +72,16 @@ def wall_clock(step: Callable[[], mx.array], repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+def host_us(step: Callable[[], mx.array], calls: int = 300) -> float:
+    """CPU time to add one call to MLX's graph (not evaluated): what each layer costs the host
+    before any kernel runs."""
+    step()
+    start = time.perf_counter()
+    for _ in range(calls):
+        step()
+    return (time.perf_counter() - start) / calls * 1e6
+
+
 def measure(name: str, out_f: int, in_f: int, rows: int, bits: int, group: int, repeats: int, clock) -> dict:
     w = mx.random.normal((out_f, in_f), dtype=mx.bfloat16) * 0.02
     wq, scales, biases = mx.quantize(w, group_size=group, bits=bits)
@@ -90,56 +100,149 @@ def measure(name: str, out_f: int, in_f: int, rows: int, bits: int, group: int, 
 
     row = {"layer": name, "rows": rows, "bits": bits, "group_size": group}
     t_q = clock(mlx_q, repeats)
-    row |= {"mlx_us": t_q * 1e6, "mlx_gb_s": quant_bytes / t_q / 1e9}
+    row |= {"mlx_us": t_q * 1e6, "mlx_gb_s": quant_bytes / t_q / 1e9, "mlx_host_us": host_us(mlx_q)}
     if quant_kernels.fast_quantized_matmul(x, wq, scales, biases, group_size=group, bits=bits) is not None:
         ref = mlx_q().astype(mx.float32)
         err = mx.abs(ours().astype(mx.float32) - ref).max() / mx.abs(ref).max()
         t_f = clock(ours, repeats)
         row |= {"fast_us": t_f * 1e6, "fast_gb_s": quant_bytes / t_f / 1e9, "speedup": t_q / t_f}
+        row["fast_host_us"] = host_us(ours)
         row["max_rel_err"] = err.item()
     t_d = clock(lambda: x @ w.T, repeats)
     return row | {"bf16_us": t_d * 1e6, "bf16_gb_s": dense_bytes / t_d / 1e9}
 
 
-def decode(model_dir: Path, prompts: int, tokens: int) -> dict:
-    """Greedy decode of `prompts` prompts x `tokens` tokens, one stream, MLX's kernel vs ours."""
+def decode(model_dir: Path, prompts: int, tokens: int, timed: int = 8) -> dict:
+    """One stream's greedy decode with MLX's kernel and with ours: tokens/s over `timed`
+    prompts, where each step's time goes, and agreement over `prompts` x `tokens`."""
     from mlx_lm import load
-    from mlx_lm.generate import generate_step
 
     from mlx_common.flat_decode import flatten_decode
 
+    model, tokenizer = load(str(model_dir))
+    flatten_decode(model, fast=True)  # compiles our kernels' variants
+    layers = [m for _, m in model.named_modules() if hasattr(m, "fast_quant")]
     texts = [
         f"Write about topic number {i}: the {['sea', 'city', 'forest', 'desert'][i % 4]} at dawn."
         for i in range(prompts)
     ]
-    outputs: dict[bool, list[list[int]]] = {}
-    rates: dict[bool, float] = {}
-    for fast in (False, True):
-        model, tokenizer = load(str(model_dir))
-        flatten_decode(model, fast=fast)
-        runs, seconds, count = [], 0.0, 0
-        for i, text in enumerate(texts + texts[:1]):  # the first run (compiles) is not timed
-            prompt = mx.array(tokenizer.encode(text))
-            stamps, out = [], []
-            for token, _ in generate_step(prompt, model, max_tokens=tokens):
-                out.append(int(token))
-                stamps.append(time.perf_counter())
-            if i > 0:
-                runs.append(out)
-                seconds += stamps[-1] - stamps[0]  # decode only: after the first token
-                count += len(out) - 1
-        outputs[fast], rates[fast] = runs, count / seconds
-        del model
-    same = sum(a == b for x, y in zip(outputs[False], outputs[True], strict=True) for a, b in zip(x, y, strict=True))
-    total = sum(len(x) for x in outputs[False])
+    encoded = [tokenizer.encode(text) for text in texts]
+    rates: dict[str, float] = {}
+    breakdown: dict[str, dict] = {}
+    for side, fast in (("mlx", False), ("ours", True)):
+        for layer in layers:
+            layer.fast_quant = fast
+        rates[side] = tokens_per_second(model, encoded[:timed], tokens)
+        if profiled := where_time_goes(model, encoded[0], tokens):
+            breakdown[side] = profiled
     return {
         "model": model_dir.name,
-        "prompts": prompts,
+        "prompts_timed": timed,
         "tokens": tokens,
-        "mlx_tok_s": rates[False],
-        "fast_tok_s": rates[True],
-        "greedy_agreement": same / total,
+        "mlx_tok_s": rates["mlx"],
+        "fast_tok_s": rates["ours"],
+        "gpu_time_per_token": breakdown,
+        "agreement": agreement(model, layers, encoded, tokens),
+    }
+
+
+def tokens_per_second(model, prompts: list[list[int]], tokens: int) -> float:
+    from mlx_lm.generate import generate_step
+
+    seconds, count = 0.0, 0
+    for i, prompt in enumerate(prompts[:1] + prompts):  # the first run warms up: not timed
+        stamps = [time.perf_counter() for _ in generate_step(mx.array(prompt), model, max_tokens=tokens)]
+        if i > 0:
+            seconds += stamps[-1] - stamps[0]  # decode only: after the first token
+            count += len(stamps) - 1
+    return count / seconds
+
+
+def agreement(model, layers: list, prompts: list[list[int]], tokens: int) -> dict:
+    """Greedy agreement, teacher-forced: MLX's kernel generates each prompt's continuation;
+    ours then reads the same tokens one decode step at a time and picks its own next token at
+    each. (Comparing two free runs would count every token after the first difference as
+    different.) A disagreement is reported with MLX's log-probability margin between the two
+    tokens: a tie within 16-bit error is a margin of a few hundredths."""
+    from mlx_lm.generate import generate_step
+    from mlx_lm.models.cache import make_prompt_cache
+
+    same, total, margins = 0, 0, []
+    for prompt in prompts:
+        for layer in layers:
+            layer.fast_quant = False
+        steps = list(generate_step(mx.array(prompt), model, max_tokens=tokens))
+        reference = [int(token) for token, _ in steps]
+        for layer in layers:
+            layer.fast_quant = True
+        cache = make_prompt_cache(model)
+        picks = [mx.argmax(model(mx.array(prompt)[None], cache=cache)[0, -1])]
+        for token in reference[:-1]:
+            picks.append(mx.argmax(model(mx.array([[token]]), cache=cache)[0, -1]))
+            mx.async_eval(picks[-1])
+        ours = mx.stack(picks).tolist()
+        for (token, logprobs), pick in zip(steps, ours, strict=True):
+            total += 1
+            if pick == token:
+                same += 1
+            else:
+                margins.append((logprobs[token] - logprobs[pick]).item())
+    return {
         "tokens_compared": total,
+        "same": same / total,
+        "disagreements": len(margins),
+        "margins": sorted(margins),
+    }
+
+
+KERNEL_KINDS = (  # substrings of CUDA kernel names -> what they do in a decode step
+    ("fq_gemv", "ours: quantized matvec"),
+    ("qmv", "MLX quantized matvec"),
+    ("qmm", "MLX quantized matmul"),
+    ("sdpa", "attention"),
+    ("attention", "attention"),
+    ("gemm", "dense matmul"),
+    ("gemv", "dense matmul"),
+    ("rms", "norms"),
+    ("rope", "rope"),
+    ("copy", "copies"),
+    ("binary", "elementwise"),
+    ("unary", "elementwise"),
+    ("fused", "elementwise"),
+    ("reduce", "reductions"),
+)
+
+
+def where_time_goes(model, prompt: list[int], tokens: int) -> dict | None:
+    """GPU kernel time per decode token by kind (CUPTI), and the wall time per token around it:
+    the difference is time the GPU waits for the host (MLX building and launching the step)."""
+    try:
+        from torch.profiler import ProfilerActivity, profile
+    except ImportError:
+        return None
+    from mlx_lm.generate import generate_step
+
+    steps = generate_step(mx.array(prompt), model, max_tokens=tokens)
+    next(steps)  # prefill and the first token: not a decode step
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        count = sum(1 for _ in steps)
+        mx.synchronize()
+        wall = time.perf_counter() - start
+    kinds: dict[str, float] = {}
+    launches = 0
+    for e in prof.events():
+        if e.device_type.name != "CUDA":
+            continue
+        launches += 1
+        kind = next((k for key, k in KERNEL_KINDS if key in e.name.lower()), "other")
+        kinds[kind] = kinds.get(kind, 0.0) + (getattr(e, "device_time", 0) or e.cuda_time)
+    per = {k: v / count / 1e3 for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])}
+    return {
+        "wall_ms": wall / count * 1e3,
+        "gpu_ms": sum(per.values()),
+        "kernels_per_token": launches / count,
+        "ms_by_kind": per,
     }
 
 
@@ -164,7 +267,7 @@ def main() -> int:
         f"timing: {timing}; FAST_QUANT kernels {'apply' if quant_kernels.cuda_device() else 'do not apply (no CUDA)'}"
     )
     rows = []
-    head = ["layer", "rows", "mlx µs", "GB/s", "ours µs", "GB/s", "×", "bf16 µs", "GB/s"]
+    head = ["layer", "rows", "mlx µs", "GB/s", "ours µs", "GB/s", "×", "bf16 µs", "GB/s", "host µs"]
     print(" ".join(f"{h:<24}" if i == 0 else f"{h:>8}" for i, h in enumerate(head)))
     for name, (out_f, in_f) in SHAPES.items():
         for n in args.rows:
@@ -172,12 +275,19 @@ def main() -> int:
             rows.append(r)
             print(f"{name:<24} {n:>4} {r['mlx_us']:>8.1f} {r['mlx_gb_s']:>6.0f} {fmt(r, 'fast_us', '8.1f'):>8} "
                   f"{fmt(r, 'fast_gb_s', '6.0f'):>6} {fmt(r, 'speedup', '5.2f'):>5} {r['bf16_us']:>8.1f} "
-                  f"{r['bf16_gb_s']:>6.0f}", flush=True)  # fmt: skip
+                  f"{r['bf16_gb_s']:>6.0f} {r['mlx_host_us']:>5.1f}/{fmt(r, 'fast_host_us', '.1f')}",
+                  flush=True)  # fmt: skip
     result = {"bench": "kernels", "device_name": device_name(), "timing": timing, "rows": rows}
     if args.decode:
         result["decode"] = d = decode(args.decode, args.prompts, args.tokens)
+        a = d["agreement"]
         print(f"decode {d['model']}: MLX {d['mlx_tok_s']:.1f} tok/s, ours {d['fast_tok_s']:.1f} tok/s; greedy "
-              f"agreement {d['greedy_agreement']:.2%} of {d['tokens_compared']} tokens")  # fmt: skip
+              f"agreement {a['same']:.2%} of {a['tokens_compared']} tokens (teacher-forced); MLX's margins where "
+              f"they differ: {', '.join(f'{m:.3f}' for m in a['margins']) or 'none'}")  # fmt: skip
+        for side, b in d["gpu_time_per_token"].items():
+            kinds = ", ".join(f"{k} {v:.2f}" for k, v in b["ms_by_kind"].items())
+            print(f"  {side}: {b['wall_ms']:.2f} ms/token wall (profiled), {b['gpu_ms']:.2f} ms of GPU kernels "
+                  f"({b['kernels_per_token']:.0f} launches): {kinds}")  # fmt: skip
     write_result(args.out, "kernels", result)
     return 0
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from .quant_kernels import fast_quantized_matmul
+from .quant_kernels import MAX_ROWS, cuda_device, fast_quantized_matmul, launch_for
 
 
 def _flat(x: mx.array) -> bool:
@@ -74,12 +74,34 @@ _SWAPS: dict[type[nn.Module], type[nn.Module]] = {
 
 def flatten_decode(model: nn.Module, fast: bool = False) -> int:
     """Switch `model`'s quantized layers in place (with `fast`, to the CUDA matrix-vector
-    kernels where they apply); returns how many were switched."""
-    switched = 0
+    kernels where they apply, compiled here); returns how many were switched."""
+    switched = []
     for _, module in model.named_modules():
         swap = _SWAPS.get(type(module))
         if swap is not None:
             module.__class__ = swap
             module.fast_quant = fast
-            switched += 1
-    return switched
+            switched.append(module)
+    if fast and cuda_device():
+        warm_up(switched)
+    return len(switched)
+
+
+def warm_up(layers: list[nn.Module]) -> int:
+    """Run every kernel variant these layers' decode products can take once, so none is
+    compiled (NVRTC, seconds each on a machine's first load) while requests wait; returns how
+    many variants ran. MLX keeps the compiled kernels on disk, so a later load reads them."""
+    outputs, seen = [], set()
+    for layer in layers:
+        w, scales, biases = layer["weight"], layer["scales"], layer.get("biases")
+        if biases is None:
+            continue
+        in_features = w.shape[1] * 32 // layer.bits
+        for rows in range(1, MAX_ROWS + 1):
+            args = (rows, in_features, w.shape[0], layer.bits, layer.group_size, scales.dtype, layer.mode)
+            launch = launch_for(*args)
+            if launch is not None and launch.kernel not in seen:
+                seen.add(launch.kernel)
+                outputs.append(launch(mx.zeros((rows, in_features), scales.dtype), w, scales, biases))
+    mx.eval(outputs)
+    return len(outputs)

@@ -23,8 +23,10 @@ the caller then runs MLX's. `plan()` is that decision as a pure function (tested
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 import mlx.core as mx
 
@@ -35,6 +37,7 @@ WIDE = 8192
 BITS = (4, 8)
 GROUPS = (32, 64, 128)
 DTYPES = ("bfloat16", "float16")
+_DTYPE_NAMES = {mx.bfloat16: "bfloat16", mx.float16: "float16"}
 
 
 @dataclass(frozen=True)
@@ -198,38 +201,73 @@ _GEMV = """
 """
 
 
+_SOURCE_TAG = hashlib.sha1((_HEADER + _GEMV).encode()).hexdigest()[:10]
+"""In every kernel's name: MLX caches compiled kernels on disk by name alone (MLX_PTX_CACHE_DIR,
+else <tmp>/mlx/<version>/ptx), so a changed source under an old name would run the old kernel."""
+
+_CUDA_TYPES = {mx.bfloat16: "__nv_bfloat16", mx.float16: "__half"}
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """One product's kernel, ready to call: per call, only the call itself is left."""
+
+    kernel: Any
+    grid: tuple[int, int, int]
+    threadgroup: tuple[int, int, int]
+    rows: int
+    out_features: int
+    dtype: mx.Dtype
+
+    def __call__(self, x: mx.array, w: mx.array, scales: mx.array, biases: mx.array) -> mx.array:
+        return self.kernel(
+            inputs=[x, w, scales, biases],
+            grid=self.grid,
+            threadgroup=self.threadgroup,
+            output_shapes=[(self.rows, self.out_features)],
+            output_dtypes=[self.dtype],
+        )[0]
+
+
 @cache
-def _gemv_kernel():
+def _variant(dtype: mx.Dtype, bits: int, group: int, p: Plan):
+    """A kernel with its constants written into the source rather than passed as template
+    arguments, which MLX formats into the whole source again on every call (dozens a step)."""
+    bf16 = dtype == mx.bfloat16
+    constants = "".join(
+        f"  {decl};\n"
+        for decl in (
+            f"using T = {_CUDA_TYPES[dtype]}",
+            f"constexpr bool BF16 = {'true' if bf16 else 'false'}",
+            f"constexpr int BITS = {bits}",
+            f"constexpr int GROUP = {group}",
+            f"constexpr int M = {p.rows}",
+            f"constexpr int R = {p.r}",
+            f"constexpr int WARPS = {p.warps}",
+            f"constexpr int U = {p.u}",
+        )
+    )
     return mx.fast.cuda_kernel(
-        name="fq_gemv",
+        name=f"fq_gemv_{_SOURCE_TAG}_{'bf16' if bf16 else 'f16'}_{bits}_{group}_{p.rows}_{p.r}_{p.warps}_{p.u}",
         input_names=["x", "w", "scales", "biases"],
         output_names=["y"],
-        source=_GEMV,
+        source=constants + _GEMV,
         header=_HEADER,
     )
 
 
-def gemv(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array, bits: int, group: int, p: Plan) -> mx.array:
-    """y = x @ dequantize(w).T for a 2-D x of p.rows rows (the caller checked `plan`)."""
-    n = w.shape[0]
-    blocks = -(-n // p.r)
-    return _gemv_kernel()(
-        inputs=[x, w, scales, biases],
-        template=[
-            ("T", x.dtype),
-            ("BF16", x.dtype == mx.bfloat16),
-            ("BITS", bits),
-            ("GROUP", group),
-            ("M", p.rows),
-            ("R", p.r),
-            ("WARPS", p.warps),
-            ("U", p.u),
-        ],
-        grid=(blocks * 32 * p.warps, 1, 1),
-        threadgroup=(32 * p.warps, 1, 1),
-        output_shapes=[(x.shape[0], n)],
-        output_dtypes=[x.dtype],
-    )[0]
+@cache
+def launch_for(
+    rows: int, in_features: int, out_features: int, bits: int, group: int, dtype: mx.Dtype, mode: str
+) -> Launch | None:
+    """The prepared kernel for one product's shape and format, or None for MLX's kernel."""
+    name = _DTYPE_NAMES.get(dtype)
+    p = plan(rows, in_features, out_features, bits, group, name, mode) if name else None
+    if p is None:
+        return None
+    threads = 32 * p.warps
+    grid = (-(-out_features // p.r) * threads, 1, 1)
+    return Launch(_variant(dtype, bits, group, p), grid, (threads, 1, 1), rows, out_features, dtype)
 
 
 @cache
@@ -252,10 +290,14 @@ def fast_quantized_matmul(
     None when they do not apply here (the caller then runs MLX's)."""
     if biases is None or not cuda_device():
         return None
+    if x.ndim == 2:  # decode's shape (flat_decode): no reshapes, each a node MLX evaluates
+        launch = launch_for(x.shape[0], x.shape[1], w.shape[0], bits, group_size, x.dtype, mode)
+        if launch is None or scales.dtype != x.dtype or biases.dtype != x.dtype:
+            return None
+        return launch(x, w, scales, biases)
     in_features = x.shape[-1]
     rows = x.size // in_features if in_features else 0
-    p = plan(rows, in_features, w.shape[0], bits, group_size, str(x.dtype).removeprefix("mlx.core."), mode)
-    if p is None or scales.dtype != x.dtype or biases.dtype != x.dtype:
+    launch = launch_for(rows, in_features, w.shape[0], bits, group_size, x.dtype, mode)
+    if launch is None or scales.dtype != x.dtype or biases.dtype != x.dtype:
         return None
-    y = gemv(x.reshape(rows, in_features), w, scales, biases, bits, group_size, p)
-    return y.reshape(*x.shape[:-1], w.shape[0])
+    return launch(x.reshape(rows, in_features), w, scales, biases).reshape(*x.shape[:-1], w.shape[0])
