@@ -13,7 +13,9 @@ embedding used as the output head) to classes that do the reshape; parameters, n
 weights stay as they are, so no mlx-lm code is forked. `FLAT_DECODE=0` leaves a model alone.
 
 With `fast=True` (FAST_QUANT, on CUDA) the same layers run decode's few-row products with the
-matrix-vector kernels of mlx_common/quant_kernels.py, and MLX's kernel for everything else.
+matrix-vector kernels of mlx_common/quant_kernels.py, and MLX's kernel for everything else;
+q/k/v projections and SwiGLU gate/up pairs also run as one launch each
+(mlx_common/fused_decode.py).
 """
 
 from __future__ import annotations
@@ -83,7 +85,11 @@ def flatten_decode(model: nn.Module, fast: bool = False) -> int:
             module.fast_quant = fast
             switched.append(module)
     if fast and cuda_device():
+        from . import fused_decode  # it builds on these classes
+
+        fused_decode.fuse(model)
         warm_up(switched)
+        fused_decode.warm_up(model)
     return len(switched)
 
 
@@ -102,6 +108,6 @@ def warm_up(layers: list[nn.Module]) -> int:
             launch = launch_for(*args)
             if launch is not None and launch.kernel not in seen:
                 seen.add(launch.kernel)
-                outputs.append(launch(mx.zeros((rows, in_features), scales.dtype), w, scales, biases))
+                outputs += launch(mx.zeros((rows, in_features), scales.dtype), w, scales, biases)
     mx.eval(outputs)
     return len(outputs)

@@ -100,7 +100,7 @@ _GEMV = """
   const int chunks = K / VALS;
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
-  const int n0 = blockIdx.x * R;
+  ROWS_SETUP
 
   float acc[M][R];
   #pragma unroll
@@ -119,7 +119,7 @@ _GEMV = """
       const int g = c * VALS / GROUP;
       #pragma unroll
       for (int r = 0; r < R; ++r) {
-        const int n = min(n0 + r, N - 1);  // a row past N computes a value never written
+        const int n = ROW_OF(r);  // a row past the end is clamped: computed, never written
         wv[u][r] = __ldg(reinterpret_cast<const uint4*>(w + (size_t)n * words) + c);
         sc[u][r] = static_cast<float>(scales[(size_t)n * groups + g]);
         bi[u][r] = static_cast<float>(biases[(size_t)n * groups + g]);
@@ -188,6 +188,15 @@ _GEMV = """
     }
   }
   __syncthreads();
+"""
+
+# What a block writes, by kind of product: ROWS_SETUP and ROW_OF(r) say which packed rows its R
+# output rows read; the epilogue turns the R sums per input row (part[warp][m * R + r]) into
+# outputs.
+_PLAIN = (
+    "const int n0 = blockIdx.x * R;",
+    "min(n0 + (r), N - 1)",
+    """
   for (int i = threadIdx.x; i < M * R; i += WARPS * 32) {
     const int m = i / R;
     const int r = i % R;
@@ -198,10 +207,58 @@ _GEMV = """
       y[(size_t)m * N + n0 + r] = static_cast<T>(s);
     }
   }
-"""
+""",
+)
+# q, k and v projections from one packed matrix [Wq; Wk; Wv] (NQ, NK rows; the rest v), each
+# output with its linear bias added (zeros for layers without), rounded as MLX rounds the
+# product and then the sum.
+_QKV = (
+    "const int n0 = blockIdx.x * R;",
+    "min(n0 + (r), N - 1)",
+    """
+  for (int i = threadIdx.x; i < M * R; i += WARPS * 32) {
+    const int m = i / R;
+    const int n = n0 + i % R;
+    if (n < N) {
+      float s = 0.0f;
+      #pragma unroll
+      for (int v = 0; v < WARPS; ++v) s += part[v][i];
+      const T out = static_cast<T>(static_cast<float>(static_cast<T>(s)) + static_cast<float>(bias[n]));
+      if (n < NQ) yq[(size_t)m * NQ + n] = out;
+      else if (n < NQ + NK) yk[(size_t)m * NK + n - NQ] = out;
+      else yv[(size_t)m * (N - NQ - NK) + n - NQ - NK] = out;
+    }
+  }
+""",
+)
+# silu(x Wg^T) * (x Wu^T) from one packed matrix [Wg; Wu]: a block's first R/2 rows read gate
+# rows, the others the up rows of the same features; rounded step by step as MLX's swiglu.
+_SWIGLU = (
+    "constexpr int H = R / 2; const int NH = N / 2; const int j0 = blockIdx.x * H;",
+    "((r) < H ? 0 : NH) + min(j0 + (r) % H, NH - 1)",
+    """
+  for (int i = threadIdx.x; i < M * H; i += WARPS * 32) {
+    const int m = i / H;
+    const int j = i % H;
+    if (j0 + j < NH) {
+      float g = 0.0f, u = 0.0f;
+      #pragma unroll
+      for (int v = 0; v < WARPS; ++v) {
+        g += part[v][m * R + j];
+        u += part[v][m * R + H + j];
+      }
+      const float gr = static_cast<float>(static_cast<T>(g));
+      const float sig = static_cast<float>(static_cast<T>(1.0f / (1.0f + __expf(-gr))));
+      const float act = static_cast<float>(static_cast<T>(gr * sig));
+      y[(size_t)m * NH + j0 + j] = static_cast<T>(act * static_cast<float>(static_cast<T>(u)));
+    }
+  }
+""",
+)
+KINDS = {"plain": _PLAIN, "qkv": _QKV, "swiglu": _SWIGLU}
 
 
-_SOURCE_TAG = hashlib.sha1((_HEADER + _GEMV).encode()).hexdigest()[:10]
+_SOURCE_TAG = hashlib.sha1(repr((_HEADER, _GEMV, KINDS)).encode()).hexdigest()[:10]
 """In every kernel's name: MLX caches compiled kernels on disk by name alone (MLX_PTX_CACHE_DIR,
 else <tmp>/mlx/<version>/ptx), so a changed source under an old name would run the old kernel."""
 
@@ -215,59 +272,83 @@ class Launch:
     kernel: Any
     grid: tuple[int, int, int]
     threadgroup: tuple[int, int, int]
-    rows: int
-    out_features: int
-    dtype: mx.Dtype
+    output_shapes: list[tuple[int, int]]
+    output_dtypes: list[mx.Dtype]
 
-    def __call__(self, x: mx.array, w: mx.array, scales: mx.array, biases: mx.array) -> mx.array:
+    def __call__(self, *inputs: mx.array) -> list[mx.array]:
         return self.kernel(
-            inputs=[x, w, scales, biases],
+            inputs=list(inputs),
             grid=self.grid,
             threadgroup=self.threadgroup,
-            output_shapes=[(self.rows, self.out_features)],
-            output_dtypes=[self.dtype],
-        )[0]
+            output_shapes=self.output_shapes,
+            output_dtypes=self.output_dtypes,
+        )
+
+
+_IO = {  # a kind's input and output names
+    "plain": (["x", "w", "scales", "biases"], ["y"]),
+    "qkv": (["x", "w", "scales", "biases", "bias"], ["yq", "yk", "yv"]),
+    "swiglu": (["x", "w", "scales", "biases"], ["y"]),
+}
 
 
 @cache
-def _variant(dtype: mx.Dtype, bits: int, group: int, p: Plan):
+def _variant(kind: str, dtype: mx.Dtype, bits: int, group: int, p: Plan, split: tuple[int, ...]):
     """A kernel with its constants written into the source rather than passed as template
     arguments, which MLX formats into the whole source again on every call (dozens a step)."""
     bf16 = dtype == mx.bfloat16
-    constants = "".join(
-        f"  {decl};\n"
-        for decl in (
-            f"using T = {_CUDA_TYPES[dtype]}",
-            f"constexpr bool BF16 = {'true' if bf16 else 'false'}",
-            f"constexpr int BITS = {bits}",
-            f"constexpr int GROUP = {group}",
-            f"constexpr int M = {p.rows}",
-            f"constexpr int R = {p.r}",
-            f"constexpr int WARPS = {p.warps}",
-            f"constexpr int U = {p.u}",
-        )
-    )
+    decls = [
+        f"using T = {_CUDA_TYPES[dtype]}",
+        f"constexpr bool BF16 = {'true' if bf16 else 'false'}",
+        f"constexpr int BITS = {bits}",
+        f"constexpr int GROUP = {group}",
+        f"constexpr int M = {p.rows}",
+        f"constexpr int R = {p.r}",
+        f"constexpr int WARPS = {p.warps}",
+        f"constexpr int U = {p.u}",
+    ]
+    if kind == "qkv":
+        decls += [f"constexpr int NQ = {split[0]}", f"constexpr int NK = {split[1]}"]
+    setup, row_of, epilogue = KINDS[kind]
+    body = _GEMV.replace("ROWS_SETUP", setup).replace("ROW_OF(r)", row_of) + epilogue
+    inputs, outputs = _IO[kind]
+    tag = "_".join(map(str, ("bf16" if bf16 else "f16", bits, group, p.rows, p.r, p.warps, p.u, *split)))
     return mx.fast.cuda_kernel(
-        name=f"fq_gemv_{_SOURCE_TAG}_{'bf16' if bf16 else 'f16'}_{bits}_{group}_{p.rows}_{p.r}_{p.warps}_{p.u}",
-        input_names=["x", "w", "scales", "biases"],
-        output_names=["y"],
-        source=constants + _GEMV,
+        name=f"fq_{kind}_{_SOURCE_TAG}_{tag}",
+        input_names=inputs,
+        output_names=outputs,
+        source="".join(f"  {decl};\n" for decl in decls) + body,
         header=_HEADER,
     )
 
 
 @cache
 def launch_for(
-    rows: int, in_features: int, out_features: int, bits: int, group: int, dtype: mx.Dtype, mode: str
+    rows: int,
+    in_features: int,
+    out_features: int,
+    bits: int,
+    group: int,
+    dtype: mx.Dtype,
+    mode: str,
+    kind: str = "plain",
+    split: tuple[int, ...] = (),
 ) -> Launch | None:
-    """The prepared kernel for one product's shape and format, or None for MLX's kernel."""
+    """The prepared kernel for one product's shape and format, or None for MLX's kernel.
+    `out_features` counts the packed matrix's rows; for "qkv", `split` is (q rows, k rows)."""
     name = _DTYPE_NAMES.get(dtype)
     p = plan(rows, in_features, out_features, bits, group, name, mode) if name else None
     if p is None:
         return None
     threads = 32 * p.warps
-    grid = (-(-out_features // p.r) * threads, 1, 1)
-    return Launch(_variant(dtype, bits, group, p), grid, (threads, 1, 1), rows, out_features, dtype)
+    if kind == "swiglu":
+        shapes = [(rows, out_features // 2)]
+        blocks = -(-(out_features // 2) // (p.r // 2))
+    else:
+        shapes = [(rows, n) for n in (*split, out_features - sum(split))] if kind == "qkv" else [(rows, out_features)]
+        blocks = -(-out_features // p.r)
+    return Launch(_variant(kind, dtype, bits, group, p, split), (blocks * threads, 1, 1), (threads, 1, 1),
+                  shapes, [dtype] * len(shapes))  # fmt: skip
 
 
 @cache
@@ -294,10 +375,10 @@ def fast_quantized_matmul(
         launch = launch_for(x.shape[0], x.shape[1], w.shape[0], bits, group_size, x.dtype, mode)
         if launch is None or scales.dtype != x.dtype or biases.dtype != x.dtype:
             return None
-        return launch(x, w, scales, biases)
+        return launch(x, w, scales, biases)[0]
     in_features = x.shape[-1]
     rows = x.size // in_features if in_features else 0
     launch = launch_for(rows, in_features, w.shape[0], bits, group_size, x.dtype, mode)
     if launch is None or scales.dtype != x.dtype or biases.dtype != x.dtype:
         return None
-    return launch(x.reshape(rows, in_features), w, scales, biases).reshape(*x.shape[:-1], w.shape[0])
+    return launch(x.reshape(rows, in_features), w, scales, biases)[0].reshape(*x.shape[:-1], w.shape[0])

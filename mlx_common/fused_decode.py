@@ -1,0 +1,179 @@
+"""Decode's q/k/v projections and SwiGLU gate/up, one kernel launch each (CUDA, FAST_QUANT).
+
+Why: one stream's 7B decode step on an H200 is bound by the host, not the GPU. MLX spends
+~17 µs of CPU per kernel it launches, and a step launches 625 (10.4 ms a token, while its
+kernels take 6.5 ms of GPU time; bench/kernels.py, docs/PERFORMANCE.md). Of a layer's ~22,
+q, k, v with their three bias additions, and gate, up with the SwiGLU that joins them, become
+two: the matrix-vector kernel reads one packed matrix and writes the finished outputs.
+
+Layout: the packed matrices replace the layers' own weights: each projection keeps a view of
+its rows (a slice of a contiguous buffer, not a copy), so prefill and MLX's kernels read the
+same memory and a model takes no more of it. Which layers: q/k/v projections called in that
+order on one input (mlx-lm's attention modules do; any other order just runs unfused), and MLP
+classes whose `__call__` is mlx-lm's `down_proj(swiglu(gate_proj(x), up_proj(x)))`, read from
+their source, so an architecture that changes its MLP is left alone rather than miscomputed.
+"""
+
+from __future__ import annotations
+
+import inspect
+from functools import cache
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .flat_decode import FlatDecodeQuantizedLinear
+from .quant_kernels import MAX_ROWS, cuda_device, launch_for
+
+SWIGLU_MLP = "return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))"
+
+
+class Packed:
+    """Projections' weights as one matrix (a plain object: its arrays are not parameters; the
+    layers' views of them are)."""
+
+    def __init__(self, layers: list[nn.Module], with_bias: bool) -> None:
+        """`with_bias`: pack the layers' linear biases too, zeros for a layer without."""
+        first = layers[0]
+        self.bits, self.group, self.mode = first.bits, first.group_size, first.mode
+        self.in_features = first["weight"].shape[1] * 32 // first.bits
+        self.sizes = [layer["weight"].shape[0] for layer in layers]
+        names = ["weight", "scales", "biases"] + (["bias"] if with_bias else [])
+        zeros = [mx.zeros((n,), first["scales"].dtype) for n in self.sizes]
+        packed = {
+            name: mx.concatenate([layer.get(name, zero) for layer, zero in zip(layers, zeros, strict=True)])
+            for name in names
+        }
+        mx.eval(packed)
+        self.weight, self.scales, self.biases = packed["weight"], packed["scales"], packed["biases"]
+        self.bias = packed.get("bias")
+        start = 0
+        for layer, n in zip(layers, self.sizes, strict=True):
+            for name in names:
+                if name in layer:
+                    layer[name] = packed[name][start : start + n]
+            start += n
+        mx.eval([layer.parameters() for layer in layers])
+        self.stash: tuple | None = None
+        """q's call leaves (x, k, v) here for k's and v's calls on the same x."""
+
+    def launch(self, x: mx.array, kind: str):
+        if not cuda_device() or x.ndim != 3 or x.shape[1] != 1 or x.shape[0] > MAX_ROWS:
+            return None
+        split = tuple(self.sizes[:2]) if kind == "qkv" else ()
+        return launch_for(
+            x.shape[0], self.in_features, self.weight.shape[0], self.bits, self.group, x.dtype, self.mode, kind, split
+        )
+
+
+class FusedQ(FlatDecodeQuantizedLinear):
+    packed: Packed
+
+    def __call__(self, x: mx.array) -> mx.array:
+        p = self.packed
+        launch = p.launch(x, "qkv")
+        if launch is None:
+            p.stash = None
+            return super().__call__(x)
+        q, k, v = launch(x.reshape(x.shape[0], x.shape[2]), p.weight, p.scales, p.biases, p.bias)
+        p.stash = (x, k[:, None, :], v[:, None, :])
+        return q[:, None, :]
+
+
+class FusedKV(FlatDecodeQuantizedLinear):
+    packed: Packed
+    index: int
+    """1 for k, 2 for v: which of q's outputs this layer returns."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        stash = self.packed.stash
+        if stash is not None and stash[0] is x:
+            if self.index == 2:
+                self.packed.stash = None
+            return stash[self.index]
+        return super().__call__(x)
+
+
+def _fusable(layers: list) -> bool:
+    if not all(type(layer) is FlatDecodeQuantizedLinear and layer.fast_quant for layer in layers):
+        return False
+    first = layers[0]
+    return all(
+        (layer.bits, layer.group_size, layer.mode) == (first.bits, first.group_size, first.mode)
+        and layer["weight"].shape[1] == first["weight"].shape[1]
+        and layer["scales"].dtype == first["scales"].dtype
+        and layer.get("biases") is not None
+        for layer in layers
+    )
+
+
+def _pairs(pair: list) -> bool:
+    """Gate and up projections of one shape, without linear biases (the SwiGLU kernel adds none)."""
+    return (
+        all(isinstance(layer, nn.Module) for layer in pair)
+        and _fusable(pair)
+        and pair[0]["weight"].shape == pair[1]["weight"].shape
+        and not any("bias" in layer for layer in pair)
+    )
+
+
+@cache
+def _fused_mlp(cls: type) -> type | None:
+    try:
+        if SWIGLU_MLP not in inspect.getsource(cls.__call__):
+            return None
+    except (OSError, TypeError):
+        return None
+
+    def __call__(self, x: mx.array) -> mx.array:
+        launch = self.packed.launch(x, "swiglu")
+        if launch is None:
+            return cls.__call__(self, x)
+        p = self.packed
+        (y,) = launch(x.reshape(x.shape[0], x.shape[2]), p.weight, p.scales, p.biases)
+        return self.down_proj(y[:, None, :])
+
+    return type(f"Fused{cls.__name__}", (cls,), {"__call__": __call__})
+
+
+def fuse(model: nn.Module) -> int:
+    """Pack `model`'s q/k/v projections and SwiGLU gate/up pairs (layers flatten_decode made
+    fast); returns how many groups were packed. Outputs do not change where the kernels do not
+    run (another device, prefill, more rows than they take)."""
+    fused = 0
+    for _, module in model.named_modules():
+        qkv = [module.get(name) for name in ("q_proj", "k_proj", "v_proj")]
+        if all(isinstance(layer, nn.Module) for layer in qkv) and _fusable(qkv):
+            packed = Packed(qkv, with_bias=True)  # the kernel adds one (zeros for Llama's)
+            for index, layer in enumerate(qkv):
+                layer.__class__ = FusedKV if index else FusedQ
+                layer.packed, layer.index = packed, index
+            fused += 1
+        cls = _fused_mlp(type(module))  # type: ignore[arg-type]  # classes hash
+        pair = [module.get(name) for name in ("gate_proj", "up_proj")]
+        if cls is not None and _pairs(pair):
+            module.packed = Packed(pair, with_bias=False)
+            module.__class__ = cls
+            fused += 1
+    return fused
+
+
+def warm_up(model: nn.Module) -> int:
+    """Run every fused kernel variant the model's packed layers can take once (compiled at load,
+    not while requests wait); returns how many ran."""
+    outputs, seen = [], set()
+    for _, module in model.named_modules():
+        packed = getattr(module, "packed", None)
+        if packed is None or id(packed) in seen:
+            continue
+        seen.add(id(packed))
+        kind = "qkv" if isinstance(module, FusedQ | FusedKV) else "swiglu"
+        inputs = [packed.weight, packed.scales, packed.biases] + ([packed.bias] if kind == "qkv" else [])
+        for rows in range(1, MAX_ROWS + 1):
+            x = mx.zeros((rows, 1, packed.in_features), packed.scales.dtype)
+            launch = packed.launch(x, kind)
+            if launch is not None:
+                outputs += launch(x[:, 0, :], *inputs)
+        mx.eval(outputs)  # per layer: the kernels are compiled once, the outputs freed
+        outputs = []
+    return len(seen)
