@@ -84,7 +84,7 @@ def host_us(step: Callable[[], mx.array], calls: int = 300) -> float:
 
 def measure(name: str, out_f: int, in_f: int, rows: int, bits: int, group: int, repeats: int, clock) -> dict:
     w = mx.random.normal((out_f, in_f), dtype=mx.bfloat16) * 0.02
-    wq, scales, biases = mx.quantize(w, group_size=group, bits=bits)
+    wq, scales, biases = mx.quantize(w, group_size=group, bits=bits, one_row=True)
     x = mx.random.normal((rows, in_f), dtype=mx.bfloat16)
     mx.eval(w, wq, scales, biases, x)
     quant_bytes = wq.nbytes + scales.nbytes + biases.nbytes + x.nbytes
@@ -93,15 +93,18 @@ def measure(name: str, out_f: int, in_f: int, rows: int, bits: int, group: int, 
     def mlx_q() -> mx.array:
         return mx.quantized_matmul(x, wq, scales, biases, transpose=True, group_size=group, bits=bits)
 
+    def ours_or_none() -> mx.array | None:
+        return quant_kernels.fast_quantized_matmul(x, wq, scales, biases, group_size=group, bits=bits, one_row=True)
+
     def ours() -> mx.array:
-        y = quant_kernels.fast_quantized_matmul(x, wq, scales, biases, group_size=group, bits=bits)
+        y = ours_or_none()
         assert y is not None
         return y
 
     row = {"layer": name, "rows": rows, "bits": bits, "group_size": group}
     t_q = clock(mlx_q, repeats)
     row |= {"mlx_us": t_q * 1e6, "mlx_gb_s": quant_bytes / t_q / 1e9, "mlx_host_us": host_us(mlx_q)}
-    if quant_kernels.fast_quantized_matmul(x, wq, scales, biases, group_size=group, bits=bits) is not None:
+    if ours_or_none() is not None:
         ref = mlx_q().astype(mx.float32)
         err = mx.abs(ours().astype(mx.float32) - ref).max() / mx.abs(ref).max()
         t_f = clock(ours, repeats)
@@ -196,7 +199,7 @@ def agreement(model, layers: list, prompts: list[list[int]], tokens: int) -> dic
 
 
 KERNEL_KINDS = (  # substrings of CUDA kernel names -> what they do in a decode step
-    ("fq_gemv", "ours: quantized matvec"),
+    ("fq_", "ours: quantized matvec, q/k/v, SwiGLU"),
     ("qmv", "MLX quantized matvec"),
     ("qmm", "MLX quantized matmul"),
     ("sdpa", "attention"),

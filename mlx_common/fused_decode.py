@@ -71,7 +71,7 @@ class FusedQ(FlatDecodeQuantizedLinear):
 
     def __call__(self, x: mx.array) -> mx.array:
         p = self.packed
-        launch = p.launch(x, "qkv")
+        launch = p.launch(x, "qkv") if self.fast_quant else None
         if launch is None:
             p.stash = None
             return super().__call__(x)
@@ -126,7 +126,7 @@ def _fused_mlp(cls: type) -> type | None:
         return None
 
     def __call__(self, x: mx.array) -> mx.array:
-        launch = self.packed.launch(x, "swiglu")
+        launch = self.packed.launch(x, "swiglu") if self.gate_proj.fast_quant else None
         if launch is None:
             return cls.__call__(self, x)
         p = self.packed

@@ -366,19 +366,25 @@ def fast_quantized_matmul(
     group_size: int,
     bits: int,
     mode: str = "affine",
+    one_row: bool = False,
 ) -> mx.array | None:
     """`mx.quantized_matmul(x, w, scales, biases, transpose=True, ...)` by these kernels, or
-    None when they do not apply here (the caller then runs MLX's)."""
+    None when they do not apply here (the caller then runs MLX's).
+
+    A one-row product is left to MLX unless `one_row`: our kernel takes half the GPU time
+    there, but a launch of it costs the host more than one of MLX's built-in kernel, and one
+    stream's decode is bound by the host — measured on an H200, 7B 4-bit, q/k/v and gate/up
+    fused either way: 181 tok/s with MLX's kernel for the other products, 142 with ours
+    (bench/kernels.py; docs/PERFORMANCE.md). From two rows on MLX's kernel takes 2-4x ours."""
     if biases is None or not cuda_device():
         return None
-    if x.ndim == 2:  # decode's shape (flat_decode): no reshapes, each a node MLX evaluates
-        launch = launch_for(x.shape[0], x.shape[1], w.shape[0], bits, group_size, x.dtype, mode)
-        if launch is None or scales.dtype != x.dtype or biases.dtype != x.dtype:
-            return None
-        return launch(x, w, scales, biases)[0]
     in_features = x.shape[-1]
     rows = x.size // in_features if in_features else 0
+    if rows == 1 and not one_row:
+        return None
     launch = launch_for(rows, in_features, w.shape[0], bits, group_size, x.dtype, mode)
     if launch is None or scales.dtype != x.dtype or biases.dtype != x.dtype:
         return None
+    if x.ndim == 2:  # decode's shape (flat_decode): no reshapes, each a node MLX evaluates
+        return launch(x, w, scales, biases)[0]
     return launch(x.reshape(rows, in_features), w, scales, biases)[0].reshape(*x.shape[:-1], w.shape[0])

@@ -37,7 +37,7 @@ def test_not_on_cuda_means_mlx_kernel():
         pytest.skip("this machine has CUDA")
     w, s, b = mx.quantize(mx.random.normal((64, 128)), group_size=64, bits=4)
     x = mx.random.normal((1, 128))
-    assert qk.fast_quantized_matmul(x, w, s, b, group_size=64, bits=4) is None
+    assert qk.fast_quantized_matmul(x, w, s, b, group_size=64, bits=4, one_row=True) is None
 
 
 def test_flatten_decode_marks_layers_fast_only_when_asked():
@@ -65,15 +65,15 @@ cross product (84 cases) took 289 s of a lent GPU for no more coverage."""
 
 def check_against_mlx(bits: int, group: int, dtype, rows: int, k: int, n: int) -> None:
     mx.random.seed(rows * 7 + k + n + bits + group)
-    w, s, b = mx.quantize(mx.random.normal((n, k)).astype(dtype) * 0.05, group_size=group, bits=bits)
+    w, s, b = mx.quantize(mx.random.normal((n, k)).astype(dtype) * 0.05, group_size=group, bits=bits, one_row=True)
     x = mx.random.normal((rows, k)).astype(dtype)
-    ours = qk.fast_quantized_matmul(x, w, s, b, group_size=group, bits=bits)
+    ours = qk.fast_quantized_matmul(x, w, s, b, group_size=group, bits=bits, one_row=True)
     if qk.plan(rows, k, n, bits, group, str(dtype).removeprefix("mlx.core."), "affine") is None:
         assert ours is None
         return
     assert ours is not None
     ref = mx.quantized_matmul(x.astype(mx.float32), w, s.astype(mx.float32), b.astype(mx.float32),
-                              transpose=True, group_size=group, bits=bits)  # fmt: skip
+                              transpose=True, group_size=group, bits=bits, one_row=True)  # fmt: skip
     err = mx.abs(ours.astype(mx.float32) - ref).max().item()
     scale = mx.abs(ref).max().item()
     # The output is rounded to 16 bits (bf16: 2^-8 relative); the sums run in float32.
@@ -105,3 +105,11 @@ def test_decode_shape_goes_through_the_kernel_in_a_layer():
     got = model(x)
     assert got.shape == ref.shape == (3, 1, 512)
     assert mx.allclose(got.astype(mx.float32), ref.astype(mx.float32), rtol=2e-2, atol=2e-2).item()
+
+
+@needs_cuda
+def test_a_layers_one_row_product_is_left_to_mlx():
+    w, s, b = mx.quantize(mx.random.normal((512, 1024)).astype(mx.bfloat16), group_size=64, bits=4)
+    x = mx.random.normal((1, 1024)).astype(mx.bfloat16)
+    assert qk.fast_quantized_matmul(x, w, s, b, group_size=64, bits=4) is None
+    assert qk.fast_quantized_matmul(x, w, s, b, group_size=64, bits=4, one_row=True) is not None
