@@ -84,7 +84,7 @@ def host_us(step: Callable[[], mx.array], calls: int = 300) -> float:
 
 def measure(name: str, out_f: int, in_f: int, rows: int, bits: int, group: int, repeats: int, clock) -> dict:
     w = mx.random.normal((out_f, in_f), dtype=mx.bfloat16) * 0.02
-    wq, scales, biases = mx.quantize(w, group_size=group, bits=bits, one_row=True)
+    wq, scales, biases = mx.quantize(w, group_size=group, bits=bits)
     x = mx.random.normal((rows, in_f), dtype=mx.bfloat16)
     mx.eval(w, wq, scales, biases, x)
     quant_bytes = wq.nbytes + scales.nbytes + biases.nbytes + x.nbytes

@@ -126,9 +126,10 @@ class Settings(BaseSettings):
     `FLAT_DECODE=0` turns it off (outputs are the same either way; only speed differs). Text and
     vision workers (the vision language model only)."""
     fast_quant: bool = True
-    """On CUDA, quantized layers run products of 1-8 rows (decode) with our matrix-vector
-    kernels (mlx_common/quant_kernels.py), MLX's kernel otherwise; `FAST_QUANT=0` always uses
-    MLX's (kept to measure against). Needs FLAT_DECODE (the same layer classes carry both)."""
+    """On CUDA, quantized layers run products of 2-8 rows (decode) with our matrix-vector
+    kernels (mlx_common/quant_kernels.py), and q/k/v and SwiGLU gate/up as one launch each
+    (mlx_common/fused_decode.py), MLX's kernel otherwise; `FAST_QUANT=0` always uses MLX's
+    (kept to measure against). Needs FLAT_DECODE (the same layer classes carry both)."""
 
     keepalive_interval: float = Field(5.0, gt=0)
     """Seconds of silence after which the API sends an SSE `: keepalive` and re-checks the job."""

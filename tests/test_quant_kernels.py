@@ -65,7 +65,7 @@ cross product (84 cases) took 289 s of a lent GPU for no more coverage."""
 
 def check_against_mlx(bits: int, group: int, dtype, rows: int, k: int, n: int) -> None:
     mx.random.seed(rows * 7 + k + n + bits + group)
-    w, s, b = mx.quantize(mx.random.normal((n, k)).astype(dtype) * 0.05, group_size=group, bits=bits, one_row=True)
+    w, s, b = mx.quantize(mx.random.normal((n, k)).astype(dtype) * 0.05, group_size=group, bits=bits)
     x = mx.random.normal((rows, k)).astype(dtype)
     ours = qk.fast_quantized_matmul(x, w, s, b, group_size=group, bits=bits, one_row=True)
     if qk.plan(rows, k, n, bits, group, str(dtype).removeprefix("mlx.core."), "affine") is None:
@@ -73,7 +73,7 @@ def check_against_mlx(bits: int, group: int, dtype, rows: int, k: int, n: int) -
         return
     assert ours is not None
     ref = mx.quantized_matmul(x.astype(mx.float32), w, s.astype(mx.float32), b.astype(mx.float32),
-                              transpose=True, group_size=group, bits=bits, one_row=True)  # fmt: skip
+                              transpose=True, group_size=group, bits=bits)  # fmt: skip
     err = mx.abs(ours.astype(mx.float32) - ref).max().item()
     scale = mx.abs(ref).max().item()
     # The output is rounded to 16 bits (bf16: 2^-8 relative); the sums run in float32.
