@@ -34,6 +34,7 @@ from runtime.rejections import PromptTooLong, RequestRejected, check_logit_bias
 from runtime.steps import StepEvent
 from runtime.stops import StopMatcher, done_data
 
+from . import batch_cache
 from .constrained import install, rows_of
 from .disk_cache import DiskPromptCache
 from .kv_quant import make_quantized_cache
@@ -102,6 +103,7 @@ class TextEngine:
         thinking_markers = (self.thinking.start_token, self.thinking.end_token) if self.thinking else ()
         self.hidden = hidden_tokens(tokenizer, {*self.tool_markers.values(), *thinking_markers})
         install()  # its batches mask constrained rows together (worker_text/constrained.py)
+        batch_cache.install()  # no attention mask on decode steps of unpadded batches
         self.constrained = rows_of(text_model.model)
         self.samplers = SamplerCache()
         self.sequences: dict[int, _Sequence] = {}
