@@ -120,10 +120,10 @@ def decode(model_dir: Path, prompts: int, tokens: int, timed: int = 8) -> dict:
     prompts, where each step's time goes, and agreement over `prompts` x `tokens`."""
     from mlx_lm import load
 
-    from mlx_common.flat_decode import flatten_decode
+    from mlx_common.fused_decode import prepare_decode
 
     model, tokenizer = load(str(model_dir))
-    flatten_decode(model, fast=True)  # compiles our kernels' variants
+    prepare_decode(model, fast=True)  # packs q/k/v and gate/up, compiles our kernels' variants
     layers = [m for _, m in model.named_modules() if hasattr(m, "fast_quant")]
     texts = [
         f"Write about topic number {i}: the {['sea', 'city', 'forest', 'desert'][i % 4]} at dawn."

@@ -14,8 +14,8 @@ weights stay as they are, so no mlx-lm code is forked. `FLAT_DECODE=0` leaves a 
 
 With `fast=True` (FAST_QUANT, on CUDA) the same layers run decode's few-row products with the
 matrix-vector kernels of mlx_common/quant_kernels.py, and MLX's kernel for everything else;
-q/k/v projections and SwiGLU gate/up pairs also run as one launch each
-(mlx_common/fused_decode.py).
+`mlx_common.fused_decode.prepare_decode` also runs q/k/v projections and SwiGLU gate/up pairs
+as one launch each.
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ _SWAPS: dict[type[nn.Module], type[nn.Module]] = {
 
 def flatten_decode(model: nn.Module, fast: bool = False) -> int:
     """Switch `model`'s quantized layers in place (with `fast`, to the CUDA matrix-vector
-    kernels where they apply, compiled here); returns how many were switched."""
+    kernels where they apply, compiled here); returns how many were switched. Loaders call
+    `fused_decode.prepare_decode`, which does this and the fusing."""
     switched = []
     for _, module in model.named_modules():
         swap = _SWAPS.get(type(module))
@@ -85,11 +86,7 @@ def flatten_decode(model: nn.Module, fast: bool = False) -> int:
             module.fast_quant = fast
             switched.append(module)
     if fast and cuda_device():
-        from . import fused_decode  # it builds on these classes
-
-        fused_decode.fuse(model)
         warm_up(switched)
-        fused_decode.warm_up(model)
     return len(switched)
 
 

@@ -22,7 +22,7 @@ from functools import cache
 import mlx.core as mx
 import mlx.nn as nn
 
-from .flat_decode import FlatDecodeQuantizedLinear
+from .flat_decode import FlatDecodeQuantizedLinear, flatten_decode
 from .quant_kernels import MAX_ROWS, cuda_device, launch_for
 
 SWIGLU_MLP = "return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))"
@@ -134,6 +134,16 @@ def _fused_mlp(cls: type) -> type | None:
         return self.down_proj(y[:, None, :])
 
     return type(f"Fused{cls.__name__}", (cls,), {"__call__": __call__})
+
+
+def prepare_decode(model: nn.Module, fast: bool) -> int:
+    """What a loader does to a model for decode: `flatten_decode`, then on CUDA with `fast`
+    the packing and compiling here; returns how many layers were switched."""
+    switched = flatten_decode(model, fast=fast)
+    if fast and cuda_device():
+        fuse(model)
+        warm_up(model)
+    return switched
 
 
 def fuse(model: nn.Module) -> int:

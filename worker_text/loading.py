@@ -13,7 +13,7 @@ from typing import Any, cast
 from contract.modelref import ModelLoadError, parse_model_ref, resolve
 from contract.settings import Settings
 from mlx_common.cpu_blas import describe, on_cpu
-from mlx_common.flat_decode import flatten_decode
+from mlx_common.fused_decode import prepare_decode
 
 from .cpu_weights import dequantize_for_cpu
 from .model import TextModel
@@ -38,7 +38,7 @@ def load_text_model(model_ref: str, settings: Settings) -> TextModel:
         log.info(describe())
     dequantized = cpu and dequantize_for_cpu(model, settings.cpu_dequantize_max_gb) is not None
     if settings.flat_decode:
-        flatten_decode(model, fast=settings.fast_quant)
+        prepare_decode(model, fast=settings.fast_quant)
     config = json.loads((path / "config.json").read_text())
     return TextModel(
         model_id=model_ref,

@@ -76,7 +76,7 @@ def load_vision_model(model_ref: str, settings: Settings) -> VisionModel:
     from mlx_vlm.utils import load  # imports mlx and transformers: kept out of --help
 
     from mlx_common.arrays import materialize
-    from mlx_common.flat_decode import flatten_decode
+    from mlx_common.fused_decode import prepare_decode
 
     try:
         model, processor = load(str(path))
@@ -85,7 +85,7 @@ def load_vision_model(model_ref: str, settings: Settings) -> VisionModel:
     if not hasattr(processor, "image_processor") or not hasattr(processor, "tokenizer"):
         raise ModelLoadError(f"{model_ref} has no image processor: not a vision-language model")
     if settings.flat_decode:  # batched decode's quantized matmuls read the weights once (CUDA)
-        flatten_decode(model.language_model, fast=settings.fast_quant)
+        prepare_decode(model.language_model, fast=settings.fast_quant)
     materialize(model)
     return VisionModel(
         model_id=model_ref,
