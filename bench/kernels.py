@@ -138,12 +138,16 @@ def decode(model_dir: Path, prompts: int, tokens: int, timed: int = 8) -> dict:
         rates[side] = tokens_per_second(model, encoded[:timed], tokens)
         if profiled := where_time_goes(model, encoded[0], tokens):
             breakdown[side] = profiled
+    # Our engine decodes through mlx-lm's BatchGenerator, whose batch cache gave attention a
+    # mask on every step (worker_text/batch_cache.py): one stream that way, with and without.
+    batch = {unpadded: batch_tokens_per_second(model, encoded[:timed], tokens, unpadded) for unpadded in (False, True)}
     return {
         "model": model_dir.name,
         "prompts_timed": timed,
         "tokens": tokens,
         "mlx_tok_s": rates["mlx"],
         "fast_tok_s": rates["ours"],
+        "batch_generator_tok_s": {"mask_every_step": batch[False], "no_mask_unpadded": batch[True]},
         "gpu_time_per_token": breakdown,
         "agreement": agreement(model, layers, encoded, tokens),
     }
@@ -159,6 +163,33 @@ def tokens_per_second(model, prompts: list[list[int]], tokens: int) -> float:
             seconds += stamps[-1] - stamps[0]  # decode only: after the first token
             count += len(stamps) - 1
     return count / seconds
+
+
+def batch_tokens_per_second(model, prompts: list[list[int]], tokens: int, unpadded: bool) -> float:
+    """One stream through mlx-lm's BatchGenerator (as our engine runs it), our kernels on."""
+    from mlx_lm.generate import BatchGenerator
+    from mlx_lm.models import cache
+
+    from worker_text.batch_cache import UnpaddedBatchKVCache
+
+    original = cache.BatchKVCache
+    cache.BatchKVCache = UnpaddedBatchKVCache if unpadded else UnpaddedBatchKVCache.__bases__[0]  # mlx-lm's
+    try:
+        seconds, count = 0.0, 0
+        for i, prompt in enumerate(prompts[:1] + prompts):  # the first run warms up: not timed
+            generator = BatchGenerator(model, completion_batch_size=2, prefill_batch_size=1)
+            generator.insert([prompt], max_tokens=[tokens])
+            stamps: list[float] = []
+            while len(stamps) < tokens:
+                if generator.next()[1]:
+                    stamps.append(time.perf_counter())
+            generator.close()
+            if i > 0:
+                seconds += stamps[-1] - stamps[0]
+                count += len(stamps) - 1
+        return count / seconds
+    finally:
+        cache.BatchKVCache = original
 
 
 def agreement(model, layers: list, prompts: list[list[int]], tokens: int) -> dict:
@@ -287,6 +318,9 @@ def main() -> int:
         print(f"decode {d['model']}: MLX {d['mlx_tok_s']:.1f} tok/s, ours {d['fast_tok_s']:.1f} tok/s; greedy "
               f"agreement {a['same']:.2%} of {a['tokens_compared']} tokens (teacher-forced); MLX's margins where "
               f"they differ: {', '.join(f'{m:.3f}' for m in a['margins']) or 'none'}")  # fmt: skip
+        b = d["batch_generator_tok_s"]
+        print(f"  through BatchGenerator (our engine's path), as shipped: {b['no_mask_unpadded']:.1f} tok/s; "
+              f"with a mask on every step: {b['mask_every_step']:.1f}")  # fmt: skip
         for side, b in d["gpu_time_per_token"].items():
             kinds = ", ".join(f"{k} {v:.2f}" for k, v in b["ms_by_kind"].items())
             print(f"  {side}: {b['wall_ms']:.2f} ms/token wall (profiled), {b['gpu_ms']:.2f} ms of GPU kernels "
