@@ -1,7 +1,8 @@
 """Per-layer speed of decode's quantized matmul: MLX's `quantized_matmul`, our CUDA kernels
 (mlx_common/quant_kernels.py, FAST_QUANT) and a bf16 matmul of the same shape, for the
 Qwen2.5-7B layer shapes at 1, 2, 4, 8 and 32 rows; optionally a 7B decode in-process with and
-without our kernels (tokens/s and greedy agreement).
+without our kernels (tokens/s, where a step's time goes, greedy agreement), and through mlx-lm's
+BatchGenerator with and without an attention mask on every step.
 
     python bench/kernels.py [--rows 1 2 4 8 32] [--bits 4] [--group-size 64] [--repeats 30]
                             [--decode MODEL_DIR --prompts 32 --tokens 128]
