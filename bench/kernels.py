@@ -154,16 +154,24 @@ def decode(model_dir: Path, prompts: int, tokens: int, timed: int = 8) -> dict:
     }
 
 
+def decode_rate(prompts: list[list[int]], stamps_of: Callable[[list[int]], list[float]]) -> float:
+    """Tokens/s after each prompt's first token, over all prompts; `stamps_of(prompt)` decodes
+    one and gives the time of each token. The first prompt runs once more first, untimed."""
+    seconds, count = 0.0, 0
+    for i, prompt in enumerate(prompts[:1] + prompts):
+        stamps = stamps_of(prompt)
+        if i > 0:
+            seconds += stamps[-1] - stamps[0]
+            count += len(stamps) - 1
+    return count / seconds
+
+
 def tokens_per_second(model, prompts: list[list[int]], tokens: int) -> float:
     from mlx_lm.generate import generate_step
 
-    seconds, count = 0.0, 0
-    for i, prompt in enumerate(prompts[:1] + prompts):  # the first run warms up: not timed
-        stamps = [time.perf_counter() for _ in generate_step(mx.array(prompt), model, max_tokens=tokens)]
-        if i > 0:
-            seconds += stamps[-1] - stamps[0]  # decode only: after the first token
-            count += len(stamps) - 1
-    return count / seconds
+    return decode_rate(
+        prompts, lambda prompt: [time.perf_counter() for _ in generate_step(mx.array(prompt), model, max_tokens=tokens)]
+    )
 
 
 def batch_tokens_per_second(model, prompts: list[list[int]], tokens: int, unpadded: bool) -> float:
@@ -171,24 +179,23 @@ def batch_tokens_per_second(model, prompts: list[list[int]], tokens: int, unpadd
     from mlx_lm.generate import BatchGenerator
     from mlx_lm.models import cache
 
-    from worker_text.batch_cache import UnpaddedBatchKVCache
+    from worker_text import batch_cache
+
+    def stamps_of(prompt: list[int]) -> list[float]:
+        generator = BatchGenerator(model, completion_batch_size=2, prefill_batch_size=1)
+        generator.insert([prompt], max_tokens=[tokens])
+        stamps: list[float] = []
+        while len(stamps) < tokens:
+            if generator.next()[1]:
+                stamps.append(time.perf_counter())
+        generator.close()
+        return stamps
 
     original = cache.BatchKVCache
-    cache.BatchKVCache = UnpaddedBatchKVCache if unpadded else UnpaddedBatchKVCache.__bases__[0]  # mlx-lm's
+    # batch_cache.BatchKVCache: mlx-lm's own class, as that module imported it
+    cache.BatchKVCache = batch_cache.UnpaddedBatchKVCache if unpadded else batch_cache.BatchKVCache
     try:
-        seconds, count = 0.0, 0
-        for i, prompt in enumerate(prompts[:1] + prompts):  # the first run warms up: not timed
-            generator = BatchGenerator(model, completion_batch_size=2, prefill_batch_size=1)
-            generator.insert([prompt], max_tokens=[tokens])
-            stamps: list[float] = []
-            while len(stamps) < tokens:
-                if generator.next()[1]:
-                    stamps.append(time.perf_counter())
-            generator.close()
-            if i > 0:
-                seconds += stamps[-1] - stamps[0]
-                count += len(stamps) - 1
-        return count / seconds
+        return decode_rate(prompts, stamps_of)
     finally:
         cache.BatchKVCache = original
 

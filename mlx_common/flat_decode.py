@@ -23,7 +23,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from .quant_kernels import MAX_ROWS, cuda_device, fast_quantized_matmul, launch_for
+from .quant_kernels import MAX_ROWS, cuda_device, fast_quantized_matmul, launch_for, warm
 
 
 def _flat(x: mx.array) -> bool:
@@ -91,20 +91,17 @@ def flatten_decode(model: nn.Module, fast: bool = False) -> int:
 
 
 def warm_up(layers: list[nn.Module]) -> int:
-    """Run every kernel variant these layers' decode products can take once, so none is
-    compiled (NVRTC, seconds each on a machine's first load) while requests wait; returns how
-    many variants ran. MLX keeps the compiled kernels on disk, so a later load reads them."""
-    outputs, seen = [], set()
+    """Compile every kernel variant these layers' decode products can take (quant_kernels.warm);
+    returns how many."""
+    return warm(_decode_products(layers))
+
+
+def _decode_products(layers: list[nn.Module]):
     for layer in layers:
         w, scales, biases = layer["weight"], layer["scales"], layer.get("biases")
         if biases is None:
             continue
-        in_features = w.shape[1] * 32 // layer.bits
+        k = w.shape[1] * 32 // layer.bits
         for rows in range(2, MAX_ROWS + 1):  # one row: MLX's kernel (fast_quantized_matmul)
-            args = (rows, in_features, w.shape[0], layer.bits, layer.group_size, scales.dtype, layer.mode)
-            launch = launch_for(*args)
-            if launch is not None and launch.kernel not in seen:
-                seen.add(launch.kernel)
-                outputs += launch(mx.zeros((rows, in_features), scales.dtype), w, scales, biases)
-    mx.eval(outputs)
-    return len(outputs)
+            launch = launch_for(rows, k, w.shape[0], layer.bits, layer.group_size, scales.dtype, layer.mode)
+            yield launch, [mx.zeros((rows, k), scales.dtype), w, scales, biases]

@@ -23,7 +23,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .flat_decode import FlatDecodeQuantizedLinear, flatten_decode
-from .quant_kernels import MAX_ROWS, cuda_device, launch_for
+from .quant_kernels import MAX_ROWS, cuda_device, launch_for, warm
 
 SWIGLU_MLP = "return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))"
 
@@ -33,11 +33,15 @@ class Packed:
     layers' views of them are)."""
 
     def __init__(self, layers: list[nn.Module], with_bias: bool) -> None:
-        """`with_bias`: pack the layers' linear biases too, zeros for a layer without."""
+        """`with_bias`: q/k/v, their linear biases packed too (zeros for a layer without);
+        otherwise a SwiGLU gate/up pair."""
         first = layers[0]
         self.bits, self.group, self.mode = first.bits, first.group_size, first.mode
         self.in_features = first["weight"].shape[1] * 32 // first.bits
         self.sizes = [layer["weight"].shape[0] for layer in layers]
+        self.kind = "qkv" if with_bias else "swiglu"
+        self.split = tuple(self.sizes[:2]) if with_bias else ()
+        """What the "qkv" kernel needs: q's and k's rows."""
         names = ["weight", "scales", "biases"] + (["bias"] if with_bias else [])
         zeros = [mx.zeros((n,), first["scales"].dtype) for n in self.sizes]
         packed = {
@@ -57,13 +61,15 @@ class Packed:
         self.stash: tuple | None = None
         """q's call leaves (x, k, v) here for k's and v's calls on the same x."""
 
-    def launch(self, x: mx.array, kind: str):
+    def launch(self, x: mx.array):
+        """The kernel for a decode input `x` (B, 1, K), or None (another device or shape)."""
         if not cuda_device() or x.ndim != 3 or x.shape[1] != 1 or x.shape[0] > MAX_ROWS:
             return None
-        split = tuple(self.sizes[:2]) if kind == "qkv" else ()
-        return launch_for(
-            x.shape[0], self.in_features, self.weight.shape[0], self.bits, self.group, x.dtype, self.mode, kind, split
-        )
+        rows, n = x.shape[0], self.weight.shape[0]
+        return launch_for(rows, self.in_features, n, self.bits, self.group, x.dtype, self.mode, self.kind, self.split)
+
+    def inputs(self, x2d: mx.array) -> list[mx.array]:
+        return [x2d, self.weight, self.scales, self.biases] + ([] if self.bias is None else [self.bias])
 
 
 class FusedQ(FlatDecodeQuantizedLinear):
@@ -71,11 +77,11 @@ class FusedQ(FlatDecodeQuantizedLinear):
 
     def __call__(self, x: mx.array) -> mx.array:
         p = self.packed
-        launch = p.launch(x, "qkv") if self.fast_quant else None
+        launch = p.launch(x) if self.fast_quant else None
         if launch is None:
             p.stash = None
             return super().__call__(x)
-        q, k, v = launch(x.reshape(x.shape[0], x.shape[2]), p.weight, p.scales, p.biases, p.bias)
+        q, k, v = launch(*p.inputs(x.reshape(x.shape[0], x.shape[2])))
         p.stash = (x, k[:, None, :], v[:, None, :])
         return q[:, None, :]
 
@@ -126,11 +132,10 @@ def _fused_mlp(cls: type) -> type | None:
         return None
 
     def __call__(self, x: mx.array) -> mx.array:
-        launch = self.packed.launch(x, "swiglu") if self.gate_proj.fast_quant else None
+        launch = self.packed.launch(x) if self.gate_proj.fast_quant else None
         if launch is None:
             return cls.__call__(self, x)
-        p = self.packed
-        (y,) = launch(x.reshape(x.shape[0], x.shape[2]), p.weight, p.scales, p.biases)
+        (y,) = launch(*self.packed.inputs(x.reshape(x.shape[0], x.shape[2])))
         return self.down_proj(y[:, None, :])
 
     return type(f"Fused{cls.__name__}", (cls,), {"__call__": __call__})
@@ -169,21 +174,12 @@ def fuse(model: nn.Module) -> int:
 
 
 def warm_up(model: nn.Module) -> int:
-    """Run every fused kernel variant the model's packed layers can take once (compiled at load,
-    not while requests wait); returns how many ran."""
-    outputs, seen = [], set()
-    for _, module in model.named_modules():
-        packed = getattr(module, "packed", None)
-        if packed is None or id(packed) in seen:
-            continue
-        seen.add(id(packed))
-        kind = "qkv" if isinstance(module, FusedQ | FusedKV) else "swiglu"
-        inputs = [packed.weight, packed.scales, packed.biases] + ([packed.bias] if kind == "qkv" else [])
-        for rows in range(1, MAX_ROWS + 1):
-            x = mx.zeros((rows, 1, packed.in_features), packed.scales.dtype)
-            launch = packed.launch(x, kind)
-            if launch is not None:
-                outputs += launch(x[:, 0, :], *inputs)
-        mx.eval(outputs)  # per layer: the kernels are compiled once, the outputs freed
-        outputs = []
-    return len(seen)
+    """Compile every fused kernel variant the model's packed layers can take
+    (quant_kernels.warm); returns how many."""
+    packs = {id(p): p for _, module in model.named_modules() if (p := getattr(module, "packed", None)) is not None}
+    return warm(
+        (p.launch(x), p.inputs(x[:, 0, :]))
+        for p in packs.values()
+        for rows in range(1, MAX_ROWS + 1)
+        for x in [mx.zeros((rows, 1, p.in_features), p.scales.dtype)]
+    )

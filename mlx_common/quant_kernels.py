@@ -24,6 +24,7 @@ the caller then runs MLX's. `plan()` is that decision as a pure function (tested
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -193,9 +194,9 @@ _GEMV = """
 # What a block writes, by kind of product: ROWS_SETUP and ROW_OF(r) say which packed rows its R
 # output rows read; the epilogue turns the R sums per input row (part[warp][m * R + r]) into
 # outputs.
+_CONSECUTIVE_ROWS = ("const int n0 = blockIdx.x * R;", "min(n0 + (r), N - 1)")
 _PLAIN = (
-    "const int n0 = blockIdx.x * R;",
-    "min(n0 + (r), N - 1)",
+    *_CONSECUTIVE_ROWS,
     """
   for (int i = threadIdx.x; i < M * R; i += WARPS * 32) {
     const int m = i / R;
@@ -213,8 +214,7 @@ _PLAIN = (
 # output with its linear bias added (zeros for layers without), rounded as MLX rounds the
 # product and then the sum.
 _QKV = (
-    "const int n0 = blockIdx.x * R;",
-    "min(n0 + (r), N - 1)",
+    *_CONSECUTIVE_ROWS,
     """
   for (int i = threadIdx.x; i < M * R; i += WARPS * 32) {
     const int m = i / R;
@@ -340,15 +340,26 @@ def launch_for(
     p = plan(rows, in_features, out_features, bits, group, name, mode) if name else None
     if p is None:
         return None
+    # A SwiGLU block writes R/2 outputs (it reads a gate and an up row for each).
+    swiglu = kind == "swiglu"
+    sizes, per_block = ([out_features // 2], p.r // 2) if swiglu else ([*split, out_features - sum(split)], p.r)
     threads = 32 * p.warps
-    if kind == "swiglu":
-        shapes = [(rows, out_features // 2)]
-        blocks = -(-(out_features // 2) // (p.r // 2))
-    else:
-        shapes = [(rows, n) for n in (*split, out_features - sum(split))] if kind == "qkv" else [(rows, out_features)]
-        blocks = -(-out_features // p.r)
+    blocks = -(-sum(sizes) // per_block)
     return Launch(_variant(kind, dtype, bits, group, p, split), (blocks * threads, 1, 1), (threads, 1, 1),
-                  shapes, [dtype] * len(shapes))  # fmt: skip
+                  [(rows, n) for n in sizes], [dtype] * len(sizes))  # fmt: skip
+
+
+def warm(products: Iterable[tuple[Launch | None, list[mx.array]]]) -> int:
+    """Run each distinct kernel among these (launch, inputs) once, so none is compiled (NVRTC,
+    seconds each on a machine's first load) while requests wait; returns how many ran. MLX
+    keeps compiled kernels on disk, so a later load reads them."""
+    outputs, seen = [], set()
+    for launch, inputs in products:
+        if launch is not None and launch.kernel not in seen:
+            seen.add(launch.kernel)
+            outputs += launch(*inputs)
+    mx.eval(outputs)
+    return len(seen)
 
 
 @cache

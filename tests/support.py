@@ -223,3 +223,22 @@ HI = [{"role": "user", "content": "hi"}]
 def say_hi(api_url: str, model: str, **kw):
     """Greedy by default: exact token counts must not depend on sampling the end token."""
     return client_for(api_url).chat.completions.create(model=model, messages=HI, **{"temperature": 0, **kw})
+
+
+def batch_generate(model, prompts: list[list[int]], steps: int) -> tuple[list[list[int]], list]:
+    """Each prompt's first `steps` tokens and their log-probabilities (one stacked array per
+    prompt), all prompts in one mlx-lm BatchGenerator, as the text engine runs them."""
+    import mlx.core as mx
+    from mlx_lm.generate import BatchGenerator
+
+    generator = BatchGenerator(model, completion_batch_size=len(prompts), prefill_batch_size=len(prompts))
+    uids = generator.insert(prompts, max_tokens=[steps] * len(prompts))
+    tokens: dict[int, list[int]] = {uid: [] for uid in uids}
+    logprobs: dict[int, list] = {uid: [] for uid in uids}
+    while any(len(t) < steps for t in tokens.values()):
+        _, responses = generator.next()
+        for response in responses:
+            tokens[response.uid].append(response.token)
+            logprobs[response.uid].append(response.logprobs)
+    generator.close()
+    return [tokens[u] for u in uids], [mx.stack(logprobs[u]) for u in uids]

@@ -6,9 +6,9 @@ from __future__ import annotations
 import mlx.core as mx
 import pytest
 from mlx_lm import load
-from mlx_lm.generate import BatchGenerator
 from mlx_lm.models import cache as mlx_lm_cache
 
+from tests.support import batch_generate
 from worker_text.batch_cache import UnpaddedBatchKVCache
 from worker_text.tiny import build
 
@@ -26,29 +26,15 @@ def model(tmp_path_factory):
     return model
 
 
-def generate(model, prompts: list[list[int]], steps: int = 10) -> tuple[list, list]:
-    generator = BatchGenerator(model, completion_batch_size=len(prompts), prefill_batch_size=len(prompts))
-    uids = generator.insert(prompts, max_tokens=[steps] * len(prompts))
-    tokens: dict[int, list] = {uid: [] for uid in uids}
-    logprobs: dict[int, list] = {uid: [] for uid in uids}
-    while any(len(t) < steps for t in tokens.values()):
-        _, responses = generator.next()
-        for response in responses:
-            tokens[response.uid].append(response.token)
-            logprobs[response.uid].append(response.logprobs)
-    generator.close()
-    return [tokens[u] for u in uids], [mx.stack(logprobs[u]) for u in uids]
-
-
 @pytest.mark.parametrize(
     "prompts",
     [[[5, 17, 42, 99]], [[5, 17, 42], [7, 8, 9]], [[5, 17, 42, 99, 3], [7, 8], [300, 301, 302]]],
     ids=["one", "same-length", "padded"],
 )
 def test_generations_do_not_change(model, prompts, monkeypatch):
-    plain_tokens, plain_logprobs = generate(model, prompts)
+    plain_tokens, plain_logprobs = batch_generate(model, prompts, 10)
     monkeypatch.setattr(mlx_lm_cache, "BatchKVCache", UnpaddedBatchKVCache)
-    tokens, logprobs = generate(model, prompts)
+    tokens, logprobs = batch_generate(model, prompts, 10)
     assert tokens == plain_tokens
     for a, b in zip(logprobs, plain_logprobs, strict=True):
         assert mx.allclose(a, b, atol=1e-5).item()

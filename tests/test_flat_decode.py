@@ -7,7 +7,6 @@ import mlx.core as mx
 import mlx.nn as nn
 import pytest
 from mlx_lm import load
-from mlx_lm.generate import BatchGenerator
 
 from contract.settings import Settings
 from mlx_common.flat_decode import (
@@ -15,6 +14,7 @@ from mlx_common.flat_decode import (
     FlatDecodeQuantizedLinear,
     flatten_decode,
 )
+from tests.support import batch_generate
 from worker_text.loading import load_text_model
 from worker_text.tiny import build, build_twin
 
@@ -34,17 +34,7 @@ def quantized_dirs(tmp_path_factory):
 
 
 def generate(model, steps: int = 12) -> tuple[list[list[int]], list[mx.array]]:
-    generator = BatchGenerator(model, completion_batch_size=len(PROMPTS), prefill_batch_size=len(PROMPTS))
-    uids = generator.insert(PROMPTS, max_tokens=[steps] * len(PROMPTS))
-    tokens = {uid: [] for uid in uids}
-    logprobs = {uid: [] for uid in uids}
-    while any(len(t) < steps for t in tokens.values()):
-        _, responses = generator.next()
-        for response in responses:
-            tokens[response.uid].append(response.token)
-            logprobs[response.uid].append(response.logprobs)
-    generator.close()
-    return [tokens[u] for u in uids], [mx.stack(logprobs[u]) for u in uids]
+    return batch_generate(model, PROMPTS, steps)
 
 
 @pytest.mark.parametrize("name", ["untied", "tied"])

@@ -20,10 +20,14 @@ from mlx_lm.models.cache import BatchKVCache
 
 class UnpaddedBatchKVCache(BatchKVCache):
     def make_mask(self, N: int, return_array: bool = False, **kwargs):
-        # The padding is a few integers, long evaluated by a decode step: reading them does not
-        # wait for the GPU.
-        padding = cast(list[int], self.left_padding.tolist())
-        if N == 1 and not return_array and not kwargs.get("window_size") and not any(padding):
+        # Read on decode steps only; the padding is a few integers, long evaluated by then, so
+        # reading them does not wait for the GPU.
+        if (
+            N == 1
+            and not return_array
+            and not kwargs.get("window_size")
+            and not any(cast(list[int], self.left_padding.tolist()))
+        ):
             return None
         return super().make_mask(N, return_array=return_array, **kwargs)
 
