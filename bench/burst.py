@@ -29,7 +29,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, bench_stack, device_name, write_result
+from common import RESULTS, bench_stack, device_name, sse_lines, write_result
 from concurrency import story
 from redis import Redis
 from rq.utils import utcparse
@@ -49,7 +49,7 @@ def one_request(
     try:
         with requests.post(url + "/v1/chat/completions", json=body, stream=True, timeout=600) as response:
             response.raise_for_status()
-            for line in response.iter_lines(chunk_size=1):  # no read-ahead: the first event as it lands
+            for line in sse_lines(response):
                 if not line.startswith(b"data: {"):
                     continue
                 chunk = json.loads(line[6:])

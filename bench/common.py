@@ -36,6 +36,21 @@ def device_name() -> str:
     return f"{device} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
+def sse_lines(response) -> Iterator[bytes]:
+    """A streamed response's lines as soon as each arrives. requests' `iter_lines()` reads
+    512 bytes at a time, and on a stream without chunked encoding (mlx_lm.server answers in
+    HTTP/1.0, ended by closing) urllib3 waits until it has all 512: two or three events late,
+    which made the peer's time to first token look longer than it was (measured here with the
+    tiny model: 11.6–12.3 ms against 6.1–8.2 ms read as they land). `read1` takes what has
+    arrived, one read at a time; on our chunked streams both ways agree."""
+    pending = b""
+    while chunk := response.raw.read1(65536):
+        *lines, pending = (pending + chunk).split(b"\n")
+        yield from (line.rstrip(b"\r") for line in lines)
+    if pending:
+        yield pending
+
+
 @contextlib.contextmanager
 def bench_stack(models_dir: str | None = None) -> Iterator[tuple[Stack, str, dict]]:
     """A Redis of its own, the API under gunicorn; yields (stack, API url, environment).

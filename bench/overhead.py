@@ -22,7 +22,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, bench_stack, device_name, write_result
+from common import RESULTS, bench_stack, device_name, sse_lines, write_result
 
 from contract.settings import Settings
 
@@ -57,7 +57,7 @@ def through_stack(url: str, model: str, max_tokens: int) -> tuple[float, float, 
     stamps, tokens = [], 0
     with HTTP.post(url + "/v1/chat/completions", json=body, stream=True, timeout=600) as response:
         response.raise_for_status()
-        for line in response.iter_lines():
+        for line in sse_lines(response):
             if line.startswith(b"data: {") and b'"content":"' in line and b'"content":""' not in line:
                 stamps.append(time.perf_counter())
             elif line.startswith(b"data: {") and b'"usage":{' in line:

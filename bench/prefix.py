@@ -35,7 +35,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, ROOT, bench_stack, device_name, write_result
+from common import RESULTS, ROOT, bench_stack, device_name, sse_lines, write_result
 
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog"]
 """Words of the tiny models' tokenizer corpus: about one token each for them."""
@@ -54,7 +54,7 @@ def ttft(url: str, model: str, messages: list[dict], max_tokens: int = 4, with_t
     start, first, cached, text = time.perf_counter(), None, 0, []
     with requests.post(url + "/v1/chat/completions", json=body, stream=True, timeout=1800) as response:
         response.raise_for_status()
-        for line in response.iter_lines():
+        for line in sse_lines(response):
             # The first token: a chunk with text, or the finish (a random model's first tokens
             # may be invisible); the role chunk comes before any prefill and does not count.
             token = (b'"content":"' in line and b'"content":""' not in line) or b'"finish_reason":"' in line
