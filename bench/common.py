@@ -51,6 +51,26 @@ def sse_lines(response) -> Iterator[bytes]:
         yield pending
 
 
+def in_processes(argv: list[str], settings: list[str], variables: dict[str, str]) -> Iterator[tuple[str, dict]]:
+    """For each setting, `argv` run in a process of its own with that setting in its
+    environment (MLX reads its variables once, when it starts); yields (setting, the JSON the
+    process printed last), or (setting, {"error": its stderr's tail}) when it failed. A setting
+    is `default` (nothing set) or `key=value` pairs joined by commas, each key a name in
+    `variables` (short name -> environment variable)."""
+    parsed = {s: [] if s == "default" else [part.partition("=")[::2] for part in s.split(",")] for s in settings}
+    unknown = sorted({key for pairs in parsed.values() for key, _ in pairs} - variables.keys())
+    if unknown:  # before any process starts
+        raise SystemExit(f"unknown setting {', '.join(unknown)}: use default or {', '.join(variables)} (key=value)")
+    for setting, pairs in parsed.items():
+        env = {**os.environ, **{variables[key]: value for key, value in pairs}}
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            print(f"{setting:<22} failed: {done.stderr.strip().splitlines()[-1:]}", flush=True)
+            yield setting, {"error": done.stderr[-2000:]}
+        else:
+            yield setting, json.loads(done.stdout.strip().splitlines()[-1])
+
+
 @contextlib.contextmanager
 def bench_stack(models_dir: str | None = None) -> Iterator[tuple[Stack, str, dict]]:
     """A Redis of its own, the API under gunicorn; yields (stack, API url, environment).

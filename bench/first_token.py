@@ -22,16 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, device_name, write_result
+from common import RESULTS, device_name, in_processes, write_result
 
 VARIABLES = {"cudnn": "MLX_CUDA_USE_CUDNN_SDPA", "sdpa_cache": "MLX_CUDA_SDPA_CACHE_SIZE"}
 PHASES = ("new", "repeat", "cached")
@@ -52,12 +50,6 @@ WORDS = [
     "gulls",
     "circle",
 ]
-
-
-def environment(setting: str) -> dict[str, str]:
-    if setting == "default":
-        return {}
-    return {VARIABLES[k]: v for k, v in (part.split("=", 1) for part in setting.split(","))}
 
 
 def child(model_dir: Path, requests: int) -> dict:
@@ -122,19 +114,12 @@ def main() -> int:
         return 0
     rows = []
     print(f"{'setting':<20} " + " ".join(f"{p + ' p50/max ms':>20}" for p in PHASES))
-    for setting in args.settings:
-        done = subprocess.run(
-            [sys.executable, __file__, str(args.model), "--requests", str(args.requests), "--child"],
-            env={**os.environ, **environment(setting)}, capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        if done.returncode != 0:
-            print(f"{setting:<20} failed: {done.stderr.strip().splitlines()[-1:]}", flush=True)
-            rows.append({"setting": setting, "error": done.stderr[-2000:]})
-            continue
-        row = {"setting": setting, **json.loads(done.stdout.strip().splitlines()[-1])}
-        rows.append(row)
-        cells = " ".join(f"{1000 * statistics.median(row[p]):>9.1f}/{1000 * max(row[p]):<10.1f}" for p in PHASES)
-        print(f"{setting:<20} {cells}", flush=True)
+    argv = [sys.executable, __file__, str(args.model), "--requests", str(args.requests), "--child"]
+    for setting, result in in_processes(argv, args.settings, VARIABLES):
+        rows.append(row := {"setting": setting, **result})
+        if "error" not in row:
+            cells = " ".join(f"{1000 * statistics.median(row[p]):>9.1f}/{1000 * max(row[p]):<10.1f}" for p in PHASES)
+            print(f"{setting:<20} {cells}", flush=True)
     write_result(args.out, "first-token", {"bench": "first-token", "device_name": device_name(),
                                            "model": args.model.name, "rows": rows})  # fmt: skip
     return 0

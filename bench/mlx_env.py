@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, device_name, write_result
+from common import RESULTS, device_name, in_processes, write_result
 
 VARIABLES = {
     "ops": "MLX_MAX_OPS_PER_BUFFER",
@@ -36,13 +34,6 @@ VARIABLES = {
     "bfs": "MLX_BFS_MAX_WIDTH",
 }
 DEFAULT_SETTINGS = ["default", "ops=50", "ops=100", "ops=200", "graphs=0", "bfs=1", "ops=100,cache=1000"]
-
-
-def environment(setting: str) -> dict[str, str]:
-    if setting == "default":
-        return {}
-    pairs = (part.split("=", 1) for part in setting.split(","))
-    return {VARIABLES[key]: value for key, value in pairs}
 
 
 def batch_rate(model, prompts: list[list[int]], tokens: int) -> float:
@@ -105,21 +96,12 @@ def main() -> int:
         return 0
     rows = []
     print(f"{'setting':<22} {'generate_step 1':>16} {'batch 1':>9} {'batch 8':>9}  tok/s")
-    for setting in args.settings:
-        env = {**os.environ, **environment(setting)}
-        done = subprocess.run(
-            [sys.executable, __file__, str(args.model), "--tokens", str(args.tokens), "--child"],
-            env=env, capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        if done.returncode != 0:
-            print(f"{setting:<22} failed: {done.stderr.strip().splitlines()[-1:]}", flush=True)
-            rows.append({"setting": setting, "error": done.stderr[-2000:]})
-            continue
-        row = {"setting": setting, **json.loads(done.stdout.strip().splitlines()[-1])}
-        rows.append(row)
-        print(
-            f"{setting:<22} {row['generate_step_1']:>16.1f} {row['batch_1']:>9.1f} {row['batch_8']:>9.1f}", flush=True
-        )
+    argv = [sys.executable, __file__, str(args.model), "--tokens", str(args.tokens), "--child"]
+    for setting, result in in_processes(argv, args.settings, VARIABLES):
+        rows.append(row := {"setting": setting, **result})
+        if "error" not in row:
+            print(f"{setting:<22} {row['generate_step_1']:>16.1f} {row['batch_1']:>9.1f} {row['batch_8']:>9.1f}",
+                  flush=True)  # fmt: skip
     write_result(args.out, "mlx-env", {"bench": "mlx-env", "device_name": device_name(), "model": args.model.name,
                                        "tokens": args.tokens, "rows": rows})  # fmt: skip
     return 0
