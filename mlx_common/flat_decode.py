@@ -20,10 +20,12 @@ as one launch each.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import mlx.core as mx
 import mlx.nn as nn
 
-from .quant_kernels import MAX_ROWS, cuda_device, fast_quantized_matmul, launch_for, warm
+from .quant_kernels import MAX_ROWS, Launch, fast_quantized_matmul, launch_for
 
 
 def _flat(x: mx.array) -> bool:
@@ -76,31 +78,25 @@ _SWAPS: dict[type[nn.Module], type[nn.Module]] = {
 
 def flatten_decode(model: nn.Module, fast: bool = False) -> int:
     """Switch `model`'s quantized layers in place (with `fast`, to the CUDA matrix-vector
-    kernels where they apply, compiled here); returns how many were switched. Loaders call
-    `fused_decode.prepare_decode`, which does this and the fusing."""
-    switched = []
+    kernels where they apply); returns how many were switched. Loaders call
+    `fused_decode.prepare_decode`, which does this, the fusing and the kernels' compiling."""
+    switched = 0
     for _, module in model.named_modules():
         swap = _SWAPS.get(type(module))
         if swap is not None:
             module.__class__ = swap
             module.fast_quant = fast
-            switched.append(module)
-    if fast and cuda_device():
-        warm_up(switched)
-    return len(switched)
+            switched += 1
+    return switched
 
 
-def warm_up(layers: list[nn.Module]) -> int:
-    """Compile every kernel variant these layers' decode products can take (quant_kernels.warm);
-    returns how many."""
-    return warm(_decode_products(layers))
-
-
-def _decode_products(layers: list[nn.Module]):
-    for layer in layers:
-        w, scales, biases = layer["weight"], layer["scales"], layer.get("biases")
-        if biases is None:
+def decode_products(model: nn.Module) -> Iterator[tuple[Launch | None, list[mx.array]]]:
+    """(launch, inputs) of every few-row product the model's fast layers can run with our
+    kernels: what quant_kernels.warm compiles at load."""
+    for _, layer in model.named_modules():
+        if type(layer) not in _SWAPS.values() or not layer.fast_quant or layer.get("biases") is None:
             continue
+        w, scales, biases = layer["weight"], layer["scales"], layer["biases"]
         k = w.shape[1] * 32 // layer.bits
         for rows in range(2, MAX_ROWS + 1):  # one row: MLX's kernel (fast_quantized_matmul)
             launch = launch_for(rows, k, w.shape[0], layer.bits, layer.group_size, scales.dtype, layer.mode)

@@ -17,13 +17,15 @@ their source, so an architecture that changes its MLP is left alone rather than 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
 from functools import cache
+from itertools import chain
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from .flat_decode import FlatDecodeQuantizedLinear, flatten_decode
-from .quant_kernels import MAX_ROWS, cuda_device, launch_for, warm
+from .flat_decode import FlatDecodeQuantizedLinear, decode_products, flatten_decode
+from .quant_kernels import MAX_ROWS, Launch, cuda_device, launch_for, warm
 
 SWIGLU_MLP = "return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))"
 
@@ -143,11 +145,13 @@ def _fused_mlp(cls: type) -> type | None:
 
 def prepare_decode(model: nn.Module, fast: bool) -> int:
     """What a loader does to a model for decode: `flatten_decode`, then on CUDA with `fast`
-    the packing and compiling here; returns how many layers were switched."""
+    the packing, and every kernel variant the model's decode can take compiled in one pass
+    (quant_kernels.warm: none is compiled while requests wait); returns how many layers were
+    switched."""
     switched = flatten_decode(model, fast=fast)
     if fast and cuda_device():
         fuse(model)
-        warm_up(model)
+        warm(chain(decode_products(model), fused_products(model)))
     return switched
 
 
@@ -173,13 +177,10 @@ def fuse(model: nn.Module) -> int:
     return fused
 
 
-def warm_up(model: nn.Module) -> int:
-    """Compile every fused kernel variant the model's packed layers can take
-    (quant_kernels.warm); returns how many."""
+def fused_products(model: nn.Module) -> Iterator[tuple[Launch | None, list[mx.array]]]:
+    """(launch, inputs) of every decode row count of the model's packed layers."""
     packs = {id(p): p for _, module in model.named_modules() if (p := getattr(module, "packed", None)) is not None}
-    return warm(
-        (p.launch(x), p.inputs(x[:, 0, :]))
-        for p in packs.values()
-        for rows in range(1, MAX_ROWS + 1)
-        for x in [mx.zeros((rows, 1, p.in_features), p.scales.dtype)]
-    )
+    for p in packs.values():
+        for rows in range(1, MAX_ROWS + 1):
+            x = mx.zeros((rows, 1, p.in_features), p.scales.dtype)
+            yield p.launch(x), p.inputs(x[:, 0, :])
