@@ -17,7 +17,6 @@ p50/max per part and writes bench/results/burst-<model>-<time>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import threading
@@ -29,7 +28,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, bench_stack, device_name, sse_lines, write_result
+from common import RESULTS, bench_stack, device_name, sse_chunks, write_result
 from concurrency import story
 from redis import Redis
 from rq.utils import utcparse
@@ -49,10 +48,7 @@ def one_request(
     try:
         with requests.post(url + "/v1/chat/completions", json=body, stream=True, timeout=600) as response:
             response.raise_for_status()
-            for line in sse_lines(response):
-                if not line.startswith(b"data: {"):
-                    continue
-                chunk = json.loads(line[6:])
+            for chunk in sse_chunks(response):
                 choices = chunk.get("choices") or [{}]
                 if record["first"] is None and choices[0].get("delta", {}).get("content"):
                     record["first"] = time.time()

@@ -51,6 +51,13 @@ def sse_lines(response) -> Iterator[bytes]:
         yield pending
 
 
+def sse_chunks(response) -> Iterator[dict]:
+    """A streamed completion's JSON chunks (its `data: {...}` lines), each as it lands."""
+    for line in sse_lines(response):
+        if line.startswith(b"data: {"):
+            yield json.loads(line[6:])
+
+
 def in_processes(argv: list[str], settings: list[str], variables: dict[str, str]) -> Iterator[tuple[str, dict]]:
     """For each setting, `argv` run in a process of its own with that setting in its
     environment (MLX reads its variables once, when it starts); yields (setting, the JSON the

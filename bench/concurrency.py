@@ -13,7 +13,6 @@ bench/results/concurrency-<model>-<time>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, bench_stack, device_name, sse_lines, write_result
+from common import RESULTS, bench_stack, device_name, sse_chunks, write_result
 
 from tests.support import free_port, wait_until
 
@@ -65,10 +64,7 @@ def one_stream(url: str, model: str, messages: list, max_tokens: int, out: list,
     try:
         with session.post(url + "/v1/chat/completions", json=body, stream=True, timeout=3600) as response:
             response.raise_for_status()
-            for line in sse_lines(response):
-                if not line.startswith(b"data: {"):
-                    continue
-                chunk = json.loads(line[6:])
+            for chunk in sse_chunks(response):
                 if chunk.get("usage"):
                     tokens = chunk["usage"]["completion_tokens"]
                 if chunk.get("choices") and chunk["choices"][0].get("delta", {}).get("content"):

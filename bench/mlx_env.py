@@ -64,14 +64,13 @@ def child(model_dir: Path, tokens: int) -> dict:
     import mlx.core as mx
     from kernels import tokens_per_second
     from mlx_lm import load
-    from mlx_lm.models import cache
 
     from mlx_common.fused_decode import prepare_decode
     from worker_text import batch_cache
 
     model, tokenizer = load(str(model_dir))
     prepare_decode(model, fast=True)
-    cache.BatchKVCache = batch_cache.UnpaddedBatchKVCache  # as TextEngine installs it
+    batch_cache.install()  # as TextEngine does
     prompts = [tokenizer.encode(f"Tell me about the {w} at dawn, part {i}.") for i, w in enumerate("abcdefgh")]
     one = tokens_per_second(model, prompts[:4], tokens)
     batch_rate(model, prompts, 16)  # compiles the 8-row shapes
