@@ -13,6 +13,8 @@ prefix takes MLX's unfused path instead. Phases, each over `--requests` requests
   new      prompt lengths not seen before in this process, no prompt cache
   repeat   the same prompts again (every shape seen)
   cached   follow-ups whose conversation so far is in the prompt cache (RAM), new lengths
+  long     prompts of ~2,000 tokens (four prefill chunks on a GPU), new lengths: what turning
+           cuDNN off costs a long prefill, whose first chunk alone has queries as long as keys
 Settings: `cudnn=0|1` (MLX_CUDA_USE_CUDNN_SDPA), `sdpa_cache=N` (MLX_CUDA_SDPA_CACHE_SIZE),
 joined by commas; `default` sets none. Prints p50/max ms per phase and writes
 bench/results/first-token-<time>.json. Meaningful on a GPU.
@@ -32,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, device_name, in_processes, write_result
 
 VARIABLES = {"cudnn": "MLX_CUDA_USE_CUDNN_SDPA", "sdpa_cache": "MLX_CUDA_SDPA_CACHE_SIZE"}
-PHASES = ("new", "repeat", "cached")
+PHASES = ("new", "repeat", "cached", "long")
 WORDS = [
     "the",
     "quiet",
@@ -98,7 +100,13 @@ def child(model_dir: Path, requests: int) -> dict:
         first_token(opening)  # its prompt and answer are now in the cache
         follow = [*opening, {"role": "assistant", "content": "Yes."}, {"role": "user", "content": "More" + "!" * i}]
         cached.append(first_token(follow))
-    return {"new": new, "repeat": repeat, "cached": cached, "device": str(mx.default_device())}
+    engine.caches.ram = lru(max_bytes=0)
+    size = min(2000, text_model.context_length - 100)  # tokens; the tiny test model has 2,048
+    essay = " ".join(WORDS)
+    while len(text_model.tokenizer.encode(essay)) < size:
+        essay += " " + " ".join(WORDS)
+    long = [first_token([{"role": "user", "content": f"Essay {i}: {essay} " + "more " * i}]) for i in range(4)]
+    return {"new": new, "repeat": repeat, "cached": cached, "long": long, "device": str(mx.default_device())}
 
 
 def main() -> int:

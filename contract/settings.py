@@ -130,6 +130,12 @@ class Settings(BaseSettings):
     kernels (mlx_common/quant_kernels.py), and q/k/v and SwiGLU gate/up as one launch each
     (mlx_common/fused_decode.py), MLX's kernel otherwise; `FAST_QUANT=0` always uses MLX's
     (kept to measure against). Needs FLAT_DECODE (the same layer classes carry both)."""
+    cudnn_attention: bool = False
+    """Let MLX's CUDA attention use cuDNN (workers set MLX_CUDA_USE_CUDNN_SDPA from this). Off by
+    default: MLX builds a cuDNN graph for each new prompt length it prefills (~70 ms for a 7B
+    model on an H200, kept for 16 shapes), which real traffic pays on nearly every request, while
+    MLX's own kernels prefill a short prompt in less; with PREFILL_CHUNK only a prompt's first
+    chunk could use cuDNN anyway (docs/PERFORMANCE.md). No effect off CUDA."""
 
     keepalive_interval: float = Field(5.0, gt=0)
     """Seconds of silence after which the API sends an SSE `: keepalive` and re-checks the job."""

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from contract.keys import Kind
@@ -19,6 +20,12 @@ MAX_CAPACITY = 256
 
 EngineFactory = Callable[[str, Settings, int], Any]
 """(model reference, settings, capacity) -> the loaded engine; imports mlx when called."""
+
+
+def apply_mlx_settings(settings: Settings, environ: MutableMapping[str, str]) -> None:
+    """MLX's own switches that our settings decide, set before anything imports MLX: its CUDA
+    attention reads MLX_CUDA_USE_CUDNN_SDPA once, at its first use (CUDNN_ATTENTION)."""
+    environ["MLX_CUDA_USE_CUDNN_SDPA"] = "1" if settings.cudnn_attention else "0"
 
 
 def run_worker(
@@ -45,6 +52,7 @@ def run_worker(
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
+    apply_mlx_settings(settings, os.environ)
     capacity = args.capacity or default_capacity(settings)
     if not 1 <= capacity <= MAX_CAPACITY:
         return _usage_error(f"--capacity must be between 1 and {MAX_CAPACITY}")
