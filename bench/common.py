@@ -18,6 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from contract.settings import Settings  # noqa: E402
 from tests.support import RedisServer, Stack, free_port  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -94,7 +95,9 @@ def bench_stack(models_dir: str | None = None) -> Iterator[tuple[Stack, str, dic
     }
     stack = Stack(env=env, logs=tmp)
     try:
-        _, url = stack.start_api()
+        # As many API processes as `make run` starts (WEB_CONCURRENCY), not the tests' one: a
+        # burst's requests reach the queue that much sooner.
+        _, url = stack.start_api(WEB_CONCURRENCY=str(Settings().web_concurrency))
         yield stack, url, env
     finally:
         stack.stop_all()
@@ -105,6 +108,7 @@ def write_result(out: Path, name: str, result: dict) -> Path:
     result = {
         **result,
         "machine": f"{platform.machine()} {platform.system()}",
+        "web_concurrency": Settings().web_concurrency,  # API processes, where the bench ran the stack
         "device": device_name(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -99,13 +99,27 @@ class JobSpec:
 
 
 def enqueue(ctx: Context, spec: JobSpec) -> Job:
-    """Put one job on its queue; an interactive queue at its depth limit raises QueueFull."""
+    """Put one job on its queue; an interactive queue at its depth limit raises QueueFull.
+
+    One round trip where rq took three (the depth, rq's queue index, the job): the depth is
+    read in the transaction that enqueues, and a job that finds its queue full is taken back
+    out. A job with dependencies goes rq's own way (it watches them in a transaction of its own)."""
     queue = Queue(spec.queue, connection=ctx.conn)
-    if spec.priority == Priority.INTERACTIVE and spec.direct is None:  # a routed job starts at once
-        depth = queue.count
-        if depth >= ctx.settings.queue_depth_limit(spec.model):
-            raise QueueFull(depth)
-    return queue.enqueue_call(spec.func, **spec.options(ctx))
+    if spec.after:
+        return queue.enqueue_call(spec.func, **spec.options(ctx))
+    bounded = spec.priority == Priority.INTERACTIVE and spec.direct is None  # a routed job starts at once
+    pipe = ctx.conn.pipeline()
+    pipe.multi()  # rq would open the transaction itself, after our first command (an error)
+    if bounded:
+        pipe.llen(queue.key)
+    job = queue.enqueue_call(spec.func, pipeline=pipe, **spec.options(ctx))
+    replies = pipe.execute()
+    depth = int(replies[0]) if bounded else 0
+    # A full queue: back out, unless a worker took the job already (the queue had room after all).
+    if bounded and depth >= ctx.settings.queue_depth_limit(spec.model) and queue.remove(job.id):
+        job.delete(remove_from_queue=False)
+        raise QueueFull(depth)
+    return job
 
 
 def enqueue_many(ctx: Context, specs: list[JobSpec]) -> list[Job]:

@@ -137,9 +137,7 @@ class Stack:
         proc = self.spawn(
             "api",
             [sys.executable, "-m", "gunicorn", "-c", "api/gunicorn_conf.py", "api:create_app()"],
-            API_PORT=port,
-            WEB_CONCURRENCY=1,
-            **env,
+            **{"API_PORT": port, "WEB_CONCURRENCY": 1, **env},
         )
         url = f"http://127.0.0.1:{port}"
         try:

@@ -51,9 +51,13 @@ def test_lifetimes_follow_the_priority(small):
 def test_only_interactive_queues_are_bounded(small):
     for _ in range(2):
         enqueue(small, JobSpec.chat(chat(), Kind.TEXT))
+    refused = JobSpec.chat(chat(), Kind.TEXT)
     with pytest.raises(QueueFull) as full:
-        enqueue(small, JobSpec.chat(chat(), Kind.TEXT))
+        enqueue(small, refused)
     assert full.value.depth == 2
+    # Read and enqueued in one transaction, then taken back out: nothing of it is left.
+    assert Queue(refused.queue, connection=small.conn).count == 2
+    assert not small.conn.exists(f"rq:job:{refused.job_id}")
     specs = [JobSpec.chat(chat(), Kind.TEXT, priority=Priority.BATCH) for _ in range(3)]
     assert [j.id for j in enqueue_many(small, specs)] == [s.job_id for s in specs]
 
