@@ -4,12 +4,12 @@ rq starts one job per dequeue, with about four Redis round trips of bookkeeping 
 (`prepare_execution`, `prepare_job_execution`, then our cancel flag and prefix routing). Under
 a burst of N requests the engine thus received them one by one and prefilled them in small
 pieces, so time to first token grew with the burst. Here the admission loop, having dequeued
-one job the rq way (a blocking pop), takes as many more as it has free slots for with one LPOP
-per queue, reads them in one round trip (`Job.fetch_many`), and writes every job's start
+one job the rq way (a blocking pop), takes as many more as it has free slots for (every queue
+popped in one Lua step), reads them in one round trip (`Job.fetch_many`), and writes every job's start
 bookkeeping — what rq's two methods write, plus reading the cancel flag and publishing the
 held prefixes — in one pipelined round trip. The engine then gets all of them at once
 (`EngineLoop.submit_many`) and prefills them together. A lone request pays two round trips
-(the empty LPOP, the bookkeeping) instead of four.
+(the empty pop, the bookkeeping) instead of four.
 
 The extra jobs are popped the way rq's multi-queue dequeue pops (LPOP, no intermediate
 list): a worker killed between the pop and the bookkeeping loses them the same way.
@@ -39,22 +39,49 @@ class Started:
     cancelled: bool
 
 
+_POP_WITH_ROOM = """
+-- KEYS: queues in the order they are served; ARGV: each one's priority ('i' interactive or
+-- 'b' batch), then the room for interactive jobs and for batch jobs. Pops as many of each
+-- queue as room is left, a job of either priority filling a slot batch work could have had.
+local n = #KEYS
+local room = {i = tonumber(ARGV[n + 1]), b = tonumber(ARGV[n + 2])}
+local out = {}
+for k = 1, n do
+  local p = ARGV[k]
+  local ids = {}
+  if room[p] > 0 then
+    ids = redis.call('LPOP', KEYS[k], room[p]) or {}
+  end
+  room[p] = room[p] - #ids
+  if p ~= 'b' then room.b = room.b - #ids end
+  out[k] = ids
+end
+return out
+"""
+
+
 def pop_waiting(
     conn: redis.Redis, queues: list[Queue], room: dict[Priority, int], priority_of: dict[str, Priority], serializer=None
 ) -> list[tuple[Job, Queue]]:
-    """Waiting jobs, in queue order, as many of each priority as `room` allows: one LPOP per
-    queue with room, one read for all the jobs (ids whose job is gone are skipped, as rq
-    skips them). Every job taken fills a slot batch work could have had."""
+    """Waiting jobs, in queue order, as many of each priority as `room` allows: every queue
+    popped in one step (a Lua script: one round trip, where an LPOP per queue took one each),
+    one read for all the jobs (ids whose job is gone are skipped, as rq skips them). Every job
+    taken fills a slot batch work could have had."""
+    tags = ["b" if priority_of[q.name] is Priority.BATCH else "i" for q in queues]
+    interactive = room.get(Priority.INTERACTIVE, 0)
+    batch = room.get(Priority.BATCH, 0)
+    if not queues or max(interactive, batch) <= 0:
+        return []
+    pop = conn.register_script(_POP_WITH_ROOM)
+    answers = cast("list[list[bytes]]", pop(keys=[q.key for q in queues], args=[*tags, interactive, batch]))
     popped: list[tuple[str, Queue]] = []
-    for queue in queues:
-        want = room.get(priority_of[queue.name], 0)
-        if want <= 0:
-            continue
-        ids = cast("list[bytes]", conn.lpop(queue.key, want) or [])
+    for queue, tag, ids in zip(queues, tags, answers, strict=True):
         popped += [(i.decode(), queue) for i in ids]
-        room[priority_of[queue.name]] -= len(ids)
-        if priority_of[queue.name] is not Priority.BATCH:
-            room[Priority.BATCH] = room.get(Priority.BATCH, 0) - len(ids)
+        if tag == "b":
+            room[Priority.BATCH] = batch = batch - len(ids)
+        else:
+            room[Priority.INTERACTIVE] = interactive = interactive - len(ids)
+            room[Priority.BATCH] = batch = batch - len(ids)
     if not popped:
         return []
     jobs = Job.fetch_many([i for i, _ in popped], connection=conn, serializer=serializer)

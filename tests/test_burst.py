@@ -41,6 +41,10 @@ def test_pop_waiting_takes_what_the_slots_have_room_for(conn, keys):
     # A job deleted while it waited is skipped, as rq's dequeue skips it.
     interactive[3].delete()
     assert pop_waiting(conn, queues[:1], {Priority.INTERACTIVE: 5}, priority_of) == []
+    # An empty queue gives nothing and takes no room.
+    room = {Priority.INTERACTIVE: 2, Priority.BATCH: 2}
+    assert [job.id for job, _ in pop_waiting(conn, queues, room, priority_of)] == [j.id for j in batch[1:]]
+    assert room == {Priority.INTERACTIVE: 2, Priority.BATCH: 0}
 
 
 def test_start_all_does_rqs_start_bookkeeping_in_one_round_trip(conn, keys):
