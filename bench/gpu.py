@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -37,6 +38,7 @@ from common import RESULTS, ROOT, bench_stack, device_name, write_result
 from concurrency import TOPICS, compare_levels, decode_rate, start_mlx_lm_server, summarize
 
 from contract.settings import Settings
+from runtime.cli import apply_mlx_settings
 from tests.support import alias
 
 BASE = {
@@ -272,6 +274,7 @@ def main() -> int:
 
 def child_main(args) -> int:
     """Build the model if needed, measure in-process, print the rows as JSON on stdout."""
+    apply_mlx_settings(Settings(), os.environ)  # MLX as a worker runs it (cuDNN attention off)
     spec = json.loads(sys.stdin.read())
     model_dir = args.models_dir / args.child
     if not (model_dir / "config.json").is_file():
