@@ -15,8 +15,12 @@ prefix takes MLX's unfused path instead. Phases, each over `--requests` requests
   cached   follow-ups whose conversation so far is in the prompt cache (RAM), new lengths
   long     prompts of ~2,000 tokens (four prefill chunks on a GPU), new lengths: what turning
            cuDNN off costs a long prefill, whose first chunk alone has queries as long as keys
+  burst    eight requests added at once (each's time to its first token), twice
+  split    the same eight as two groups of four one engine step apart, as a burst that reaches
+           a worker in two admission passes does (bench/burst.py)
 Settings: `cudnn=0|1` (MLX_CUDA_USE_CUDNN_SDPA), `sdpa_cache=N` (MLX_CUDA_SDPA_CACHE_SIZE),
-joined by commas; `default` sets none. Prints p50/max ms per phase and writes
+`keep_cache=1` (mlx-lm's `mx.clear_cache()` after every prefill chunk made a no-op: on CUDA the
+next step allocates its buffers again), joined by commas; `default` sets none. Prints p50/max ms per phase and writes
 bench/results/first-token-<time>.json. Meaningful on a GPU.
 """
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -33,8 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, device_name, in_processes, write_result
 
-VARIABLES = {"cudnn": "MLX_CUDA_USE_CUDNN_SDPA", "sdpa_cache": "MLX_CUDA_SDPA_CACHE_SIZE"}
-PHASES = ("new", "repeat", "cached", "long")
+VARIABLES = {
+    "cudnn": "MLX_CUDA_USE_CUDNN_SDPA",
+    "sdpa_cache": "MLX_CUDA_SDPA_CACHE_SIZE",
+    "keep_cache": "BENCH_KEEP_MLX_CACHE",
+}
+PHASES = ("new", "repeat", "cached", "long", "burst", "split")
 WORDS = [
     "the",
     "quiet",
@@ -57,32 +66,45 @@ WORDS = [
 def child(model_dir: Path, requests: int) -> dict:
     import mlx.core as mx
 
+    if os.environ.get("BENCH_KEEP_MLX_CACHE") == "1":
+        mx.clear_cache = lambda: None  # mlx-lm calls it as mx.clear_cache(): every caller sees this
+
     from contract.payloads import ChatJob, ChatMessage, SamplingParams
     from contract.settings import Settings
     from worker_text.engine import TextEngine
     from worker_text.loading import load_text_model
 
     text_model = load_text_model(model_dir.name, Settings(models_dir=str(model_dir.parent)))
-    engine = TextEngine(text_model, capacity=4, prompt_cache_bytes=1 << 30)
+    engine = TextEngine(text_model, capacity=8, prompt_cache_bytes=1 << 30)
     counter = iter(range(1_000_000))
 
-    def first_token(messages: list[dict]) -> float:
-        job_id = f"j{next(counter)}"
-        job = ChatJob(
-            model=model_dir.name,
-            max_tokens=1,
-            sampling=SamplingParams(temperature=0),
-            messages=[ChatMessage(**m) for m in messages],
-        )
-        start = time.perf_counter()
-        engine.add(job_id, job)
-        while True:
+    def first_tokens(groups: list[list[list[dict]]]) -> list[float]:
+        """Each group's requests added together, one engine step before the next group (as
+        admission passes reach the engine); each request's time from its add to its first token."""
+        started: dict[str, float] = {}
+        firsts: dict[str, float] = {}
+        ended: set[str] = set()
+        waiting = list(groups)
+        while waiting or len(ended) < len(started):  # all end before the next call
+            for messages in waiting.pop(0) if waiting else []:
+                job_id = f"j{next(counter)}"
+                job = ChatJob(
+                    model=model_dir.name,
+                    max_tokens=1,
+                    sampling=SamplingParams(temperature=0),
+                    messages=[ChatMessage(**m) for m in messages],
+                )
+                started[job_id] = time.perf_counter()
+                engine.add(job_id, job)
             events, finished = engine.step()
-            if any(kind == "delta" for _, kind, _ in events) or job_id in finished:
-                elapsed = time.perf_counter() - start
-                while job_id not in finished:  # let it end before the next
-                    finished.update(engine.step()[1])
-                return elapsed
+            now = time.perf_counter()
+            for job_id in [j for j, kind, _ in events if kind == "delta"] + list(finished):
+                firsts.setdefault(job_id, now - started[job_id])
+            ended.update(finished)
+        return [firsts[job_id] for job_id in started]
+
+    def first_token(messages: list[dict]) -> float:
+        return first_tokens([[messages]])[0]
 
     def story(i: int) -> list[dict]:  # lengths grow by one word each: a new prefill shape each
         return [{"role": "user", "content": f"Story {i}: " + " ".join(WORDS[: 2 + i % len(WORDS)])}]
@@ -106,7 +128,13 @@ def child(model_dir: Path, requests: int) -> dict:
     while len(text_model.tokenizer.encode(essay)) < size:
         essay += " " + " ".join(WORDS)
     long = [first_token([{"role": "user", "content": f"Essay {i}: {essay} " + "more " * i}]) for i in range(4)]
-    return {"new": new, "repeat": repeat, "cached": cached, "long": long, "device": str(mx.default_device())}
+    burst, split = [], []
+    for b in range(2):  # eight new prompts at once, and as two admission passes of four
+        stories = [story(300 + 20 * b + i) for i in range(8)]
+        burst += first_tokens([stories])
+        split += first_tokens([stories[:4], stories[4:]])
+    phases = {"new": new, "repeat": repeat, "cached": cached, "long": long, "burst": burst, "split": split}
+    return {**phases, "device": str(mx.default_device())}
 
 
 def main() -> int:
