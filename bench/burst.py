@@ -69,8 +69,10 @@ def timeline(record: dict) -> dict | None:
         return None
     enqueued, started = (utcparse(raw.decode()).replace(tzinfo=UTC).timestamp() for raw in record["job"])
     first_delta = next(
-        int(entry_id.split(b"-")[0]) / 1000 for entry_id, fields in record["entries"] if fields.get(b"type") == b"delta"
+        (int(i.split(b"-")[0]) / 1000 for i, fields in record["entries"] if fields.get(b"type") == b"delta"), None
     )
+    if first_delta is None:  # the API had relayed the whole stream and dropped it already
+        return None
     return {
         "api": enqueued - record["sent"],
         "queue": started - enqueued,

@@ -130,6 +130,11 @@ class Settings(BaseSettings):
     kernels (mlx_common/quant_kernels.py), and q/k/v and SwiGLU gate/up as one launch each
     (mlx_common/fused_decode.py), MLX's kernel otherwise; `FAST_QUANT=0` always uses MLX's
     (kept to measure against). Needs FLAT_DECODE (the same layer classes carry both)."""
+    burst_gather_ms: float = Field(0.0, ge=0, le=1000)
+    """An idle worker handed a burst (one admission pass of several jobs) waits this long for
+    the rest of it before its first step, so a burst that reaches it in several passes is
+    prefilled together; a lone request never waits. 0: off, each pass prefilled as it comes
+    (docs/PERFORMANCE.md: a burst of 8 reached a 7B worker on an H200 in two passes)."""
     cudnn_attention: bool = False
     """Let MLX's CUDA attention use cuDNN (workers set MLX_CUDA_USE_CUDNN_SDPA from this). Off by
     default: MLX builds a cuDNN graph for each new prompt length it prefills (~70 ms for a 7B

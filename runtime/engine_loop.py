@@ -96,9 +96,12 @@ class EngineLoop(threading.Thread):
         slots: Slots,
         on_end: Callable[[Outcome], None],
         on_change: Callable[[], None],
+        gather_s: float = 0.0,
     ):
         super().__init__(name="engine", daemon=True)
         self.engine, self.steps, self.slots = engine, steps, slots
+        self.gather_s = gather_s
+        """BURST_GATHER_MS: how long an idle engine handed a burst waits for more of it."""
         self.on_end, self.on_change = on_end, on_change
         self.inbox: stdlib_queue.SimpleQueue[Admission | list[Admission] | None] = stdlib_queue.SimpleQueue()
         self.running: dict[str, Admission] = {}
@@ -171,16 +174,24 @@ class EngineLoop(threading.Thread):
         return [j for j in self.running if j not in self.ending_ids]
 
     def _take_new(self, block: bool) -> None:
-        """Take every admission waiting in the inbox (waiting for the first one while idle)."""
-        taken = False
+        """Take every admission waiting in the inbox (waiting for the first one while idle).
+        An idle engine handed a burst (one pass of several jobs) waits `gather_s` for the rest
+        of it, which may reach it in further admission passes: prefilled apart, the first
+        group's first tokens would wait for the second group's prefill step."""
+        taken, idle, until = False, not self.running, 0.0
         while True:
+            wait, timeout = block and not self.draining, 1.0 if block else None
+            if until:
+                wait, timeout = True, max(0.0, until - time.monotonic())
             try:
-                admission = self.inbox.get(block=block and not self.draining, timeout=1.0 if block else None)
+                admission = self.inbox.get(block=wait, timeout=timeout)
             except stdlib_queue.Empty:
                 break
             if admission is None:
                 self.draining = True
                 continue
+            if idle and not until and self.gather_s > 0 and isinstance(admission, list) and len(admission) > 1:
+                until = time.monotonic() + self.gather_s
             block, taken = False, True
             for one in admission if isinstance(admission, list) else [admission]:
                 self._admit(one)

@@ -149,7 +149,9 @@ def _batching_worker(ctx: Context, heartbeat: Heartbeat, engine: Engine) -> Batc
         status.job_ended(outcome.tokens)
         worker.outcomes.put(outcome)
 
-    loop = EngineLoop(engine, StepSender(ctx), slots, on_end=on_end, on_change=on_change)
+    loop = EngineLoop(
+        engine, StepSender(ctx), slots, on_end=on_end, on_change=on_change, gather_s=ctx.settings.burst_gather_ms / 1000
+    )
     # Its own queue first (conversations routed to the prefixes it holds: contract/prefixes.py),
     # then the model's interactive and batch queues.
     names = [direct_queue(info.name), *queue_names(info.kind, info.model)]

@@ -251,3 +251,51 @@ def test_behind_only_when_a_long_step_holds_handed_over_jobs():
     assert loop.behind()
     loop.inbox.get()
     assert not loop.behind()  # nothing handed over: nothing to hold back
+
+
+class StepLog(FakeEngine):
+    """Records which jobs each step ran."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps: list[set[str]] = []
+
+    def step(self):
+        self.steps.append(set(self.left))
+        return super().step()
+
+
+def gathered_first_step(gather_s: float, first: list, later: list, later_after_s: float) -> tuple[set[str], float]:
+    """The jobs of an idle loop's first step and how long after the first pass it began, with
+    `later` handed over as a second admission pass `later_after_s` after `first`."""
+    engine, slots = StepLog(), Slots(8)
+    loop = EngineLoop(engine, FakeSender(), slots, on_end=lambda o: None, on_change=lambda: None, gather_s=gather_s)
+    for a in first + later:
+        slots.take(a.priority)
+    loop.start()
+    began = time.monotonic()
+    loop.submit_many(first)
+    if later:
+        time.sleep(later_after_s)
+        loop.submit_many(later)
+    while not engine.steps:
+        time.sleep(0.001)
+    waited = time.monotonic() - began
+    loop.drain()
+    loop.join(5)
+    return engine.steps[0], waited
+
+
+def test_an_idle_engine_waits_for_the_rest_of_a_burst_when_told_to():
+    def jobs(*names):
+        return [admission(n, 1) for n in names]
+
+    # Off (the default): the second pass joins a later step.
+    first, _ = gathered_first_step(0.0, jobs("a", "b"), jobs("c", "d"), later_after_s=0.05)
+    assert first == {"a", "b"}
+    # On: the second pass, inside the window, is prefilled with the first.
+    first, _ = gathered_first_step(0.3, jobs("a", "b"), jobs("c", "d"), later_after_s=0.05)
+    assert first == {"a", "b", "c", "d"}
+    # A lone request never waits for a burst that is not coming.
+    first, waited = gathered_first_step(0.5, jobs("a"), [], later_after_s=0)
+    assert first == {"a"} and waited < 0.25
