@@ -114,9 +114,8 @@ def enqueue(ctx: Context, spec: JobSpec) -> Job:
         pipe.llen(queue.key)
     job = queue.enqueue_call(spec.func, pipeline=pipe, **spec.options(ctx))
     replies = pipe.execute()
-    depth = int(replies[0]) if bounded else 0
     # A full queue: back out, unless a worker took the job already (the queue had room after all).
-    if bounded and depth >= ctx.settings.queue_depth_limit(spec.model) and queue.remove(job.id):
+    if bounded and (depth := int(replies[0])) >= ctx.settings.queue_depth_limit(spec.model) and queue.remove(job.id):
         job.delete(remove_from_queue=False)
         raise QueueFull(depth)
     return job

@@ -17,10 +17,12 @@ list): a worker killed between the pop and the bookkeeping loses them the same w
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import cast
 
 import redis
+from redis.commands.core import Script
 from rq import Queue
 from rq.executions import Execution
 from rq.job import Job
@@ -43,6 +45,7 @@ _POP_WITH_ROOM = """
 -- KEYS: queues in the order they are served; ARGV: each one's priority ('i' interactive or
 -- 'b' batch), then the room for interactive jobs and for batch jobs. Pops as many of each
 -- queue as room is left, a job of either priority filling a slot batch work could have had.
+-- Returns each queue's ids, then the room left for interactive and for batch jobs.
 local n = #KEYS
 local room = {i = tonumber(ARGV[n + 1]), b = tonumber(ARGV[n + 2])}
 local out = {}
@@ -56,8 +59,14 @@ for k = 1, n do
   if p ~= 'b' then room.b = room.b - #ids end
   out[k] = ids
 end
-return out
+return {out, room.i, room.b}
 """
+
+
+@functools.cache
+def _pop_script(conn: redis.Redis) -> Script:
+    """The pop, registered once per connection (its SHA computed once), not on every pass."""
+    return conn.register_script(_POP_WITH_ROOM)
 
 
 def pop_waiting(
@@ -72,16 +81,9 @@ def pop_waiting(
     batch = room.get(Priority.BATCH, 0)
     if not queues or max(interactive, batch) <= 0:
         return []
-    pop = conn.register_script(_POP_WITH_ROOM)
-    answers = cast("list[list[bytes]]", pop(keys=[q.key for q in queues], args=[*tags, interactive, batch]))
-    popped: list[tuple[str, Queue]] = []
-    for queue, tag, ids in zip(queues, tags, answers, strict=True):
-        popped += [(i.decode(), queue) for i in ids]
-        if tag == "b":
-            room[Priority.BATCH] = batch = batch - len(ids)
-        else:
-            room[Priority.INTERACTIVE] = interactive = interactive - len(ids)
-            room[Priority.BATCH] = batch = batch - len(ids)
+    answer = _pop_script(conn)(keys=[q.key for q in queues], args=[*tags, interactive, batch])
+    answers, room[Priority.INTERACTIVE], room[Priority.BATCH] = cast("tuple[list[list[bytes]], int, int]", answer)
+    popped = [(i.decode(), queue) for queue, ids in zip(queues, answers, strict=True) for i in ids]
     if not popped:
         return []
     jobs = Job.fetch_many([i for i, _ in popped], connection=conn, serializer=serializer)
